@@ -1,0 +1,1 @@
+//! Traffic capture: Istio's `istio-iptables` rules (`mesh-proxy init`).

@@ -1,0 +1,5 @@
+//! `mesh-proxy`: the Pingora sidecar.
+//!
+//! `init` writes the capture rules ([`capture`]); `run` starts the sidecar.
+
+pub mod capture;

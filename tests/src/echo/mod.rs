@@ -1,0 +1,1 @@
+//! The mesh-echo test app.

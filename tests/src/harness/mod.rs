@@ -1,0 +1,1 @@
+//! Pods as network namespaces, processes, and cleanup.

@@ -1,0 +1,7 @@
+//! The proxy's xDS subscriber: Envoy's v3 aggregated discovery service (state of the world),
+//! ACK/NACK, reconnect with backoff, and the conversion of Envoy resources into the proxy's
+//! validated config model ([`model`]).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod model;

@@ -1,0 +1,348 @@
+//! The proxy's own configuration model.
+//!
+//! Envoy's v3 resources are converted into these types once, at the edge (see
+//! [`crate::convert`]); the data path never sees a protobuf type. Every value here has been
+//! validated: addresses are parsed, names are non-empty, references are plain names that the
+//! proxy resolves against the same [`ProxyConfig`] snapshot at request time.
+//!
+//! The types mirror the parts of Envoy's API the proxy supports, so that a person reading
+//! `/config_dump` next to Envoy's can map one onto the other. They are plain data
+//! (`Clone + Debug + PartialEq + Serialize`): handles such as metrics, pools and identities live
+//! beside the config in the proxy, never inside it.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+/// The four resource types of the slice, in the order a control plane should send them
+/// (make-before-break: clusters and their endpoints before the listeners and routes that
+/// reference them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum ResourceType {
+    /// `type.googleapis.com/envoy.config.cluster.v3.Cluster`
+    Cluster,
+    /// `type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment`
+    Endpoint,
+    /// `type.googleapis.com/envoy.config.listener.v3.Listener`
+    Listener,
+    /// `type.googleapis.com/envoy.config.route.v3.RouteConfiguration`
+    Route,
+}
+
+impl ResourceType {
+    /// All types, in make-before-break order.
+    pub const ALL: [ResourceType; 4] = [
+        ResourceType::Cluster,
+        ResourceType::Endpoint,
+        ResourceType::Listener,
+        ResourceType::Route,
+    ];
+
+    /// The Envoy v3 type URL of this resource type.
+    pub fn type_url(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            ResourceType::Endpoint => {
+                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+            }
+            ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            ResourceType::Route => {
+                "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+            }
+        }
+    }
+
+    /// The type for a type URL, if it is one the proxy understands.
+    pub fn from_type_url(url: &str) -> Option<ResourceType> {
+        ResourceType::ALL.into_iter().find(|t| t.type_url() == url)
+    }
+
+    /// Short name used in logs, `/config_dump` and metrics (`cds`, `eds`, `lds`, `rds`).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "cds",
+            ResourceType::Endpoint => "eds",
+            ResourceType::Listener => "lds",
+            ResourceType::Route => "rds",
+        }
+    }
+}
+
+/// One complete, self-consistent snapshot of everything the proxy applies.
+///
+/// Published by the xDS client through a `tokio::sync::watch` channel; readers clone the
+/// `Arc` and keep using their snapshot for the lifetime of a connection or request.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ProxyConfig {
+    /// Listeners by name (`virtualOutbound`, `virtualInbound`, `0.0.0.0_9080`, ...).
+    pub listeners: BTreeMap<String, Listener>,
+    /// Route configurations by name (`9080`, ...), as delivered by RDS.
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// Clusters by name (`outbound|9080||reviews.default.svc.cluster.local`, ...).
+    pub clusters: BTreeMap<String, Cluster>,
+    /// Endpoints by cluster name, as delivered by EDS.
+    pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
+    /// The version last applied (ACKed) for each type; absent until the first response.
+    pub versions: BTreeMap<ResourceType, String>,
+    /// True once a first response has been applied for CDS and LDS and for every RDS and EDS
+    /// name they reference: the proxy's readiness condition for configuration.
+    pub synced: bool,
+}
+
+/// Direction of a listener's traffic, from Envoy's `traffic_direction`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Direction {
+    /// Traffic from the local app to somewhere else.
+    Outbound,
+    /// Traffic from elsewhere to the local app.
+    Inbound,
+    /// Not stated.
+    Unspecified,
+}
+
+/// A listener: either a real socket (`bind_to_port`) or a virtual one that the capture
+/// listeners hand connections to by their original destination.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Listener {
+    /// Listener name.
+    pub name: String,
+    /// The address it stands for (for virtual listeners, the original destination it matches;
+    /// `0.0.0.0:PORT` matches any address on that port).
+    pub address: SocketAddr,
+    /// Whether the proxy binds this address. False for per-service outbound listeners.
+    pub bind_to_port: bool,
+    /// Whether connections accepted here are handed to the listener matching their original
+    /// destination (Envoy's `use_original_dst`).
+    pub use_original_dst: bool,
+    /// Traffic direction.
+    pub direction: Direction,
+    /// Filter chains, tried by the most specific match (Envoy's filter chain match order:
+    /// destination port, destination IP, server names, transport protocol, application
+    /// protocols, source).
+    pub filter_chains: Vec<FilterChain>,
+    /// Chain used when no other chain matches.
+    pub default_filter_chain: Option<FilterChain>,
+}
+
+/// One filter chain of a listener.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FilterChain {
+    /// Chain name (may be empty).
+    pub name: String,
+    /// When this chain applies.
+    pub matcher: FilterChainMatch,
+    /// The terminal network filter of the chain.
+    pub filter: NetworkFilter,
+}
+
+/// Envoy's `FilterChainMatch`, the supported subset. Empty fields match anything.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FilterChainMatch {
+    /// Original destination port.
+    pub destination_port: Option<u16>,
+    /// Original destination address ranges.
+    pub prefix_ranges: Vec<IpNet>,
+    /// Detected transport protocol: `raw_buffer` or `tls`.
+    pub transport_protocol: Option<String>,
+    /// Detected application protocols: `http/1.1`, `h2c` (plaintext sniffing), or ALPN values.
+    pub application_protocols: Vec<String>,
+    /// TLS SNI names.
+    pub server_names: Vec<String>,
+}
+
+/// The terminal network filter of a chain.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum NetworkFilter {
+    /// `envoy.filters.network.http_connection_manager`.
+    Http(HttpConnectionManager),
+    /// `envoy.filters.network.tcp_proxy`.
+    Tcp(TcpProxy),
+}
+
+/// `envoy.filters.network.http_connection_manager`, the supported subset.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HttpConnectionManager {
+    /// Statistics prefix.
+    pub stat_prefix: String,
+    /// Where the routes come from.
+    pub routes: RouteSource,
+    /// HTTP filters in order; the last is the router.
+    pub http_filters: Vec<HttpFilter>,
+}
+
+/// Where an HTTP connection manager finds its routes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum RouteSource {
+    /// By name, through RDS.
+    Rds(String),
+    /// Inline in the listener.
+    Inline(RouteConfig),
+}
+
+/// An HTTP filter of the connection manager.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum HttpFilter {
+    /// `envoy.filters.http.router`.
+    Router,
+}
+
+/// `envoy.filters.network.tcp_proxy`, the supported subset.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TcpProxy {
+    /// Statistics prefix.
+    pub stat_prefix: String,
+    /// Destination cluster name.
+    pub cluster: String,
+    /// Close the connection after this long without traffic either way.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// A route configuration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RouteConfig {
+    /// Name (for outbound RDS: the port, e.g. `9080`).
+    pub name: String,
+    /// Virtual hosts, matched by the request's authority.
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+/// A virtual host: a set of domains and the routes for them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VirtualHost {
+    /// Name (`reviews.default.svc.cluster.local:9080`, `allow_any`, ...).
+    pub name: String,
+    /// Domains, matched as Envoy matches them: exact first, then the longest `*.suffix`, then
+    /// the longest `prefix*`, then `*`. Stored lowercase.
+    pub domains: Vec<String>,
+    /// Routes in order; the first that matches wins.
+    pub routes: Vec<Route>,
+}
+
+/// One route.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Route {
+    /// Name (may be empty).
+    pub name: String,
+    /// When the route applies.
+    pub matcher: RouteMatch,
+    /// What to do.
+    pub action: RouteAction,
+}
+
+/// Envoy's `RouteMatch`, the supported subset.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RouteMatch {
+    /// Path condition.
+    pub path: PathMatch,
+}
+
+/// A path condition.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum PathMatch {
+    /// Path starts with this.
+    Prefix(String),
+    /// Path equals this.
+    Exact(String),
+}
+
+/// What a route does.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum RouteAction {
+    /// Forward to a cluster.
+    Cluster {
+        /// Cluster name.
+        cluster: String,
+        /// Overall request timeout; `None` means no timeout.
+        timeout: Option<Duration>,
+    },
+}
+
+/// A cluster: a set of upstream endpoints and how to reach them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Cluster {
+    /// Name (`outbound|PORT|SUBSET|HOST`, `inbound|PORT||`, `PassthroughCluster`, ...).
+    pub name: String,
+    /// Where the endpoints come from.
+    pub discovery: Discovery,
+    /// Timeout for establishing a connection.
+    pub connect_timeout: Duration,
+    /// Load balancing policy.
+    pub lb_policy: LbPolicy,
+    /// Protocol spoken to the upstream.
+    pub upstream_protocol: UpstreamProtocol,
+    /// Local address to bind upstream sockets to (Envoy's `upstream_bind_config`; inbound
+    /// clusters use 127.0.0.6 so the delivery to the app is not captured again).
+    pub bind_address: Option<IpAddr>,
+}
+
+/// How a cluster finds its endpoints.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum Discovery {
+    /// Through EDS, under the cluster's name (or `service_name` when set).
+    Eds {
+        /// The EDS resource name.
+        service_name: String,
+    },
+    /// The connection's original destination (Envoy's `ORIGINAL_DST`).
+    OriginalDst,
+    /// Endpoints given inline (Envoy's `STATIC`).
+    Static(ClusterLoadAssignment),
+}
+
+/// Load-balancing policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum LbPolicy {
+    /// Envoy's `ROUND_ROBIN`.
+    RoundRobin,
+    /// Envoy's `LEAST_REQUEST`.
+    LeastRequest,
+    /// Envoy's `RANDOM`.
+    Random,
+    /// Envoy's `CLUSTER_PROVIDED` (used with `ORIGINAL_DST`).
+    ClusterProvided,
+}
+
+/// Protocol towards the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 upstream.
+    Http1,
+    /// HTTP/2 (prior knowledge over plaintext) upstream.
+    Http2,
+    /// The downstream's protocol (Istio's `USE_DOWNSTREAM_PROTOCOL`).
+    UseDownstream,
+}
+
+/// The endpoints of a cluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ClusterLoadAssignment {
+    /// Cluster (or EDS service) name.
+    pub cluster_name: String,
+    /// All endpoints, flattened over localities.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One upstream endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Endpoint {
+    /// Socket address.
+    pub address: SocketAddr,
+    /// Load-balancing weight (at least 1).
+    pub weight: u32,
+    /// Health as the control plane reports it.
+    pub health: HealthStatus,
+    /// Locality as `region/zone/subzone` (empty parts allowed).
+    pub locality: String,
+}
+
+/// Endpoint health as reported by EDS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum HealthStatus {
+    /// Healthy or unknown: eligible for traffic.
+    Healthy,
+    /// Unhealthy, draining, timed out: not eligible.
+    Unhealthy,
+}
