@@ -4,4 +4,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod model;
+
+pub use client::{ClientOptions, NodeInfo, XdsClient, XdsHandle, XdsStatus};
