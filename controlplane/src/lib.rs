@@ -1,1 +1,9 @@
-//! placeholder
+//! The control plane of the mesh: an istiod-like server that reads Kubernetes-style YAML
+//! from a directory ([`config`]), keeps a service registry of Services, their endpoints and
+//! the proxies connected to it ([`registry`]), translates it into Envoy v3 resources shaped
+//! the way istiod shapes a sidecar's ([`xds`]), serves them over the aggregated discovery
+//! service, and shows its state on debug endpoints ([`debug`]).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;

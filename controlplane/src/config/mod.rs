@@ -1,0 +1,316 @@
+//! The config store: a directory of Kubernetes-style YAML, read recursively into validated
+//! objects.
+//!
+//! Contract:
+//! - Every file ending in `.yaml`, `.yml` or `.json` under the directory is read (hidden
+//!   entries skipped); each may hold several documents.
+//! - Each document becomes one [`Object`] or one or more [`ConfigError`]s naming the file, the
+//!   object (`Service default/reviews`) and the field (`spec.ports[0].port`). A bad document
+//!   never stops the others.
+//! - Kinds that are not supported (yet) are reported as [`ConfigError::Unsupported`], never
+//!   silently ignored.
+//! - On reload, an object that became invalid (or whose file became unreadable or malformed)
+//!   keeps its last valid version, marked [`StoredObject::kept`]; an object that disappeared
+//!   from the files is removed.
+
+mod load;
+pub mod objects;
+mod raw;
+pub mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use objects::{Kind, Object, ObjectKey};
+pub use validate::FieldProblem;
+
+use load::DocOutcome;
+
+/// An object as its document names it, valid or not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ObjectRef {
+    /// `apiVersion`.
+    pub api_version: String,
+    /// `kind`.
+    pub kind: String,
+    /// `metadata.namespace` (defaulted to `default` for namespaced kinds).
+    pub namespace: Option<String>,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    /// `Service default/reviews`, or `Namespace bookinfo`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {}/{}", self.kind, ns, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// Why a kind is not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnsupportedReason {
+    /// An Istio kind the control plane does not implement yet.
+    NotYet,
+    /// A kind the control plane does not know.
+    Unknown,
+}
+
+impl fmt::Display for UnsupportedReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UnsupportedReason::NotYet => "is not supported yet",
+            UnsupportedReason::Unknown => "is not a supported kind",
+        })
+    }
+}
+
+/// A problem found while loading the config directory.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The directory itself could not be listed.
+    #[error("{}: cannot read directory: {source}", dir.display())]
+    Directory {
+        /// The directory.
+        dir: PathBuf,
+        /// The I/O error.
+        source: Arc<std::io::Error>,
+    },
+    /// A file could not be read.
+    #[error("{}: cannot read: {source}", file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        source: Arc<std::io::Error>,
+    },
+    /// A document is not valid YAML; the rest of that file is unknown.
+    #[error("{}: document {doc}: invalid YAML: {source}", file.display())]
+    Yaml {
+        /// The file.
+        file: PathBuf,
+        /// The 1-based document index.
+        doc: usize,
+        /// The parser's error (with line and column).
+        source: Arc<serde_norway::Error>,
+    },
+    /// A document does not say what it is (apiVersion, kind, metadata.name).
+    #[error("{}: document {doc}: {field}: {problem}", file.display())]
+    Header {
+        /// The file.
+        file: PathBuf,
+        /// The 1-based document index.
+        doc: usize,
+        /// The header field.
+        field: &'static str,
+        /// What is wrong.
+        problem: FieldProblem,
+    },
+    /// A kind that is not supported (yet).
+    #[error("{}: {object}: {} {reason}", file.display(), object.api_version)]
+    Unsupported {
+        /// The file.
+        file: PathBuf,
+        /// The object.
+        object: ObjectRef,
+        /// Not yet, or unknown.
+        reason: UnsupportedReason,
+    },
+    /// A field of an object is invalid; the object is rejected.
+    #[error("{}: {object}: {field}: {problem}", file.display())]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// The object.
+        object: ObjectRef,
+        /// The field path, e.g. `spec.ports[0].port`.
+        field: String,
+        /// What is wrong.
+        problem: FieldProblem,
+    },
+    /// The same object is defined twice; the first definition (in path order) wins.
+    #[error("{}: {key}: already defined in {}", file.display(), first.display())]
+    Duplicate {
+        /// The file of the second definition.
+        file: PathBuf,
+        /// The object.
+        key: ObjectKey,
+        /// The file of the definition in force.
+        first: PathBuf,
+    },
+}
+
+impl ConfigError {
+    /// The file (or directory) the error is about.
+    pub fn file(&self) -> &Path {
+        match self {
+            ConfigError::Directory { dir, .. } => dir,
+            ConfigError::Read { file, .. }
+            | ConfigError::Yaml { file, .. }
+            | ConfigError::Header { file, .. }
+            | ConfigError::Unsupported { file, .. }
+            | ConfigError::Invalid { file, .. }
+            | ConfigError::Duplicate { file, .. } => file,
+        }
+    }
+
+    /// The object, as `Kind ns/name`, when the document named one.
+    pub fn object(&self) -> Option<String> {
+        match self {
+            ConfigError::Unsupported { object, .. } | ConfigError::Invalid { object, .. } => {
+                Some(object.to_string())
+            }
+            ConfigError::Duplicate { key, .. } => Some(key.to_string()),
+            _ => None,
+        }
+    }
+
+    /// The field path, when the error is about one field.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { field, .. } => Some(field),
+            ConfigError::Header { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// One object in force.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StoredObject {
+    /// The validated object.
+    pub object: Object,
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// True when the current file content is invalid and this is the last valid version.
+    pub kept: bool,
+}
+
+/// The outcome of one load of the directory: the objects in force and every error.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSnapshot {
+    /// The directory.
+    pub root: PathBuf,
+    /// Objects in force, by key.
+    pub objects: BTreeMap<ObjectKey, StoredObject>,
+    /// Every problem found by this load, in file order.
+    pub errors: Vec<ConfigError>,
+    /// Load counter: 1 for the first load, incremented on every reload.
+    pub generation: u64,
+}
+
+impl ConfigSnapshot {
+    /// The objects in force, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = &Object> {
+        self.objects.values().map(|s| &s.object)
+    }
+
+    /// Whether the snapshot holds the same objects as `other` (errors aside).
+    pub fn same_objects(&self, other: &ConfigSnapshot) -> bool {
+        self.objects.len() == other.objects.len()
+            && self.objects.iter().zip(&other.objects).all(|(a, b)| a.0 == b.0 && a.1.object == b.1.object)
+    }
+}
+
+/// Loads a directory and reloads it, keeping last valid versions.
+#[derive(Debug)]
+pub struct ConfigStore {
+    root: PathBuf,
+    current: Arc<ConfigSnapshot>,
+}
+
+impl ConfigStore {
+    /// Loads `root` for the first time. Errors are in the snapshot, never returned.
+    pub fn load(root: impl Into<PathBuf>) -> ConfigStore {
+        let root = root.into();
+        let empty = Arc::new(ConfigSnapshot { root: root.clone(), ..Default::default() });
+        let mut store = ConfigStore { root, current: empty };
+        store.reload();
+        store
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The snapshot in force.
+    pub fn current(&self) -> Arc<ConfigSnapshot> {
+        self.current.clone()
+    }
+
+    /// Reads the directory again and returns the new snapshot. When the directory cannot be
+    /// listed at all, every object stays in force (kept) and the error is reported.
+    pub fn reload(&mut self) -> Arc<ConfigSnapshot> {
+        let previous = self.current.clone();
+        let mut next = ConfigSnapshot {
+            root: self.root.clone(),
+            generation: previous.generation + 1,
+            ..Default::default()
+        };
+        let files = match load::list_files(&self.root) {
+            Ok(files) => files,
+            Err(e) => {
+                next.errors.push(e);
+                next.objects = previous.objects.clone();
+                next.objects.values_mut().for_each(|o| o.kept = true);
+                self.current = Arc::new(next);
+                return self.current.clone();
+            }
+        };
+        let outcomes: Vec<_> = files.iter().map(|f| load::load_file(f)).collect();
+        let mut rejected_keys = BTreeSet::new();
+        let mut broken_files = BTreeSet::new();
+        for outcome in outcomes {
+            for doc in outcome.docs {
+                match doc {
+                    DocOutcome::Valid(object) => {
+                        let key = object.key();
+                        if let Some(first) = next.objects.get(&key) {
+                            next.errors.push(ConfigError::Duplicate {
+                                file: outcome.file.clone(),
+                                key,
+                                first: first.file.clone(),
+                            });
+                        } else {
+                            next.objects.insert(
+                                key,
+                                StoredObject { object, file: outcome.file.clone(), kept: false },
+                            );
+                        }
+                    }
+                    DocOutcome::Rejected(key, errors) => {
+                        rejected_keys.extend(key);
+                        next.errors.extend(errors);
+                    }
+                }
+            }
+            if let Some(e) = outcome.broken {
+                next.errors.push(e);
+                broken_files.insert(outcome.file);
+            }
+        }
+        // Last valid versions: of objects rejected now, and of objects whose file broke.
+        for (key, stored) in &previous.objects {
+            if next.objects.contains_key(key) {
+                continue;
+            }
+            if rejected_keys.contains(key) || broken_files.contains(&stored.file) {
+                let mut kept = stored.clone();
+                kept.kept = true;
+                next.objects.insert(key.clone(), kept);
+            }
+        }
+        self.current = Arc::new(next);
+        self.current.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests;
