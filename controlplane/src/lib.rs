@@ -7,3 +7,5 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod registry;
+pub mod watch;

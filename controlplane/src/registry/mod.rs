@@ -1,0 +1,254 @@
+//! The service registry: Services and their endpoints, from the config store and from the
+//! proxies connected to the control plane (Istio's workload auto-registration).
+//!
+//! Contract:
+//! - [`MeshSnapshot::build`] is a pure function of a config snapshot and the connected
+//!   proxies.
+//! - [`spawn_registry`] runs the registry's only writer: it rebuilds the snapshot at once on
+//!   every config change, and debounced (100 ms / 10 s) on proxy connects and disconnects;
+//!   readers get `Arc<MeshSnapshot>`s from a `watch` channel. A snapshot is published only
+//!   when Services or endpoints changed.
+//! - A connected proxy with a namespace, labels and an IP is an endpoint `IP:targetPort` of
+//!   every Service in its namespace whose selector matches its labels (numeric target ports
+//!   only: a named target port needs the pod's container ports, which a node does not carry).
+//!   Endpoints are deduplicated by address, config objects first.
+
+pub mod model;
+pub mod proxy;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::config::objects::{EndpointPort, TargetPort};
+use crate::config::{ConfigSnapshot, Object};
+use crate::watch::{sleep_until, Debounce, Debouncer};
+
+pub use model::{Endpoint, EndpointSource, Locality, Protocol, Service, ServiceKey, ServicePort};
+pub use proxy::ProxyInfo;
+
+/// A connection of a proxy to the control plane (unique per stream).
+pub type ConnectionId = u64;
+
+/// Services and endpoints at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshSnapshot {
+    /// Cluster DNS domain (`cluster.local`).
+    pub cluster_domain: String,
+    /// Services by key.
+    pub services: BTreeMap<ServiceKey, Arc<Service>>,
+    /// Endpoints of each Service port, by key and service port, sorted, unique by address.
+    pub endpoints: BTreeMap<(ServiceKey, u16), Vec<Endpoint>>,
+    /// Publication counter (0 for the first snapshot).
+    pub version: u64,
+}
+
+impl MeshSnapshot {
+    /// Builds the snapshot of `config` with the connected `proxies`.
+    pub fn build<'a>(
+        config: &ConfigSnapshot,
+        proxies: impl IntoIterator<Item = &'a ProxyInfo>,
+        cluster_domain: &str,
+    ) -> MeshSnapshot {
+        let mut services = BTreeMap::new();
+        for object in config.iter() {
+            if let Object::Service(svc) = object {
+                let key = ServiceKey { namespace: svc.namespace.clone(), name: svc.name.clone() };
+                services.insert(key, Arc::new(Service::from_config(svc, cluster_domain)));
+            }
+        }
+        let mut endpoints: BTreeMap<(ServiceKey, u16), Vec<Endpoint>> = BTreeMap::new();
+        let mut add = |svc: &Service, port: u16, ep: Endpoint| {
+            let key = ServiceKey { namespace: svc.namespace.clone(), name: svc.name.clone() };
+            endpoints.entry((key, port)).or_default().push(ep);
+        };
+        for object in config.iter() {
+            match object {
+                Object::Endpoints(eps) => {
+                    let key = ServiceKey { namespace: eps.namespace.clone(), name: eps.name.clone() };
+                    let Some(svc) = services.get(&key) else { continue };
+                    for subset in &eps.subsets {
+                        for ep_port in &subset.ports {
+                            let Some(sp) = matching_port(svc, ep_port) else { continue };
+                            let ready = subset.addresses.iter().map(|a| (a, true));
+                            let not_ready = subset.not_ready_addresses.iter().map(|a| (a, false));
+                            for (addr, healthy) in ready.chain(not_ready) {
+                                add(svc, sp.port, Endpoint {
+                                    locality: Locality::default(),
+                                    ip: addr.ip,
+                                    port: ep_port.port,
+                                    healthy,
+                                    source: EndpointSource::Config,
+                                });
+                            }
+                        }
+                    }
+                }
+                Object::EndpointSlice(slice) => {
+                    let key = ServiceKey {
+                        namespace: slice.namespace.clone(),
+                        name: slice.service_name.clone(),
+                    };
+                    let Some(svc) = services.get(&key) else { continue };
+                    for ep_port in &slice.ports {
+                        let Some(sp) = matching_port(svc, ep_port) else { continue };
+                        for ep in &slice.endpoints {
+                            let locality = Locality {
+                                zone: ep.zone.clone().unwrap_or_default(),
+                                ..Locality::default()
+                            };
+                            for ip in &ep.addresses {
+                                add(svc, sp.port, Endpoint {
+                                    locality: locality.clone(),
+                                    ip: *ip,
+                                    port: ep_port.port,
+                                    healthy: ep.ready,
+                                    source: EndpointSource::Config,
+                                });
+                            }
+                        }
+                    }
+                }
+                Object::Namespace(_) | Object::Service(_) => {}
+            }
+        }
+        for proxy in proxies {
+            let Some((namespace, _)) = proxy.workload() else { continue };
+            for svc in services.values().filter(|s| s.selects(namespace, &proxy.labels)) {
+                for sp in &svc.ports {
+                    let TargetPort::Number(target) = sp.target_port else { continue };
+                    if sp.protocol == Protocol::Udp {
+                        continue;
+                    }
+                    for ip in &proxy.ips {
+                        add(svc, sp.port, Endpoint {
+                            locality: proxy.locality(),
+                            ip: *ip,
+                            port: target,
+                            healthy: true,
+                            source: EndpointSource::Proxy(proxy.id.clone()),
+                        });
+                    }
+                }
+            }
+        }
+        for list in endpoints.values_mut() {
+            let mut seen = BTreeSet::new();
+            list.retain(|e| seen.insert((e.ip, e.port)));
+            list.sort();
+        }
+        MeshSnapshot {
+            cluster_domain: cluster_domain.to_string(),
+            services,
+            endpoints,
+            version: 0,
+        }
+    }
+
+    /// The endpoints of a Service port (empty when none).
+    pub fn endpoints_of(&self, key: &ServiceKey, port: u16) -> &[Endpoint] {
+        self.endpoints.get(&(key.clone(), port)).map_or(&[], Vec::as_slice)
+    }
+
+    fn same_content(&self, other: &MeshSnapshot) -> bool {
+        self.services == other.services && self.endpoints == other.endpoints
+    }
+}
+
+/// The Service port an Endpoints/EndpointSlice port belongs to: same name, or the only port
+/// when both are unnamed.
+fn matching_port<'a>(svc: &'a Service, ep_port: &EndpointPort) -> Option<&'a ServicePort> {
+    svc.ports.iter().find(|sp| sp.name == ep_port.name && sp.protocol != Protocol::Udp)
+}
+
+/// Registry events.
+#[derive(Debug)]
+enum Event {
+    Connected(ConnectionId, Arc<ProxyInfo>),
+    Disconnected(ConnectionId),
+}
+
+/// A handle on the running registry: register proxies and read snapshots. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RegistryHandle {
+    events: mpsc::UnboundedSender<Event>,
+    snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+}
+
+impl RegistryHandle {
+    /// Records a connected proxy (effective after the debounce).
+    pub fn connect(&self, conn: ConnectionId, proxy: Arc<ProxyInfo>) {
+        let _ = self.events.send(Event::Connected(conn, proxy));
+    }
+
+    /// Records that a connection ended (effective after the debounce).
+    pub fn disconnect(&self, conn: ConnectionId) {
+        let _ = self.events.send(Event::Disconnected(conn));
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<MeshSnapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// A receiver notified of each new snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MeshSnapshot>> {
+        self.snapshots.clone()
+    }
+}
+
+/// Starts the registry's writer task on the current Tokio runtime. It ends when every
+/// [`RegistryHandle`] is dropped.
+pub fn spawn_registry(
+    mut config: watch::Receiver<Arc<ConfigSnapshot>>,
+    cluster_domain: String,
+    timing: Debounce,
+) -> RegistryHandle {
+    let first = MeshSnapshot::build(&config.borrow_and_update(), [], &cluster_domain);
+    let (tx, rx) = watch::channel(Arc::new(first));
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut proxies: BTreeMap<ConnectionId, Arc<ProxyInfo>> = BTreeMap::new();
+        let mut debouncer = Debouncer::new(timing);
+        let mut config_open = true;
+        loop {
+            let rebuild = tokio::select! {
+                changed = config.changed(), if config_open => {
+                    config_open = changed.is_ok();
+                    config_open
+                }
+                ev = events.recv() => {
+                    match ev {
+                        Some(Event::Connected(id, info)) => { proxies.insert(id, info); }
+                        Some(Event::Disconnected(id)) => { proxies.remove(&id); }
+                        None => return,
+                    }
+                    debouncer.event(Instant::now());
+                    false
+                }
+                _ = sleep_until(debouncer.deadline()) => true,
+            };
+            if !rebuild {
+                continue;
+            }
+            debouncer.reset();
+            let cfg = config.borrow_and_update().clone();
+            let mut next = MeshSnapshot::build(&cfg, proxies.values().map(|p| &**p), &cluster_domain);
+            let current = tx.borrow().clone();
+            if next.same_content(&current) {
+                continue;
+            }
+            next.version = current.version + 1;
+            tracing::debug!(version = next.version, services = next.services.len(), "registry updated");
+            if tx.send(Arc::new(next)).is_err() {
+                return;
+            }
+        }
+    });
+    RegistryHandle { events: events_tx, snapshots: rx }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! Watching the config directory and debouncing changes, as istiod does: a reload happens
+//! [`Debounce::quiet`] after the last change, and at most [`Debounce::max`] after the first
+//! change of a burst, so a steady stream of writes cannot postpone it forever.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{ConfigSnapshot, ConfigStore};
+
+/// Debounce timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Debounce {
+    /// Quiet time after the last event before acting.
+    pub quiet: Duration,
+    /// Longest wait after the first event of a burst.
+    pub max: Duration,
+}
+
+impl Default for Debounce {
+    /// istiod's defaults: 100 ms quiet, 10 s at most.
+    fn default() -> Self {
+        Debounce { quiet: Duration::from_millis(100), max: Duration::from_secs(10) }
+    }
+}
+
+/// Tracks one burst of events and tells when to act.
+#[derive(Debug)]
+pub struct Debouncer {
+    timing: Debounce,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Debouncer {
+    /// A debouncer with no pending event.
+    pub fn new(timing: Debounce) -> Debouncer {
+        Debouncer { timing, first: None, last: None }
+    }
+
+    /// Records an event at `now`.
+    pub fn event(&mut self, now: Instant) {
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+    }
+
+    /// When to act, if an event is pending.
+    pub fn deadline(&self) -> Option<Instant> {
+        Some((self.last? + self.timing.quiet).min(self.first? + self.timing.max))
+    }
+
+    /// Clears the pending burst (call when acting).
+    pub fn reset(&mut self) {
+        self.first = None;
+        self.last = None;
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none (for use in `select!`).
+pub async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Errors starting the watcher.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The file-system watcher could not be created or attached to the directory.
+    #[error("cannot watch {dir}: {source}")]
+    Notify {
+        /// The directory.
+        dir: String,
+        /// The watcher's error.
+        source: notify::Error,
+    },
+}
+
+/// A running config watcher; dropping it stops watching.
+#[derive(Debug)]
+pub struct ConfigWatcher {
+    _watcher: RecommendedWatcher,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ConfigWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Watches the store's directory: every debounced burst of changes reloads the store and
+/// publishes the new snapshot on the returned channel (the store's task is its only writer).
+/// Must be called within a Tokio runtime.
+pub fn watch_config(
+    mut store: ConfigStore,
+    timing: Debounce,
+) -> Result<(watch::Receiver<Arc<ConfigSnapshot>>, ConfigWatcher), WatchError> {
+    let (tx, rx) = watch::channel(store.current());
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        match res {
+            Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => {}
+            Ok(_) => {
+                let _ = events_tx.send(());
+            }
+            Err(e) => tracing::warn!(error = %e, "config watcher error"),
+        }
+    })
+    .map_err(|source| WatchError::Notify { dir: store.root().display().to_string(), source })?;
+    watcher
+        .watch(store.root(), RecursiveMode::Recursive)
+        .map_err(|source| WatchError::Notify { dir: store.root().display().to_string(), source })?;
+    let task = tokio::spawn(async move {
+        let mut debouncer = Debouncer::new(timing);
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(()) => debouncer.event(Instant::now()),
+                    None => return,
+                },
+                _ = sleep_until(debouncer.deadline()) => {
+                    debouncer.reset();
+                    let snapshot = store.reload();
+                    tracing::info!(
+                        generation = snapshot.generation,
+                        objects = snapshot.objects.len(),
+                        errors = snapshot.errors.len(),
+                        "config reloaded"
+                    );
+                    for e in &snapshot.errors {
+                        tracing::warn!("{e}");
+                    }
+                    if tx.send(snapshot).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Ok((rx, ConfigWatcher { _watcher: watcher, task }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_is_quiet_after_last_but_never_past_max() {
+        let timing = Debounce { quiet: Duration::from_millis(100), max: Duration::from_secs(1) };
+        let mut d = Debouncer::new(timing);
+        assert_eq!(d.deadline(), None);
+        let t0 = Instant::now();
+        d.event(t0);
+        assert_eq!(d.deadline(), Some(t0 + Duration::from_millis(100)));
+        d.event(t0 + Duration::from_millis(50));
+        assert_eq!(d.deadline(), Some(t0 + Duration::from_millis(150)));
+        d.event(t0 + Duration::from_millis(950));
+        assert_eq!(d.deadline(), Some(t0 + Duration::from_secs(1)));
+        d.reset();
+        assert_eq!(d.deadline(), None);
+    }
+}
