@@ -9,3 +9,4 @@
 pub mod config;
 pub mod registry;
 pub mod watch;
+pub mod xds;

@@ -1,0 +1,86 @@
+//! CDS: the full set of clusters for a proxy.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
+    Cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::BindConfig;
+
+use super::build::{self, INBOUND_SOURCE};
+use super::{inbound_cluster_name, inbound_ports, outbound_cluster_name, outbound_ports};
+use crate::registry::{MeshSnapshot, Protocol, ProxyInfo};
+
+/// `PassthroughCluster`: the original destination, for traffic to unknown destinations.
+pub const PASSTHROUGH: &str = "PassthroughCluster";
+/// `InboundPassthroughCluster`: the original destination, from 127.0.0.6.
+pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
+/// `BlackHoleCluster`: no endpoints.
+pub const BLACKHOLE: &str = "BlackHoleCluster";
+
+/// Connect timeout of every cluster.
+const CONNECT_TIMEOUT_S: i64 = 10;
+
+fn base(name: &str, discovery: DiscoveryType, lb: LbPolicy) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery as i32)),
+        connect_timeout: Some(build::seconds(CONNECT_TIMEOUT_S)),
+        lb_policy: lb as i32,
+        ..Default::default()
+    }
+}
+
+fn with_protocol(mut cluster: Cluster, protocol: Protocol) -> Cluster {
+    cluster.typed_extension_protocol_options.extend(build::upstream_protocol_options(protocol));
+    cluster
+}
+
+fn bound_to_inbound_source(mut cluster: Cluster) -> Cluster {
+    cluster.upstream_bind_config = Some(BindConfig {
+        source_address: Some(build::socket_address(INBOUND_SOURCE, 0)),
+        ..Default::default()
+    });
+    cluster
+}
+
+/// `outbound|PORT||HOST`: EDS under its own name, round robin.
+pub fn outbound(name: &str, protocol: Protocol) -> Cluster {
+    let mut c = base(name, DiscoveryType::Eds, LbPolicy::RoundRobin);
+    c.eds_cluster_config =
+        Some(EdsClusterConfig { eds_config: Some(build::ads()), service_name: name.to_string() });
+    with_protocol(c, protocol)
+}
+
+/// `inbound|PORT||`: the original destination, bound to 127.0.0.6.
+pub fn inbound(port: u16, protocol: Protocol) -> Cluster {
+    let c = base(&inbound_cluster_name(port), DiscoveryType::OriginalDst, LbPolicy::ClusterProvided);
+    with_protocol(bound_to_inbound_source(c), protocol)
+}
+
+/// Every cluster of a proxy, sorted by name.
+pub fn clusters(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Cluster> {
+    let mut out = BTreeMap::new();
+    for (svc, port) in outbound_ports(mesh) {
+        let name = outbound_cluster_name(port.port, &svc.hostname);
+        out.entry(name.clone()).or_insert_with(|| outbound(&name, port.protocol));
+    }
+    for port in inbound_ports(mesh, proxy) {
+        out.insert(inbound_cluster_name(port.port), inbound(port.port, port.protocol));
+    }
+    out.insert(
+        PASSTHROUGH.to_string(),
+        base(PASSTHROUGH, DiscoveryType::OriginalDst, LbPolicy::ClusterProvided),
+    );
+    out.insert(
+        INBOUND_PASSTHROUGH.to_string(),
+        bound_to_inbound_source(base(
+            INBOUND_PASSTHROUGH,
+            DiscoveryType::OriginalDst,
+            LbPolicy::ClusterProvided,
+        )),
+    );
+    out.insert(BLACKHOLE.to_string(), base(BLACKHOLE, DiscoveryType::Static, LbPolicy::RoundRobin));
+    out.into_values().collect()
+}

@@ -1,0 +1,166 @@
+//! LDS: the full set of listeners for a proxy.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
+
+use super::build::{self, Routes};
+use super::clusters::{BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH};
+use super::routes::inbound_route;
+use super::{inbound_cluster_name, inbound_ports, outbound_cluster_name, outbound_ports, PROXY_PORTS};
+use crate::registry::{MeshSnapshot, Protocol, ProxyInfo};
+
+/// Outbound capture port.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Inbound capture port.
+pub const INBOUND_PORT: u16 = 15006;
+/// Application protocols the HTTP inspector reports for plaintext HTTP.
+const HTTP_PROTOCOLS: [&str; 2] = ["http/1.1", "h2c"];
+/// How long a sniffed listener waits for the client's first bytes before deciding on TCP
+/// (server-first protocols).
+const DETECTION_TIMEOUT_S: i64 = 1;
+
+fn chain(name: &str, matcher: Option<FilterChainMatch>, filter: envoy_types::pb::envoy::config::listener::v3::Filter) -> FilterChain {
+    FilterChain {
+        name: name.to_string(),
+        filter_chain_match: matcher,
+        filters: vec![filter],
+        ..Default::default()
+    }
+}
+
+fn port_match(port: u16) -> FilterChainMatch {
+    FilterChainMatch { destination_port: build::u32_value(port.into()), ..Default::default() }
+}
+
+/// A match on sniffed plaintext HTTP (optionally on a destination port).
+fn http_match(port: Option<u16>) -> FilterChainMatch {
+    FilterChainMatch {
+        destination_port: port.and_then(|p| build::u32_value(p.into())),
+        transport_protocol: "raw_buffer".to_string(),
+        application_protocols: HTTP_PROTOCOLS.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn virtual_listener(name: &str, ip: IpAddr, port: u16, direction: TrafficDirection) -> Listener {
+    Listener {
+        name: name.to_string(),
+        address: Some(build::address(ip, port)),
+        bind_to_port: build::bool_value(false),
+        traffic_direction: direction as i32,
+        ..Default::default()
+    }
+}
+
+fn sniffing(mut listener: Listener) -> Listener {
+    listener.listener_filters.push(build::http_inspector());
+    listener.listener_filters_timeout = Some(build::seconds(DETECTION_TIMEOUT_S));
+    listener.continue_on_listener_filters_timeout = true;
+    listener
+}
+
+/// `virtualOutbound`: 0.0.0.0:15001, hands connections to the listener of their original
+/// destination; a chain for 15001 itself to the black hole; otherwise passthrough.
+pub fn virtual_outbound() -> Listener {
+    Listener {
+        name: "virtualOutbound".to_string(),
+        address: Some(build::address(build::any_ip(), OUTBOUND_PORT)),
+        use_original_dst: build::bool_value(true),
+        traffic_direction: TrafficDirection::Outbound as i32,
+        filter_chains: vec![chain(
+            "virtualOutbound-blackhole",
+            Some(port_match(OUTBOUND_PORT)),
+            build::tcp_proxy(BLACKHOLE),
+        )],
+        default_filter_chain: Some(chain("PassthroughFilterChain", None, build::tcp_proxy(PASSTHROUGH))),
+        ..Default::default()
+    }
+}
+
+/// `virtualInbound`: 0.0.0.0:15006, a chain per inbound port (HTTP with an inline route,
+/// TCP, or both for sniffed ports), 15006 itself to the black hole, sniffed HTTP to any
+/// other port through `virtualInbound-catchall-http`, the rest passed through.
+pub fn virtual_inbound(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Listener {
+    let mut chains = Vec::new();
+    for p in inbound_ports(mesh, proxy) {
+        let cluster = inbound_cluster_name(p.port);
+        let hcm = || {
+            build::http_connection_manager(
+                &format!("inbound_0.0.0.0_{}", p.port),
+                Routes::Inline(inbound_route(&cluster, &format!("inbound|http|{}", p.port), &cluster)),
+            )
+        };
+        if p.protocol.is_http() {
+            chains.push(chain(&format!("{cluster}-http"), Some(port_match(p.port)), hcm()));
+        } else if p.protocol == Protocol::Auto {
+            chains.push(chain(&format!("{cluster}-http"), Some(http_match(Some(p.port))), hcm()));
+            chains.push(chain(&format!("{cluster}-tcp"), Some(port_match(p.port)), build::tcp_proxy(&cluster)));
+        } else {
+            chains.push(chain(&format!("{cluster}-tcp"), Some(port_match(p.port)), build::tcp_proxy(&cluster)));
+        }
+    }
+    chains.push(chain("virtualInbound-blackhole", Some(port_match(INBOUND_PORT)), build::tcp_proxy(BLACKHOLE)));
+    chains.push(chain(
+        "virtualInbound-catchall-http",
+        Some(http_match(None)),
+        build::http_connection_manager(
+            "InboundPassthroughCluster",
+            Routes::Inline(inbound_route(INBOUND_PASSTHROUGH, "inbound|http|0", INBOUND_PASSTHROUGH)),
+        ),
+    ));
+    let mut listener = sniffing(Listener {
+        name: "virtualInbound".to_string(),
+        address: Some(build::address(build::any_ip(), INBOUND_PORT)),
+        traffic_direction: TrafficDirection::Inbound as i32,
+        filter_chains: chains,
+        default_filter_chain: Some(chain("virtualInbound", None, build::tcp_proxy(INBOUND_PASSTHROUGH))),
+        ..Default::default()
+    });
+    listener.listener_filters.insert(0, build::original_dst());
+    listener
+}
+
+/// Every listener of a proxy: the two capture listeners first, then the per-port outbound ones
+/// (`0.0.0.0_PORT` for HTTP, `CLUSTERIP_PORT` for TCP and sniffed ports of Services with a
+/// ClusterIP) sorted by name. The first Service (in key order) to claim a name wins.
+pub fn listeners(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Listener> {
+    let mut out = BTreeMap::new();
+    for (svc, port) in outbound_ports(mesh) {
+        if PROXY_PORTS.contains(&port.port) {
+            continue;
+        }
+        let cluster = outbound_cluster_name(port.port, &svc.hostname);
+        let rds = || {
+            build::http_connection_manager(
+                &format!("outbound_0.0.0.0_{}", port.port),
+                Routes::Rds(port.port.to_string()),
+            )
+        };
+        if port.protocol.is_http() {
+            let name = format!("0.0.0.0_{}", port.port);
+            out.entry(name.clone()).or_insert_with(|| {
+                let mut l = virtual_listener(&name, build::any_ip(), port.port, TrafficDirection::Outbound);
+                l.filter_chains.push(chain(&name, None, rds()));
+                l
+            });
+            continue;
+        }
+        let Some(ip) = svc.cluster_ip else { continue };
+        let name = format!("{ip}_{}", port.port);
+        out.entry(name.clone()).or_insert_with(|| {
+            let mut l = virtual_listener(&name, ip, port.port, TrafficDirection::Outbound);
+            if port.protocol == Protocol::Auto {
+                l = sniffing(l);
+                l.filter_chains.push(chain(&format!("{cluster}-http"), Some(http_match(None)), rds()));
+            }
+            l.filter_chains.push(chain(&format!("{cluster}-tcp"), None, build::tcp_proxy(&cluster)));
+            l
+        });
+    }
+    let mut all = vec![virtual_outbound(), virtual_inbound(mesh, proxy)];
+    all.extend(out.into_values());
+    all
+}

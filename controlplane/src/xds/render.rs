@@ -1,0 +1,484 @@
+//! A readable, deterministic JSON rendering of the resources this control plane produces, in
+//! Envoy's proto3 JSON form (original field names, `@type` on `Any`, enums by name, durations
+//! as `"10s"`), so that it can be read, diffed in golden files, and pasted into an Envoy
+//! bootstrap.
+//!
+//! Contract: rendering covers exactly the fields the translation sets. Each renderer takes
+//! its message by value, moves out every field it renders, and fails with
+//! [`RenderError::Unrendered`] if anything non-default is left: a field added to the
+//! translation but not to the rendering is an error, never a silent omission.
+
+use std::mem::take;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
+    Cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    address, config_source, socket_address, Address, ApiVersion, BindConfig, ConfigSource,
+    HealthStatus, Http1ProtocolOptions, Http2ProtocolOptions, Locality, SocketAddress,
+    TrafficDirection,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter, listener_filter, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, Route,
+    RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
+use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    http_protocol_options::{
+        explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
+        UseDownstreamHttpConfig,
+    },
+    HttpProtocolOptions,
+};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
+use prost::{Message, Name};
+use serde_json::{Map, Value};
+
+/// Why a resource could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The message has fields the renderer does not cover.
+    #[error("{message}: fields not covered by the rendering: {rest}")]
+    Unrendered {
+        /// The message type.
+        message: &'static str,
+        /// Debug form of what is left.
+        rest: String,
+    },
+    /// An `Any` of a type the renderer does not know.
+    #[error("cannot render Any of type {0}")]
+    UnknownAny(String),
+    /// An `Any` whose bytes do not decode as its type.
+    #[error("cannot decode Any of type {type_url}: {source}")]
+    Decode {
+        /// The type URL.
+        type_url: String,
+        /// The decoder's error.
+        source: prost::DecodeError,
+    },
+    /// An enum value outside the enum.
+    #[error("{message}: unknown enum value {value}")]
+    UnknownEnum {
+        /// The enum.
+        message: &'static str,
+        /// The value.
+        value: i32,
+    },
+}
+
+type R = Result<Value, RenderError>;
+
+/// Builds one JSON object, leaving out default values as proto3 JSON does.
+#[derive(Default)]
+struct Obj(Map<String, Value>);
+
+impl Obj {
+    fn str(&mut self, key: &str, v: String) -> &mut Self {
+        if !v.is_empty() {
+            self.0.insert(key.to_string(), Value::String(v));
+        }
+        self
+    }
+    fn bool(&mut self, key: &str, v: bool) -> &mut Self {
+        if v {
+            self.0.insert(key.to_string(), Value::Bool(true));
+        }
+        self
+    }
+    fn strs(&mut self, key: &str, v: Vec<String>) -> &mut Self {
+        if !v.is_empty() {
+            self.0.insert(key.to_string(), v.into());
+        }
+        self
+    }
+    fn val(&mut self, key: &str, v: Option<Value>) -> &mut Self {
+        if let Some(v) = v {
+            self.0.insert(key.to_string(), v);
+        }
+        self
+    }
+    fn msg<T>(&mut self, key: &str, v: Option<T>, f: fn(T) -> R) -> Result<&mut Self, RenderError> {
+        if let Some(v) = v {
+            self.0.insert(key.to_string(), f(v)?);
+        }
+        Ok(self)
+    }
+    fn list<T>(&mut self, key: &str, v: Vec<T>, f: fn(T) -> R) -> Result<&mut Self, RenderError> {
+        if !v.is_empty() {
+            let items = v.into_iter().map(f).collect::<Result<Vec<_>, _>>()?;
+            self.0.insert(key.to_string(), Value::Array(items));
+        }
+        Ok(self)
+    }
+    /// Finishes the object after checking that `rest` has nothing left.
+    fn done<T: PartialEq + Default + std::fmt::Debug>(&mut self, rest: T, message: &'static str) -> R {
+        if rest != T::default() {
+            return Err(RenderError::Unrendered { message, rest: format!("{rest:?}") });
+        }
+        Ok(Value::Object(take(&mut self.0)))
+    }
+}
+
+fn enum_name<E: TryFrom<i32>>(message: &'static str, v: i32, name: fn(&E) -> &'static str) -> Result<Option<Value>, RenderError> {
+    if v == 0 {
+        return Ok(None);
+    }
+    let e = E::try_from(v).map_err(|_| RenderError::UnknownEnum { message, value: v })?;
+    Ok(Some(Value::String(name(&e).to_string())))
+}
+
+fn duration(d: Duration) -> R {
+    let Duration { seconds, nanos } = d;
+    Ok(Value::String(if nanos == 0 {
+        format!("{seconds}s")
+    } else {
+        format!("{seconds}.{nanos:09}s")
+    }))
+}
+
+fn wrapped_bool(v: BoolValue) -> R {
+    Ok(Value::Bool(v.value))
+}
+
+fn wrapped_u32(v: UInt32Value) -> R {
+    Ok(Value::from(v.value))
+}
+
+fn decode<T: Message + Default>(any: &Any) -> Result<T, RenderError> {
+    T::decode(any.value.as_slice())
+        .map_err(|source| RenderError::Decode { type_url: any.type_url.clone(), source })
+}
+
+/// Renders an `Any` of a type the translation uses, with `@type` first.
+pub fn any(any: Any) -> R {
+    let url = any.type_url.as_str();
+    let body = if url == Cluster::type_url() {
+        cluster(decode(&any)?)?
+    } else if url == ClusterLoadAssignment::type_url() {
+        load_assignment(decode(&any)?)?
+    } else if url == Listener::type_url() {
+        listener(decode(&any)?)?
+    } else if url == RouteConfiguration::type_url() {
+        route_configuration(decode(&any)?)?
+    } else if url == HttpConnectionManager::type_url() {
+        hcm(decode(&any)?)?
+    } else if url == TcpProxy::type_url() {
+        tcp(decode(&any)?)?
+    } else if url == HttpProtocolOptions::type_url() {
+        http_protocol_options(decode(&any)?)?
+    } else if url == Router::type_url() {
+        Obj::default().done(decode::<Router>(&any)?, "Router")?
+    } else if url == HttpInspector::type_url() {
+        Obj::default().done(decode::<HttpInspector>(&any)?, "HttpInspector")?
+    } else if url == OriginalDst::type_url() {
+        Obj::default().done(decode::<OriginalDst>(&any)?, "OriginalDst")?
+    } else {
+        return Err(RenderError::UnknownAny(any.type_url));
+    };
+    let mut out = Map::new();
+    out.insert("@type".to_string(), Value::String(any.type_url));
+    if let Value::Object(fields) = body {
+        out.extend(fields);
+    }
+    Ok(Value::Object(out))
+}
+
+fn socket_address_json(mut m: SocketAddress) -> R {
+    let mut o = Obj::default();
+    o.str("address", take(&mut m.address));
+    match m.port_specifier.take() {
+        Some(socket_address::PortSpecifier::PortValue(p)) => {
+            o.val("port_value", Some(Value::from(p)));
+        }
+        other => m.port_specifier = other,
+    }
+    o.done(m, "SocketAddress")
+}
+
+fn address_json(mut m: Address) -> R {
+    let mut o = Obj::default();
+    match m.address.take() {
+        Some(address::Address::SocketAddress(s)) => {
+            o.msg("socket_address", Some(s), socket_address_json)?;
+        }
+        other => m.address = other,
+    }
+    o.done(m, "Address")
+}
+
+fn config_source_json(mut m: ConfigSource) -> R {
+    let mut o = Obj::default();
+    match m.config_source_specifier.take() {
+        Some(config_source::ConfigSourceSpecifier::Ads(a)) => {
+            o.val("ads", Some(Obj::default().done(a, "AggregatedConfigSource")?));
+        }
+        other => m.config_source_specifier = other,
+    }
+    o.val("resource_api_version", enum_name("ApiVersion", take(&mut m.resource_api_version), ApiVersion::as_str_name)?);
+    o.done(m, "ConfigSource")
+}
+
+/// Renders a cluster.
+pub fn cluster(mut m: Cluster) -> R {
+    let mut o = Obj::default();
+    o.str("name", take(&mut m.name));
+    match m.cluster_discovery_type.take() {
+        Some(ClusterDiscoveryType::Type(t)) => {
+            let name = enum_name("DiscoveryType", t, DiscoveryType::as_str_name)?;
+            o.val("type", name.or(Some(Value::String("STATIC".to_string()))));
+        }
+        other => m.cluster_discovery_type = other,
+    }
+    o.msg("eds_cluster_config", m.eds_cluster_config.take(), |mut e: EdsClusterConfig| {
+        let mut o = Obj::default();
+        o.msg("eds_config", e.eds_config.take(), config_source_json)?;
+        o.str("service_name", take(&mut e.service_name));
+        o.done(e, "EdsClusterConfig")
+    })?;
+    o.msg("connect_timeout", m.connect_timeout.take(), duration)?;
+    o.val("lb_policy", enum_name("LbPolicy", take(&mut m.lb_policy), LbPolicy::as_str_name)?);
+    o.msg("upstream_bind_config", m.upstream_bind_config.take(), |mut b: BindConfig| {
+        let mut o = Obj::default();
+        o.msg("source_address", b.source_address.take(), socket_address_json)?;
+        o.done(b, "BindConfig")
+    })?;
+    let mut options: Vec<_> = take(&mut m.typed_extension_protocol_options).into_iter().collect();
+    options.sort_by(|a, b| a.0.cmp(&b.0));
+    if !options.is_empty() {
+        let mut map = Map::new();
+        for (k, v) in options {
+            map.insert(k, any(v)?);
+        }
+        o.val("typed_extension_protocol_options", Some(Value::Object(map)));
+    }
+    o.done(m, "Cluster")
+}
+
+fn http_protocol_options(mut m: HttpProtocolOptions) -> R {
+    fn h1(m: Http1ProtocolOptions) -> R {
+        Obj::default().done(m, "Http1ProtocolOptions")
+    }
+    fn h2(m: Http2ProtocolOptions) -> R {
+        Obj::default().done(m, "Http2ProtocolOptions")
+    }
+    let mut o = Obj::default();
+    match m.upstream_protocol_options.take() {
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(mut e)) => {
+            let mut inner = Obj::default();
+            match e.protocol_config.take() {
+                Some(ProtocolConfig::Http2ProtocolOptions(p)) => {
+                    inner.msg("http2_protocol_options", Some(p), h2)?;
+                }
+                Some(ProtocolConfig::HttpProtocolOptions(p)) => {
+                    inner.msg("http_protocol_options", Some(p), h1)?;
+                }
+                other => e.protocol_config = other,
+            }
+            o.val("explicit_http_config", Some(inner.done::<ExplicitHttpConfig>(e, "ExplicitHttpConfig")?));
+        }
+        Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(mut d)) => {
+            let mut inner = Obj::default();
+            inner.msg("http_protocol_options", d.http_protocol_options.take(), h1)?;
+            inner.msg("http2_protocol_options", d.http2_protocol_options.take(), h2)?;
+            o.val("use_downstream_protocol_config", Some(inner.done::<UseDownstreamHttpConfig>(d, "UseDownstreamHttpConfig")?));
+        }
+        other => m.upstream_protocol_options = other,
+    }
+    o.done(m, "HttpProtocolOptions")
+}
+
+/// Renders a load assignment.
+pub fn load_assignment(mut m: ClusterLoadAssignment) -> R {
+    fn locality(mut l: Locality) -> R {
+        // Always rendered in full: an empty locality is still a set one.
+        let mut map = Map::new();
+        map.insert("region".into(), Value::String(take(&mut l.region)));
+        map.insert("zone".into(), Value::String(take(&mut l.zone)));
+        map.insert("sub_zone".into(), Value::String(take(&mut l.sub_zone)));
+        Obj::default().done(l, "Locality")?;
+        Ok(Value::Object(map))
+    }
+    fn lb_endpoint(mut e: LbEndpoint) -> R {
+        let mut o = Obj::default();
+        match e.host_identifier.take() {
+            Some(HostIdentifier::Endpoint(mut ep)) => {
+                let mut inner = Obj::default();
+                inner.msg("address", ep.address.take(), address_json)?;
+                o.val("endpoint", Some(inner.done::<Endpoint>(ep, "Endpoint")?));
+            }
+            other => e.host_identifier = other,
+        }
+        o.val("health_status", enum_name("HealthStatus", take(&mut e.health_status), HealthStatus::as_str_name)?);
+        o.msg("load_balancing_weight", e.load_balancing_weight.take(), wrapped_u32)?;
+        o.done(e, "LbEndpoint")
+    }
+    fn locality_endpoints(mut l: LocalityLbEndpoints) -> R {
+        let mut o = Obj::default();
+        o.msg("locality", l.locality.take(), locality)?;
+        o.list("lb_endpoints", take(&mut l.lb_endpoints), lb_endpoint)?;
+        o.msg("load_balancing_weight", l.load_balancing_weight.take(), wrapped_u32)?;
+        o.done(l, "LocalityLbEndpoints")
+    }
+    let mut o = Obj::default();
+    o.str("cluster_name", take(&mut m.cluster_name));
+    o.list("endpoints", take(&mut m.endpoints), locality_endpoints)?;
+    o.done(m, "ClusterLoadAssignment")
+}
+
+fn filter_json(mut f: Filter) -> R {
+    let mut o = Obj::default();
+    o.str("name", take(&mut f.name));
+    match f.config_type.take() {
+        Some(filter::ConfigType::TypedConfig(a)) => {
+            o.val("typed_config", Some(any(a)?));
+        }
+        other => f.config_type = other,
+    }
+    o.done(f, "Filter")
+}
+
+fn filter_chain_match(mut m: FilterChainMatch) -> R {
+    let mut o = Obj::default();
+    o.msg("destination_port", m.destination_port.take(), wrapped_u32)?;
+    o.str("transport_protocol", take(&mut m.transport_protocol));
+    o.strs("application_protocols", take(&mut m.application_protocols));
+    o.done(m, "FilterChainMatch")
+}
+
+fn filter_chain(mut c: FilterChain) -> R {
+    let mut o = Obj::default();
+    o.str("name", take(&mut c.name));
+    o.msg("filter_chain_match", c.filter_chain_match.take(), filter_chain_match)?;
+    o.list("filters", take(&mut c.filters), filter_json)?;
+    o.done(c, "FilterChain")
+}
+
+fn listener_filter_json(mut f: ListenerFilter) -> R {
+    let mut o = Obj::default();
+    o.str("name", take(&mut f.name));
+    match f.config_type.take() {
+        Some(listener_filter::ConfigType::TypedConfig(a)) => {
+            o.val("typed_config", Some(any(a)?));
+        }
+        other => f.config_type = other,
+    }
+    o.done(f, "ListenerFilter")
+}
+
+/// Renders a listener.
+pub fn listener(mut m: Listener) -> R {
+    let mut o = Obj::default();
+    o.str("name", take(&mut m.name));
+    o.msg("address", m.address.take(), address_json)?;
+    o.msg("bind_to_port", m.bind_to_port.take(), wrapped_bool)?;
+    o.msg("use_original_dst", m.use_original_dst.take(), wrapped_bool)?;
+    o.val("traffic_direction", enum_name("TrafficDirection", take(&mut m.traffic_direction), TrafficDirection::as_str_name)?);
+    o.list("listener_filters", take(&mut m.listener_filters), listener_filter_json)?;
+    o.msg("listener_filters_timeout", m.listener_filters_timeout.take(), duration)?;
+    o.bool("continue_on_listener_filters_timeout", take(&mut m.continue_on_listener_filters_timeout));
+    o.list("filter_chains", take(&mut m.filter_chains), filter_chain)?;
+    o.msg("default_filter_chain", m.default_filter_chain.take(), filter_chain)?;
+    o.done(m, "Listener")
+}
+
+fn tcp(mut m: TcpProxy) -> R {
+    let mut o = Obj::default();
+    o.str("stat_prefix", take(&mut m.stat_prefix));
+    match m.cluster_specifier.take() {
+        Some(tcp_proxy::ClusterSpecifier::Cluster(c)) => {
+            o.str("cluster", c);
+        }
+        other => m.cluster_specifier = other,
+    }
+    o.done(m, "TcpProxy")
+}
+
+fn hcm(mut m: HttpConnectionManager) -> R {
+    fn http_filter_json(mut f: HttpFilter) -> R {
+        let mut o = Obj::default();
+        o.str("name", take(&mut f.name));
+        match f.config_type.take() {
+            Some(http_filter::ConfigType::TypedConfig(a)) => {
+                o.val("typed_config", Some(any(a)?));
+            }
+            other => f.config_type = other,
+        }
+        o.done(f, "HttpFilter")
+    }
+    let mut o = Obj::default();
+    o.str("stat_prefix", take(&mut m.stat_prefix));
+    match m.route_specifier.take() {
+        Some(RouteSpecifier::Rds(mut r)) => {
+            let mut inner = Obj::default();
+            inner.msg("config_source", r.config_source.take(), config_source_json)?;
+            inner.str("route_config_name", take(&mut r.route_config_name));
+            o.val("rds", Some(inner.done::<Rds>(r, "Rds")?));
+        }
+        Some(RouteSpecifier::RouteConfig(rc)) => {
+            o.msg("route_config", Some(rc), route_configuration)?;
+        }
+        other => m.route_specifier = other,
+    }
+    o.list("http_filters", take(&mut m.http_filters), http_filter_json)?;
+    o.done(m, "HttpConnectionManager")
+}
+
+fn route_json(mut r: Route) -> R {
+    let mut o = Obj::default();
+    o.str("name", take(&mut r.name));
+    o.msg("match", r.r#match.take(), |mut m: RouteMatch| {
+        let mut o = Obj::default();
+        match m.path_specifier.take() {
+            Some(PathSpecifier::Prefix(p)) => {
+                o.val("prefix", Some(Value::String(p)));
+            }
+            other => m.path_specifier = other,
+        }
+        o.done(m, "RouteMatch")
+    })?;
+    match r.action.take() {
+        Some(Action::Route(mut a)) => {
+            let mut inner = Obj::default();
+            match a.cluster_specifier.take() {
+                Some(ClusterSpecifier::Cluster(c)) => {
+                    inner.str("cluster", c);
+                }
+                other => a.cluster_specifier = other,
+            }
+            inner.msg("timeout", a.timeout.take(), duration)?;
+            o.val("route", Some(inner.done::<RouteAction>(a, "RouteAction")?));
+        }
+        other => r.action = other,
+    }
+    o.done(r, "Route")
+}
+
+fn virtual_host(mut v: VirtualHost) -> R {
+    let mut o = Obj::default();
+    o.str("name", take(&mut v.name));
+    o.strs("domains", take(&mut v.domains));
+    o.list("routes", take(&mut v.routes), route_json)?;
+    o.done(v, "VirtualHost")
+}
+
+/// Renders a route configuration.
+pub fn route_configuration(mut m: RouteConfiguration) -> R {
+    let mut o = Obj::default();
+    o.str("name", take(&mut m.name));
+    o.list("virtual_hosts", take(&mut m.virtual_hosts), virtual_host)?;
+    o.msg("validate_clusters", m.validate_clusters.take(), wrapped_bool)?;
+    o.done(m, "RouteConfiguration")
+}
