@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: installs what is missing (scripts/install-deps.sh), builds every
+# binary (the end-to-end tests run them), then runs every test with cargo-nextest's `ci`
+# profile (.config/nextest.toml). Extra arguments go to `cargo nextest run`.
+#
+# End-to-end tests build pods out of network namespaces and need root. As root, a test that
+# cannot create namespaces fails instead of skipping (MESH_TESTS_REQUIRE_NETNS=1); otherwise
+# those tests print SKIPPED. Their logs are in target/e2e-logs/<test>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-deps.sh
+if ! command -v cargo >/dev/null 2>&1; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+if [[ $EUID -eq 0 ]]; then
+  export MESH_TESTS_REQUIRE_NETNS=1
+else
+  echo "test.sh: not root: the end-to-end tests will be SKIPPED" >&2
+fi
+
+cargo build --workspace --bins
+cargo test --workspace --doc
+cargo nextest run --workspace --profile "${NEXTEST_PROFILE:-ci}" "$@"
