@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod convert;
 pub mod model;
 
 pub use client::{ClientOptions, NodeInfo, XdsClient, XdsHandle, XdsStatus};

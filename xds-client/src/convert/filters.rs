@@ -1,0 +1,242 @@
+//! Network filters (`http_connection_manager`, `tcp_proxy`) and HTTP filters (`router`).
+//!
+//! Ignored fields of the HTTP connection manager (observability and Envoy-side tuning; the
+//! proxy has its own): `tracing`, `access_log*`, `stream_idle_timeout`, `request_timeout`,
+//! `request_headers_timeout`, `drain_timeout*`, `delayed_close_timeout`,
+//! `stream_flush_timeout`, `common_http_protocol_options`, `http_protocol_options`,
+//! `http2_protocol_options`, `max_request_headers_kb`, `server_name`,
+//! `server_header_transformation`, `use_remote_address`, `xff_num_trusted_hops`, `skip_xff_append`,
+//! `via`, `internal_address_config`, `generate_request_id`, `request_id_extension`,
+//! `preserve_external_request_id`, `always_set_request_id_in_response`,
+//! `forward_client_cert_details`, `set_current_client_cert_details`, `proxy_100_continue`,
+//! `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`,
+//! `path_normalization_options`, `stream_error_on_invalid_http_message`,
+//! `represent_ipv4_remote_address_as_ipv4_mapped_ipv6`, `add_user_agent`, `proxy_status_config`,
+//! `append_x_forwarded_port`, `append_local_overload`, `add_proxy_protocol_connection_state`,
+//! `forward_proto_config`, `http1_safe_max_connection_duration`.
+//! `upgrade_configs` may only enable WebSocket, which the proxy passes through.
+//!
+//! Ignored fields of `tcp_proxy`: `access_log*`, `flush_access_log_on_connected`,
+//! `backoff_options`, `check_drain_close`. Ignored fields of the router: all but
+//! `upstream_http_filters`.
+
+use envoy_types::pb::envoy::config::listener::v3::{filter, Filter};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    self as hcm, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{self as tcp, tcp_proxy};
+use prost::Name;
+use std::time::Duration;
+
+use super::route::convert_route_config;
+use super::{
+    decode_any, reject_set, require_ads, timeout_or, type_name, ConvertError, Location, Within,
+};
+use crate::model::{HttpConnectionManager, HttpFilter, NetworkFilter, RouteSource, TcpProxy};
+
+/// Envoy's default `tcp_proxy` idle timeout.
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+const ROUTER_NAME: &str = "envoy.filters.http.router";
+
+/// A network filter of a chain. Only the two terminal filters are supported.
+impl TryFrom<Filter> for NetworkFilter {
+    type Error = ConvertError;
+
+    fn try_from(proto: Filter) -> Result<Self, ConvertError> {
+        let any = match proto.config_type {
+            Some(filter::ConfigType::TypedConfig(any)) => any,
+            Some(filter::ConfigType::ConfigDiscovery(_)) => {
+                return Err(ConvertError::unsupported("config_discovery"))
+            }
+            None => return Err(ConvertError::missing("typed_config")),
+        };
+        let kind = type_name(&any.type_url);
+        if kind == hcm::HttpConnectionManager::full_name() {
+            let proto: hcm::HttpConnectionManager = decode_any(&any).at("typed_config")?;
+            HttpConnectionManager::try_from(proto)
+                .at("typed_config")
+                .map(NetworkFilter::Http)
+        } else if kind == tcp::TcpProxy::full_name() {
+            let proto: tcp::TcpProxy = decode_any(&any).at("typed_config")?;
+            TcpProxy::try_from(proto)
+                .at("typed_config")
+                .map(NetworkFilter::Tcp)
+        } else {
+            let name = if proto.name.is_empty() {
+                any.type_url
+            } else {
+                proto.name
+            };
+            Err(ConvertError::UnsupportedFilter {
+                at: Location::default(),
+                name,
+            })
+        }
+    }
+}
+
+/// `envoy.filters.network.http_connection_manager`.
+impl TryFrom<hcm::HttpConnectionManager> for HttpConnectionManager {
+    type Error = ConvertError;
+
+    fn try_from(proto: hcm::HttpConnectionManager) -> Result<Self, ConvertError> {
+        if proto.codec_type != http_connection_manager::CodecType::Auto as i32 {
+            let name = http_connection_manager::CodecType::try_from(proto.codec_type).map_or_else(
+                |_| proto.codec_type.to_string(),
+                |c| c.as_str_name().to_string(),
+            );
+            return Err(ConvertError::unsupported_value("codec_type", name));
+        }
+        reject_set!(
+            proto,
+            http3_protocol_options,
+            local_reply_config,
+            original_ip_detection_extensions,
+            early_header_mutation_extensions,
+            typed_header_validation_config,
+            strip_matching_host_port,
+            strip_port_mode,
+            strip_trailing_host_dot,
+            forward_client_cert_matcher,
+            scheme_header_transformation,
+        );
+        for (i, upgrade) in proto.upgrade_configs.iter().enumerate() {
+            websocket_upgrade(upgrade).at_index("upgrade_configs", i)?;
+        }
+        let routes = match proto.route_specifier {
+            Some(http_connection_manager::RouteSpecifier::Rds(rds)) => {
+                require_ads(rds.config_source.as_ref())
+                    .at("config_source")
+                    .at("rds")?;
+                if rds.route_config_name.is_empty() {
+                    return Err(ConvertError::missing("route_config_name").at("rds"));
+                }
+                RouteSource::Rds(rds.route_config_name)
+            }
+            Some(http_connection_manager::RouteSpecifier::RouteConfig(config)) => {
+                RouteSource::Inline(convert_route_config(config).at("route_config")?)
+            }
+            Some(http_connection_manager::RouteSpecifier::ScopedRoutes(_)) => {
+                return Err(ConvertError::unsupported("scoped_routes"))
+            }
+            None => return Err(ConvertError::missing("route_specifier")),
+        };
+        let mut http_filters = Vec::new();
+        for (i, filter) in proto.http_filters.into_iter().enumerate() {
+            if let Some(converted) = http_filter(filter).at_index("http_filters", i)? {
+                if http_filters.last() == Some(&HttpFilter::Router) {
+                    return Err(ConvertError::inconsistent(
+                        "the router must be the last HTTP filter",
+                    )
+                    .at_index("http_filters", i));
+                }
+                http_filters.push(converted);
+            }
+        }
+        if http_filters.last() != Some(&HttpFilter::Router) {
+            return Err(ConvertError::inconsistent(
+                "the last HTTP filter must be the router (envoy.filters.http.router)",
+            )
+            .at("http_filters"));
+        }
+        Ok(HttpConnectionManager {
+            stat_prefix: proto.stat_prefix,
+            routes,
+            http_filters,
+        })
+    }
+}
+
+/// Only WebSocket upgrades, enabled, without upgrade filters.
+fn websocket_upgrade(upgrade: &http_connection_manager::UpgradeConfig) -> Result<(), ConvertError> {
+    if !upgrade.upgrade_type.eq_ignore_ascii_case("websocket") {
+        return Err(ConvertError::unsupported_value(
+            "upgrade_type",
+            upgrade.upgrade_type.clone(),
+        ));
+    }
+    reject_set!(upgrade, filters);
+    if upgrade.enabled.as_ref().is_some_and(|e| !e.value) {
+        return Err(ConvertError::unsupported_value("enabled", "false"));
+    }
+    Ok(())
+}
+
+/// One HTTP filter: `Some` when supported, `None` when it is unknown and optional (skipped).
+fn http_filter(proto: hcm::HttpFilter) -> Result<Option<HttpFilter>, ConvertError> {
+    let is_router = match &proto.config_type {
+        Some(http_filter::ConfigType::TypedConfig(any)) => {
+            type_name(&any.type_url) == Router::full_name()
+        }
+        Some(http_filter::ConfigType::ConfigDiscovery(_)) => false,
+        None => proto.name == ROUTER_NAME,
+    };
+    if !is_router {
+        if proto.is_optional {
+            return Ok(None);
+        }
+        let name = match (&proto.config_type, proto.name.is_empty()) {
+            (Some(http_filter::ConfigType::TypedConfig(any)), true) => any.type_url.clone(),
+            _ => proto.name,
+        };
+        return Err(ConvertError::UnsupportedHttpFilter {
+            at: Location::default(),
+            name,
+        });
+    }
+    if proto.disabled {
+        return Err(ConvertError::unsupported_value("disabled", "true"));
+    }
+    if let Some(http_filter::ConfigType::TypedConfig(any)) = &proto.config_type {
+        let router: Router = decode_any(any).at("typed_config")?;
+        reject_set!(router, upstream_http_filters);
+    }
+    Ok(Some(HttpFilter::Router))
+}
+
+/// `envoy.filters.network.tcp_proxy`.
+impl TryFrom<tcp::TcpProxy> for TcpProxy {
+    type Error = ConvertError;
+
+    fn try_from(proto: tcp::TcpProxy) -> Result<Self, ConvertError> {
+        reject_set!(
+            proto,
+            on_demand,
+            metadata_match,
+            downstream_idle_timeout,
+            upstream_idle_timeout,
+            hash_policy,
+            tunneling_config,
+            max_downstream_connection_duration,
+            max_downstream_connection_duration_jitter_percentage,
+            proxy_protocol_tlvs,
+            proxy_protocol_tlv_merge_policy,
+            upstream_connect_mode,
+            max_early_data_bytes,
+        );
+        if let Some(attempts) = &proto.max_connect_attempts {
+            if attempts.value != 1 {
+                return Err(ConvertError::unsupported_value(
+                    "max_connect_attempts",
+                    attempts.value.to_string(),
+                ));
+            }
+        }
+        let cluster = match proto.cluster_specifier {
+            Some(tcp_proxy::ClusterSpecifier::Cluster(name)) if !name.is_empty() => name,
+            Some(tcp_proxy::ClusterSpecifier::WeightedClusters(_)) => {
+                return Err(ConvertError::unsupported("weighted_clusters"))
+            }
+            _ => return Err(ConvertError::missing("cluster")),
+        };
+        let idle_timeout =
+            timeout_or(proto.idle_timeout.as_ref(), TCP_IDLE_TIMEOUT).at("idle_timeout")?;
+        Ok(TcpProxy {
+            stat_prefix: proto.stat_prefix,
+            cluster,
+            idle_timeout,
+        })
+    }
+}

@@ -1,0 +1,140 @@
+//! Cluster load assignment conversions.
+
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus as PbHealth, Locality};
+use envoy_types::pb::envoy::config::endpoint::v3 as ep;
+
+use super::*;
+use crate::model::{ClusterLoadAssignment, Endpoint, HealthStatus};
+
+const NAME: &str = "outbound|9080||reviews.default.svc.cluster.local";
+
+fn cla(groups: Vec<ep::LocalityLbEndpoints>) -> ep::ClusterLoadAssignment {
+    ep::ClusterLoadAssignment {
+        cluster_name: NAME.into(),
+        endpoints: groups,
+        ..Default::default()
+    }
+}
+
+fn group(locality: Option<Locality>, endpoints: Vec<ep::LbEndpoint>) -> ep::LocalityLbEndpoints {
+    ep::LocalityLbEndpoints {
+        locality,
+        lb_endpoints: endpoints,
+        ..Default::default()
+    }
+}
+
+fn with_endpoint(f: impl FnOnce(&mut ep::LbEndpoint)) -> ep::ClusterLoadAssignment {
+    let mut e = lb_endpoint("10.1.0.1", 9080);
+    f(&mut e);
+    cla(vec![group(None, vec![e])])
+}
+
+#[test]
+fn localities_are_flattened() {
+    let mut weighted = lb_endpoint("10.1.0.2", 9080);
+    weighted.load_balancing_weight = u32v(3);
+    weighted.health_status = PbHealth::Healthy as i32;
+    let mut draining = lb_endpoint("10.1.0.3", 9080);
+    draining.health_status = PbHealth::Draining as i32;
+    let mut unhealthy = lb_endpoint("fd00::4", 9080);
+    unhealthy.health_status = PbHealth::Unhealthy as i32;
+    let zone = Locality {
+        region: "eu".into(),
+        zone: "eu-1".into(),
+        sub_zone: String::new(),
+    };
+    let converted = ClusterLoadAssignment::try_from(cla(vec![
+        group(
+            Some(Locality::default()),
+            vec![lb_endpoint("10.1.0.1", 9080)],
+        ),
+        group(Some(zone), vec![weighted, draining, unhealthy]),
+    ]))
+    .unwrap();
+    assert_eq!(converted.cluster_name, NAME);
+    let endpoint = |addr: &str, weight, health, locality: &str| Endpoint {
+        address: addr.parse().unwrap(),
+        weight,
+        health,
+        locality: locality.into(),
+    };
+    assert_eq!(
+        converted.endpoints,
+        vec![
+            endpoint("10.1.0.1:9080", 1, HealthStatus::Healthy, ""),
+            endpoint("10.1.0.2:9080", 3, HealthStatus::Healthy, "eu/eu-1/"),
+            endpoint("10.1.0.3:9080", 1, HealthStatus::Unhealthy, "eu/eu-1/"),
+            endpoint("[fd00::4]:9080", 1, HealthStatus::Unhealthy, "eu/eu-1/"),
+        ]
+    );
+}
+
+#[test]
+fn empty_assignment_is_valid() {
+    let converted = ClusterLoadAssignment::try_from(cla(vec![])).unwrap();
+    assert!(converted.endpoints.is_empty());
+}
+
+#[test]
+fn endpoint_errors() {
+    let p = format!("cluster_load_assignment {NAME:?}: endpoints[0]");
+    let cases: Vec<(ep::ClusterLoadAssignment, String)> = vec![
+        (
+            ep::ClusterLoadAssignment::default(),
+            "cluster_load_assignment \"\": cluster_name: required field is missing or empty".into(),
+        ),
+        (
+            with_endpoint(|e| {
+                e.host_identifier = Some(ep::lb_endpoint::HostIdentifier::Endpoint(ep::Endpoint {
+                    address: Some(sock("10.1.0.1", 0)),
+                    ..Default::default()
+                }))
+            }),
+            format!(
+                "{p}.lb_endpoints[0].endpoint.address.socket_address.port_value: \
+                 invalid port \"0\""
+            ),
+        ),
+        (
+            with_endpoint(|e| {
+                e.host_identifier = Some(ep::lb_endpoint::HostIdentifier::Endpoint(ep::Endpoint {
+                    address: Some(sock("reviews.default", 9080)),
+                    ..Default::default()
+                }))
+            }),
+            format!(
+                "{p}.lb_endpoints[0].endpoint.address.socket_address.address: \
+                 invalid IP address \"reviews.default\""
+            ),
+        ),
+        (
+            with_endpoint(|e| e.host_identifier = None),
+            format!("{p}.lb_endpoints[0].endpoint: required field is missing or empty"),
+        ),
+        (
+            with_endpoint(|e| {
+                e.host_identifier = Some(ep::lb_endpoint::HostIdentifier::EndpointName("a".into()))
+            }),
+            format!("{p}.lb_endpoints[0].endpoint_name: not supported by this proxy"),
+        ),
+        (
+            with_endpoint(|e| e.load_balancing_weight = u32v(0)),
+            format!("{p}.lb_endpoints[0].load_balancing_weight: invalid weight \"0\""),
+        ),
+        (
+            with_endpoint(|e| e.health_status = PbHealth::Degraded as i32),
+            format!("{p}.lb_endpoints[0].health_status: unsupported value \"DEGRADED\""),
+        ),
+        (
+            cla(vec![ep::LocalityLbEndpoints {
+                priority: 1,
+                ..Default::default()
+            }]),
+            format!("{p}.priority: not supported by this proxy"),
+        ),
+    ];
+    for (proto, expected) in cases {
+        assert_eq!(message(ClusterLoadAssignment::try_from(proto)), expected);
+    }
+}
