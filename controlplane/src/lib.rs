@@ -10,3 +10,5 @@ pub mod config;
 pub mod registry;
 pub mod watch;
 pub mod xds;
+pub mod app;
+pub mod debug;

@@ -1,1 +1,129 @@
-//! placeholder
+//! The sync status of every connected proxy, for `/debug/syncz`: what was sent, what was
+//! acknowledged, and the last rejection, per resource type.
+//!
+//! Each ADS stream is the only writer of its own entry (a `watch` channel); readers take a
+//! consistent copy of each entry without blocking the streams.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::ResourceType;
+use crate::registry::{ConnectionId, ProxyInfo};
+
+/// The state of one resource type on one stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TypeStatus {
+    /// Names subscribed to (empty for wildcard types).
+    pub resource_names: BTreeSet<String>,
+    /// Version of the last response sent.
+    pub sent_version: Option<String>,
+    /// Nonce of the last response sent.
+    pub sent_nonce: Option<String>,
+    /// Number of resources in the last response sent.
+    pub sent_resources: usize,
+    /// Last version the proxy acknowledged.
+    pub acked_version: Option<String>,
+    /// Message of the last NACK, cleared by the next ACK.
+    pub last_nack: Option<String>,
+    /// Responses sent, ACKs and NACKs received.
+    pub responses: u64,
+    /// ACKs received.
+    pub acks: u64,
+    /// NACKs received.
+    pub nacks: u64,
+}
+
+/// One connected proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProxyStatus {
+    /// Connection id (unique per stream).
+    pub connection: ConnectionId,
+    /// Node id.
+    pub node_id: String,
+    /// Pod name.
+    pub pod: Option<String>,
+    /// Namespace.
+    pub namespace: Option<String>,
+    /// Instance IPs.
+    pub ips: Vec<IpAddr>,
+    /// Workload labels.
+    pub labels: BTreeMap<String, String>,
+    /// Peer address of the stream.
+    pub peer: Option<String>,
+    /// When the stream was opened (RFC 3339).
+    pub connected_at: String,
+    /// Per type (`cds`, `eds`, `lds`, `rds`).
+    pub types: BTreeMap<&'static str, TypeStatus>,
+}
+
+impl ProxyStatus {
+    /// A fresh entry for a connection, before its first request.
+    pub fn new(connection: ConnectionId, peer: Option<String>) -> ProxyStatus {
+        ProxyStatus {
+            connection,
+            node_id: String::new(),
+            pod: None,
+            namespace: None,
+            ips: Vec::new(),
+            labels: BTreeMap::new(),
+            peer,
+            connected_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            types: BTreeMap::new(),
+        }
+    }
+
+    /// Fills in the node's identity.
+    pub fn set_proxy(&mut self, proxy: &ProxyInfo) {
+        self.node_id = proxy.id.clone();
+        self.pod = proxy.pod.clone();
+        self.namespace = proxy.namespace.clone();
+        self.ips = proxy.ips.clone();
+        self.labels = proxy.labels.clone();
+    }
+
+    /// The entry of a type.
+    pub fn of(&mut self, kind: ResourceType) -> &mut TypeStatus {
+        self.types.entry(kind.short_name()).or_default()
+    }
+}
+
+/// Every connected proxy's status.
+#[derive(Debug, Default)]
+pub struct SyncStatus {
+    streams: Mutex<BTreeMap<ConnectionId, watch::Receiver<ProxyStatus>>>,
+}
+
+/// Removes its connection's entry when dropped.
+#[derive(Debug)]
+pub struct StatusEntry {
+    owner: Arc<SyncStatus>,
+    connection: ConnectionId,
+    /// The connection's writer.
+    pub writer: watch::Sender<ProxyStatus>,
+}
+
+impl Drop for StatusEntry {
+    fn drop(&mut self) {
+        self.owner.streams.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.connection);
+    }
+}
+
+impl SyncStatus {
+    /// Adds a connection; the entry lives as long as the returned guard.
+    pub fn register(self: &Arc<Self>, initial: ProxyStatus) -> StatusEntry {
+        let connection = initial.connection;
+        let (writer, reader) = watch::channel(initial);
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner).insert(connection, reader);
+        StatusEntry { owner: self.clone(), connection, writer }
+    }
+
+    /// A copy of every connection's status, by connection id.
+    pub fn snapshot(&self) -> Vec<ProxyStatus> {
+        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        streams.values().map(|r| r.borrow().clone()).collect()
+    }
+}

@@ -1,0 +1,148 @@
+//! The control plane assembled: config store and watcher, registry, ADS server and debug
+//! server, started together and stopped together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::{ConfigSnapshot, ConfigStore};
+use crate::debug::{self, DebugState};
+use crate::registry::{spawn_registry, RegistryHandle};
+use crate::watch::{watch_config, ConfigWatcher, Debounce, WatchError};
+use crate::xds::server::AdsService;
+use crate::xds::status::SyncStatus;
+
+/// What the control plane needs to start.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The config directory.
+    pub config_dir: PathBuf,
+    /// ADS over plaintext gRPC.
+    pub xds_addr: SocketAddr,
+    /// Debug HTTP server.
+    pub debug_addr: SocketAddr,
+    /// Cluster DNS domain.
+    pub cluster_domain: String,
+    /// Debounce of config reloads and of registry changes.
+    pub debounce: Debounce,
+}
+
+/// Errors starting the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config directory does not exist or is not a directory.
+    #[error("config directory {0}: not a directory")]
+    ConfigDir(PathBuf),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which server.
+        what: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config directory cannot be watched.
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct ControlPlane {
+    /// The bound ADS address.
+    pub xds_addr: SocketAddr,
+    /// The bound debug address.
+    pub debug_addr: SocketAddr,
+    /// The registry.
+    pub registry: RegistryHandle,
+    /// Connected proxies' sync status.
+    pub status: Arc<SyncStatus>,
+    /// The config in force.
+    pub config: watch::Receiver<Arc<ConfigSnapshot>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    _watcher: ConfigWatcher,
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, what, source })
+}
+
+impl ControlPlane {
+    /// Loads the config, binds the listeners and starts every server on the current runtime.
+    pub async fn start(options: Options) -> Result<ControlPlane, StartError> {
+        if !options.config_dir.is_dir() {
+            return Err(StartError::ConfigDir(options.config_dir));
+        }
+        let xds_listener = bind(options.xds_addr, "xDS").await?;
+        let debug_listener = bind(options.debug_addr, "debug").await?;
+        let xds_addr = xds_listener.local_addr().map_err(|source| StartError::Bind {
+            addr: options.xds_addr,
+            what: "xDS",
+            source,
+        })?;
+        let debug_addr = debug_listener.local_addr().map_err(|source| StartError::Bind {
+            addr: options.debug_addr,
+            what: "debug",
+            source,
+        })?;
+
+        let store = ConfigStore::load(&options.config_dir);
+        let first = store.current();
+        tracing::info!(
+            dir = %options.config_dir.display(),
+            objects = first.objects.len(),
+            errors = first.errors.len(),
+            "config loaded"
+        );
+        for e in &first.errors {
+            tracing::warn!("{e}");
+        }
+        let (config, watcher) = watch_config(store, options.debounce)?;
+        let registry = spawn_registry(config.clone(), options.cluster_domain, options.debounce);
+        let status = Arc::new(SyncStatus::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let ads = AdsService::new(registry.clone(), status.clone(), shutdown_rx.clone());
+        let mut xds_shutdown = shutdown_rx.clone();
+        let xds_task = tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(ads.into_server())
+                .serve_with_incoming_shutdown(TcpListenerStream::new(xds_listener), async move {
+                    let _ = xds_shutdown.wait_for(|down| *down).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "xDS server failed");
+            }
+        });
+        let debug_state = DebugState { status: status.clone(), config: config.clone() };
+        let debug_task = tokio::spawn(debug::serve(debug_listener, debug_state, shutdown_rx));
+        tracing::info!(%xds_addr, %debug_addr, "control plane serving");
+        Ok(ControlPlane {
+            xds_addr,
+            debug_addr,
+            registry,
+            status,
+            config,
+            shutdown,
+            tasks: vec![xds_task, debug_task],
+            _watcher: watcher,
+        })
+    }
+
+    /// Stops every server: open ADS streams end, then the listeners close.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The debug HTTP server (`--debug-addr`, 127.0.0.1:8080 by default):
+//! - `/debug/syncz`: JSON list, one entry per connected proxy: node id, pod, namespace, IPs,
+//!   and per type (`cds`, `eds`, `lds`, `rds`) the sent version and nonce, the acked
+//!   version and the last NACK message;
+//! - `/debug/configz`: JSON of the objects in force (with their file, and whether they are a
+//!   kept last valid version) and of every rejected document with its error;
+//! - `/ready`: 200 once the server is up (the config is loaded before it starts).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::ConfigSnapshot;
+use crate::xds::status::SyncStatus;
+
+/// What the debug endpoints read.
+#[derive(Clone, Debug)]
+pub struct DebugState {
+    /// Connected proxies.
+    pub status: Arc<SyncStatus>,
+    /// The config in force.
+    pub config: watch::Receiver<Arc<ConfigSnapshot>>,
+}
+
+/// One error of `/debug/configz`.
+#[derive(Serialize)]
+struct ErrorView {
+    file: String,
+    object: Option<String>,
+    field: Option<String>,
+    message: String,
+}
+
+/// The body of `/debug/configz`.
+pub fn configz(snapshot: &ConfigSnapshot) -> serde_json::Value {
+    let objects: Vec<_> = snapshot
+        .objects
+        .iter()
+        .map(|(key, stored)| {
+            json!({
+                "key": key.to_string(),
+                "file": stored.file.display().to_string(),
+                "kept_last_valid_version": stored.kept,
+                "object": stored.object,
+            })
+        })
+        .collect();
+    let errors: Vec<_> = snapshot
+        .errors
+        .iter()
+        .map(|e| ErrorView {
+            file: e.file().display().to_string(),
+            object: e.object(),
+            field: e.field().map(str::to_string),
+            message: e.to_string(),
+        })
+        .collect();
+    json!({
+        "root": snapshot.root.display().to_string(),
+        "generation": snapshot.generation,
+        "objects": objects,
+        "errors": errors,
+    })
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+fn json_reply(value: &impl Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => reply(StatusCode::OK, "application/json", body),
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+    }
+}
+
+/// Answers one request.
+pub fn handle(state: &DebugState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
+    }
+    match req.uri().path() {
+        "/debug/syncz" => json_reply(&state.status.snapshot()),
+        "/debug/configz" => json_reply(&configz(&state.config.borrow())),
+        "/ready" => reply(StatusCode::OK, "text/plain", "ready\n"),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /debug/syncz, /debug/configz, /ready\n",
+        ),
+    }
+}
+
+/// Serves the debug endpoints on `listener` until `shutdown` becomes true.
+pub async fn serve(listener: TcpListener, state: DebugState, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|down| *down) => return,
+        };
+        let (stream, _) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "debug server accept failed");
+                continue;
+            }
+        };
+        let state = state.clone();
+        let mut conn_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let resp = handle(&state, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = conn_shutdown.wait_for(|down| *down) => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}
