@@ -481,19 +481,18 @@ fn ip_command(ip: &Path, args: &[&str]) -> Result<String, ApplyError> {
     run(cmd, None)
 }
 
-/// Like [`ip_command`], but an "exists" failure counts as success.
+/// Like [`ip_command`], but a "File exists" failure (already added) counts as success.
 fn ip_ensure(ip: &Path, args: &[&str]) -> Result<(), ApplyError> {
     match ip_command(ip, args) {
-        Err(ApplyError::Failed { stderr, .. }) if stderr.to_lowercase().contains("exists") => {
-            Ok(())
-        }
+        Err(ApplyError::Failed { stderr, .. }) if stderr.contains("File exists") => Ok(()),
         other => other.map(|_| ()),
     }
 }
 
 /// Istio's route setup: `::6/128` on lo when IPv6 is enabled (the proxy's inbound delivery
 /// source), and for TPROXY inbound capture a `fwmark MARK lookup TABLE` rule and a local
-/// default route to lo in TABLE, per IP version.
+/// default route to lo in TABLE, per IP version (lo is brought up first: the kernel refuses
+/// an IPv6 route through a device that is down). Each step is skipped when already done.
 fn configure_routes(settings: &Settings) -> Result<(), ApplyError> {
     let tproxy = settings.mode == InterceptionMode::Tproxy && settings.captures_inbound();
     if !settings.enable_ipv6 && !tproxy {
@@ -501,11 +500,15 @@ fn configure_routes(settings: &Settings) -> Result<(), ApplyError> {
     }
     let ip = find_binary("ip")?;
     if settings.enable_ipv6 {
-        ip_ensure(&ip, &["-6", "addr", "add", "::6/128", "dev", "lo"])?;
+        let addrs = ip_command(&ip, &["-6", "addr", "show", "dev", "lo"])?;
+        if !addrs.contains("inet6 ::6/128 ") {
+            ip_ensure(&ip, &["-6", "addr", "add", "::6/128", "dev", "lo"])?;
+        }
     }
     if !tproxy {
         return Ok(());
     }
+    ip_command(&ip, &["link", "set", "lo", "up"])?;
     let mark = settings.tproxy_mark.to_string();
     let table = settings.tproxy_route_table.to_string();
     let versions: &[&str] = if settings.enable_ipv6 {
@@ -514,11 +517,8 @@ fn configure_routes(settings: &Settings) -> Result<(), ApplyError> {
         &["-4"]
     };
     for version in versions {
-        let existing = ip_command(
-            &ip,
-            &[version, "rule", "show", "fwmark", &mark, "lookup", &table],
-        )?;
-        if existing.trim().is_empty() {
+        let rule = [*version, "rule", "show", "fwmark", &mark, "lookup", &table];
+        if ip_command(&ip, &rule)?.trim().is_empty() {
             ip_command(
                 &ip,
                 &[version, "rule", "add", "fwmark", &mark, "lookup", &table],

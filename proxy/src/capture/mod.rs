@@ -219,6 +219,7 @@ pub fn run_init(args: &InitArgs) -> Result<(), InitError> {
     // A subscriber may already be installed by the caller; then that one is used.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
