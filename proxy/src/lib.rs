@@ -1,6 +1,21 @@
 //! `mesh-proxy`: the Pingora sidecar.
 //!
-//! `init` writes the capture rules ([`capture`]); `run` starts the sidecar ([`app`]).
+//! `init` writes the capture rules ([`capture`]); `run` starts the sidecar ([`app`]): capture
+//! listeners ([`listener`]) hand each connection to the HTTP proxy ([`http`]) or the TCP proxy
+//! ([`tcp`]) according to the configuration snapshot ([`snapshot`]); [`upstream`] picks
+//! endpoints, [`accesslog`] writes one line per request or connection, [`admin`] serves the
+//! admin and readiness ports.
 
+pub mod accesslog;
+pub mod admin;
 pub mod app;
 pub mod capture;
+#[cfg(test)]
+mod fixtures;
+pub mod http;
+pub mod listener;
+pub mod shared;
+pub mod snapshot;
+pub mod stats;
+pub mod tcp;
+pub mod upstream;

@@ -1,11 +1,132 @@
-//! `mesh-proxy run`: assembles the Pingora server (capture listeners, admin, readiness) and
-//! the xDS client.
+//! `mesh-proxy run`: assembles the sidecar — the xDS client, the Pingora server with the
+//! capture listeners (HTTP and TCP proxying), the admin and readiness ports and the access
+//! log — and runs it until it is told to stop.
+//!
+//! Logs (`RUST_LOG` filter, default `info`) go to stderr; stdout carries only access logs.
+#![forbid(unsafe_code)]
 
-/// Flags of `mesh-proxy run`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct RunArgs {}
+pub mod args;
+pub mod control;
+pub mod server;
 
-/// Run the sidecar until it is told to stop.
-pub fn run(_args: RunArgs) -> anyhow::Result<()> {
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora_core::server::RunArgs as PingoraRunArgs;
+use tracing_subscriber::EnvFilter;
+use xds_client::{ClientOptions, NodeInfo, XdsClient};
+
+pub use self::args::RunArgs;
+use self::args::Settings;
+use crate::accesslog::{self, AccessLog};
+use crate::admin::AdminState;
+use crate::shared::Shared;
+
+/// Access-log lines that may wait for the writer before new ones are dropped.
+const ACCESS_LOG_QUEUE: usize = 16 * 1024;
+/// First xDS reconnect delay.
+const XDS_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest xDS reconnect delay.
+const XDS_MAX_BACKOFF: Duration = Duration::from_secs(15);
+
+/// Errors of `mesh-proxy run`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag has a bad value.
+    #[error("invalid {flag}: {reason}")]
+    InvalidFlag {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A listen address cannot be bound.
+    #[error("cannot listen on {addr} ({flag}): {source}")]
+    Bind {
+        /// The flag that set the address.
+        flag: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The access log could not start.
+    #[error(transparent)]
+    AccessLog(#[from] accesslog::Error),
+}
+
+fn bind(flag: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
+    std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { flag, addr, source })
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The xDS node for these settings.
+pub fn node_info(settings: &Settings) -> NodeInfo {
+    let a = &settings.args;
+    NodeInfo {
+        pod_name: a.pod_name.clone(),
+        namespace: a.namespace.clone(),
+        ip: a.ip,
+        labels: a.labels.0.clone(),
+        service_account: a.service_account.clone(),
+        cluster_domain: a.cluster_domain.clone(),
+    }
+}
+
+/// Run the sidecar until SIGTERM, SIGQUIT or `/quitquitquit` (drain, then exit) or SIGINT
+/// (exit at once). Fails before starting anything when a flag is invalid or a port is taken.
+pub fn run(args: RunArgs) -> Result<(), Error> {
+    init_tracing();
+    let settings = args.validate()?;
+    let a = &settings.args;
+
+    // Bind (or probe) every port first, so that a taken port is a clear error, not a panic
+    // inside Pingora's listener setup.
+    let admin_listener = bind("--admin-addr", a.admin_addr)?;
+    let readiness_listener = bind("--readiness-addr", a.readiness_addr)?;
+    drop(bind("--outbound-addr", a.outbound_addr)?);
+    drop(bind("--inbound-addr", a.inbound_addr)?);
+
+    let node = node_info(&settings);
+    let (client, xds) = XdsClient::new(ClientOptions {
+        address: a.xds_address.clone(),
+        node: node.clone(),
+        initial_backoff: XDS_INITIAL_BACKOFF,
+        max_backoff: XDS_MAX_BACKOFF,
+    });
+    let access_log = AccessLog::stdout(ACCESS_LOG_QUEUE)?;
+    let shared = Arc::new(Shared::new(access_log.clone()));
+    let admin = Arc::new(AdminState {
+        shared: shared.clone(),
+        xds,
+        node,
+    });
+    let control = control::Control::new(client, admin, admin_listener, readiness_listener);
+    let server = server::build(&settings, shared.clone(), control);
+    tracing::info!(
+        outbound = %a.outbound_addr,
+        inbound = %a.inbound_addr,
+        admin = %a.admin_addr,
+        readiness = %a.readiness_addr,
+        xds = %a.xds_address,
+        threads = settings.threads,
+        "mesh-proxy starting"
+    );
+    server.run(PingoraRunArgs {
+        shutdown_signal: Box::new(server::Signals::new(shared)),
+    });
+    access_log.flush(Duration::from_secs(1));
     Ok(())
 }

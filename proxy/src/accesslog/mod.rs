@@ -1,0 +1,261 @@
+//! Access log: one JSON line per HTTP request and per TCP connection, written to stdout with
+//! Istio's JSON field names.
+//!
+//! The data path never blocks on it: [`AccessLog::log`] hands the entry to a bounded channel
+//! and returns; a dedicated writer thread formats and writes the lines (stdout may be a slow
+//! pipe). When the channel is full the entry is dropped and counted ([`AccessLog::dropped`]).
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Serialize, Serializer};
+
+#[cfg(test)]
+mod tests;
+
+/// Errors of the access log.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The writer thread could not be started.
+    #[error("cannot start the access log writer thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Envoy's response flags, the subset the proxy sets. Serialized as Envoy's short code (`-`
+/// when none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResponseFlag {
+    /// No flag.
+    #[default]
+    None,
+    /// `NR`: no route for the request, or no filter chain for the connection.
+    NoRoute,
+    /// `NC`: the route's or the TCP proxy's cluster does not exist.
+    NoClusterFound,
+    /// `UH`: no healthy upstream endpoint (includes the black hole).
+    NoHealthyUpstream,
+    /// `UF`: the upstream connection failed.
+    UpstreamConnectionFailure,
+    /// `UT`: the route's timeout elapsed before the upstream answered.
+    UpstreamRequestTimeout,
+    /// `UC`: the upstream closed or reset the connection before answering.
+    UpstreamConnectionTermination,
+    /// `DC`: the downstream closed the connection before the response was sent.
+    DownstreamConnectionTermination,
+    /// `SI`: the TCP proxy's idle timeout closed the connection.
+    StreamIdleTimeout,
+}
+
+impl ResponseFlag {
+    /// Envoy's short code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseFlag::None => "-",
+            ResponseFlag::NoRoute => "NR",
+            ResponseFlag::NoClusterFound => "NC",
+            ResponseFlag::NoHealthyUpstream => "UH",
+            ResponseFlag::UpstreamConnectionFailure => "UF",
+            ResponseFlag::UpstreamRequestTimeout => "UT",
+            ResponseFlag::UpstreamConnectionTermination => "UC",
+            ResponseFlag::DownstreamConnectionTermination => "DC",
+            ResponseFlag::StreamIdleTimeout => "SI",
+        }
+    }
+}
+
+impl Serialize for ResponseFlag {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// One access-log line. Field names are Istio's JSON access log names; absent values are
+/// written as `null` (Istio's `-`).
+#[derive(Clone, Debug, Serialize)]
+pub struct AccessLogEntry {
+    /// When the request (or connection) started; written as RFC 3339 UTC with milliseconds.
+    #[serde(serialize_with = "rfc3339_ms")]
+    pub start_time: SystemTime,
+    /// HTTP method.
+    pub method: Option<String>,
+    /// Path with query.
+    pub path: Option<String>,
+    /// `HTTP/1.1`, `HTTP/2`, ...; `null` for TCP.
+    pub protocol: Option<&'static str>,
+    /// Response status sent downstream; 0 for TCP or when nothing was sent.
+    pub response_code: u16,
+    /// Envoy response flag.
+    pub response_flags: ResponseFlag,
+    /// Why this response code (Envoy's `%RESPONSE_CODE_DETAILS%`).
+    pub response_code_details: Option<&'static str>,
+    /// The request's authority (`Host` or `:authority`).
+    pub authority: Option<String>,
+    /// `x-request-id`.
+    pub request_id: Option<String>,
+    /// `user-agent`.
+    pub user_agent: Option<String>,
+    /// `x-forwarded-for`.
+    pub x_forwarded_for: Option<String>,
+    /// Milliseconds from start to the end of the request or connection.
+    pub duration: u64,
+    /// Body bytes received from the downstream.
+    pub bytes_received: u64,
+    /// Body bytes sent to the downstream.
+    pub bytes_sent: u64,
+    /// Address of the upstream endpoint used.
+    pub upstream_host: Option<SocketAddr>,
+    /// Name of the upstream cluster used.
+    pub upstream_cluster: Option<String>,
+    /// The downstream peer.
+    pub downstream_remote_address: Option<SocketAddr>,
+    /// The connection's original destination.
+    pub downstream_local_address: Option<SocketAddr>,
+    /// Name of the route that matched.
+    pub route_name: Option<String>,
+}
+
+impl AccessLogEntry {
+    /// An entry with only the start time set.
+    pub fn new(start_time: SystemTime) -> AccessLogEntry {
+        AccessLogEntry {
+            start_time,
+            method: None,
+            path: None,
+            protocol: None,
+            response_code: 0,
+            response_flags: ResponseFlag::None,
+            response_code_details: None,
+            authority: None,
+            request_id: None,
+            user_agent: None,
+            x_forwarded_for: None,
+            duration: 0,
+            bytes_received: 0,
+            bytes_sent: 0,
+            upstream_host: None,
+            upstream_cluster: None,
+            downstream_remote_address: None,
+            downstream_local_address: None,
+            route_name: None,
+        }
+    }
+}
+
+fn rfc3339_ms<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let t: DateTime<Utc> = (*t).into();
+    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+enum Message {
+    Entry(Box<AccessLogEntry>),
+    Flush(SyncSender<()>),
+}
+
+/// The access log sink: cheap to call from any thread, never blocks.
+#[derive(Debug)]
+pub struct AccessLog {
+    tx: SyncSender<Message>,
+    dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Message::Entry(_) => f.write_str("Entry"),
+            Message::Flush(_) => f.write_str("Flush"),
+        }
+    }
+}
+
+impl AccessLog {
+    /// Start a writer thread that writes to stdout, with room for `capacity` pending lines.
+    pub fn stdout(capacity: usize) -> Result<Arc<AccessLog>, Error> {
+        AccessLog::spawn(std::io::stdout(), capacity)
+    }
+
+    /// Start a writer thread that writes to `out`, with room for `capacity` pending lines.
+    pub fn spawn<W: Write + Send + 'static>(
+        out: W,
+        capacity: usize,
+    ) -> Result<Arc<AccessLog>, Error> {
+        let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer(rx, out))
+            .map_err(Error::Spawn)?;
+        Ok(Arc::new(AccessLog {
+            tx,
+            dropped: AtomicU64::new(0),
+        }))
+    }
+
+    /// Queue one entry; drops (and counts) it when the queue is full.
+    pub fn log(&self, entry: AccessLogEntry) {
+        match self.tx.try_send(Message::Entry(Box::new(entry))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Entries dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Wait (at most `timeout`) until every entry queued before this call is written and
+    /// flushed. Returns whether that happened in time. May block: not for the data path.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
+        let deadline = std::time::Instant::now() + timeout;
+        let mut message = Message::Flush(ack_tx);
+        loop {
+            match self.tx.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(m)) => {
+                    if std::time::Instant::now() >= deadline {
+                        return false;
+                    }
+                    message = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        ack_rx.recv_timeout(left).is_ok()
+    }
+}
+
+fn writer<W: Write>(rx: Receiver<Message>, out: W) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    let mut line = Vec::with_capacity(1024);
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Entry(entry) => {
+                    line.clear();
+                    if serde_json::to_writer(&mut line, &*entry).is_ok() {
+                        line.push(b'\n');
+                        let _ = out.write_all(&line);
+                    }
+                }
+                Message::Flush(ack) => {
+                    let _ = out.flush();
+                    let _ = ack.try_send(());
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+    let _ = out.flush();
+}

@@ -1,0 +1,109 @@
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::*;
+
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::ErrorKind::Other)?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A writer that blocks until the test releases it.
+struct Gate(std::sync::mpsc::Receiver<()>);
+
+impl Write for Gate {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.recv();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn sample() -> AccessLogEntry {
+    let mut e = AccessLogEntry::new(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123));
+    e.method = Some("GET".into());
+    e.path = Some("/a?b=c".into());
+    e.protocol = Some("HTTP/1.1");
+    e.response_code = 503;
+    e.response_flags = ResponseFlag::NoHealthyUpstream;
+    e.upstream_cluster = Some("outbound|80||a.default.svc.cluster.local".into());
+    e.downstream_local_address = Some("10.96.0.1:80".parse().unwrap());
+    e
+}
+
+#[test]
+fn entry_uses_istio_field_names_and_formats() {
+    let v: serde_json::Value = serde_json::to_value(sample()).unwrap();
+    assert_eq!(v["start_time"], "2023-11-14T22:13:20.123Z");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/a?b=c");
+    assert_eq!(v["protocol"], "HTTP/1.1");
+    assert_eq!(v["response_code"], 503);
+    assert_eq!(v["response_flags"], "UH");
+    assert_eq!(v["downstream_local_address"], "10.96.0.1:80");
+    assert!(v["upstream_host"].is_null());
+    assert!(v["route_name"].is_null());
+    for key in [
+        "authority",
+        "bytes_received",
+        "bytes_sent",
+        "duration",
+        "downstream_remote_address",
+        "upstream_cluster",
+        "request_id",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    let none: serde_json::Value = serde_json::to_value(AccessLogEntry::new(UNIX_EPOCH)).unwrap();
+    assert_eq!(none["response_flags"], "-");
+}
+
+#[test]
+fn writes_one_line_per_entry() {
+    let buf = SharedBuf::default();
+    let log = AccessLog::spawn(buf.clone(), 16).unwrap();
+    log.log(sample());
+    log.log(sample());
+    assert!(log.flush(Duration::from_secs(5)));
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2);
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["response_code"], 503);
+    }
+    assert_eq!(log.dropped(), 0);
+}
+
+#[test]
+fn full_queue_drops_and_counts_without_blocking() {
+    let (release, gate) = std::sync::mpsc::channel();
+    let log = AccessLog::spawn(Gate(gate), 2).unwrap();
+    // The first entry gets the writer stuck in a write.
+    log.log(sample());
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    for _ in 0..50 {
+        log.log(sample());
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Only the queue's two slots took entries.
+    assert_eq!(log.dropped(), 48);
+    for _ in 0..100 {
+        let _ = release.send(());
+    }
+}

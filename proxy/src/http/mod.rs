@@ -1,0 +1,392 @@
+//! The HTTP proxy: one `impl ProxyHttp` whose phases call the chain's filters in order.
+//!
+//! Phase by phase, in the order Pingora runs them:
+//! 1. `early_request_filter` — attach the connection's [`ConnContext`] (listener, chain,
+//!    original destination), carried on the stream's digest by the capture listener.
+//! 2. `request_filter` — take the current snapshot and run the chain's filters in code order
+//!    (today: the router, which chooses route and cluster); a filter may answer locally
+//!    (404 `NR`, 503 `NC`/`UH`).
+//! 3. `upstream_peer` — pick the endpoint (round robin over healthy endpoints, or the original
+//!    destination), bind address, HTTP version, pool group and timeouts.
+//! 4. `upstream_request_filter` — add the generated `x-request-id`.
+//! 5. `fail_to_connect` / `fail_to_proxy` — Envoy's local replies (503 `UF`, 504 `UT`, ...).
+//! 6. `logging` — one access-log line.
+#![forbid(unsafe_code)]
+
+pub mod filters;
+pub mod reply;
+pub mod route;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use http::Version;
+use pingora_core::connectors::l4::BindTo;
+use pingora_core::protocols::ALPN;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use xds_client::model::UpstreamProtocol;
+
+use self::filters::Verdict;
+use self::reply::{LocalReply, Outcome};
+use crate::accesslog::{AccessLogEntry, ResponseFlag};
+use crate::listener::conn::ConnContext;
+use crate::shared::Shared;
+use crate::snapshot::Snapshot;
+use crate::stats::Stats;
+use crate::upstream::ClusterRuntime;
+
+/// Concurrent streams allowed on one upstream HTTP/2 connection.
+const MAX_H2_STREAMS: usize = 100;
+
+/// The route and cluster chosen for a request.
+#[derive(Debug, Clone)]
+pub struct RouteDecision {
+    /// Name of the matched route (may be empty).
+    pub route_name: String,
+    /// Name of the route's cluster.
+    pub cluster_name: String,
+    /// The cluster, if it exists in the snapshot.
+    pub cluster: Option<Arc<ClusterRuntime>>,
+    /// The route's timeout.
+    pub timeout: Option<Duration>,
+}
+
+/// Per-request state, shared by the phases and filters.
+#[derive(Debug)]
+pub struct RequestCtx {
+    start_time: SystemTime,
+    started: Instant,
+    /// The connection's context.
+    pub conn: Option<Arc<ConnContext>>,
+    /// The snapshot the request was routed under.
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// The request's authority.
+    pub authority: Option<String>,
+    /// `x-request-id` (received or generated).
+    pub request_id: Option<String>,
+    generated_request_id: bool,
+    /// The router's decision.
+    pub route: Option<RouteDecision>,
+    /// The upstream endpoint chosen.
+    pub upstream: Option<SocketAddr>,
+    /// A local reply decided by a phase, for `fail_to_proxy` to write.
+    pub failure: Option<LocalReply>,
+    /// Response flag for the access log.
+    pub flag: ResponseFlag,
+    /// Response code details for the access log.
+    pub details: Option<&'static str>,
+}
+
+impl RequestCtx {
+    fn new() -> RequestCtx {
+        RequestCtx {
+            start_time: SystemTime::now(),
+            started: Instant::now(),
+            conn: None,
+            snapshot: None,
+            authority: None,
+            request_id: None,
+            generated_request_id: false,
+            route: None,
+            upstream: None,
+            failure: None,
+            flag: ResponseFlag::None,
+            details: None,
+        }
+    }
+
+    fn record(&mut self, reply: LocalReply) {
+        self.flag = reply.flag();
+        self.details = Some(reply.details());
+    }
+}
+
+/// The `ProxyHttp` of the sidecar (one instance per capture listener).
+#[derive(Debug)]
+pub struct MeshHttp {
+    shared: Arc<Shared>,
+}
+
+impl MeshHttp {
+    /// The proxy logic over the shared state.
+    pub fn new(shared: Arc<Shared>) -> MeshHttp {
+        MeshHttp { shared }
+    }
+
+    async fn local_reply(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        reply: LocalReply,
+    ) -> Result<bool> {
+        ctx.record(reply);
+        Stats::incr(&self.shared.stats.downstream_rq_local_reply);
+        reply::send(session, reply).await?;
+        Ok(true)
+    }
+}
+
+/// The request's authority: `:authority` (HTTP/2, absolute-form) or the `Host` header.
+pub fn authority(req: &RequestHeader) -> Option<String> {
+    if let Some(a) = req.uri.authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+}
+
+/// A random version-4 UUID, Envoy's `x-request-id` format.
+pub fn new_request_id() -> String {
+    let v: u128 = rand::random();
+    let v = (v & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let s = format!("{v:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &s[0..8],
+        &s[8..12],
+        &s[12..16],
+        &s[16..20],
+        &s[20..32]
+    )
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn header(req: &RequestHeader, name: &str) -> Option<String> {
+    req.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+#[async_trait]
+impl ProxyHttp for MeshHttp {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.conn = ConnContext::from_digest(session.as_downstream().digest());
+        if ctx.conn.is_none() {
+            ctx.failure = Some(LocalReply::Internal);
+            return Error::e_explain(ErrorType::InternalError, "connection context missing");
+        }
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        Stats::incr(&self.shared.stats.downstream_rq_total);
+        let snapshot = self.shared.snapshot.load();
+        let req = session.req_header();
+        ctx.authority = authority(req);
+        ctx.request_id = header(req, "x-request-id");
+        if ctx.request_id.is_none() {
+            ctx.request_id = Some(new_request_id());
+            ctx.generated_request_id = true;
+        }
+        let Some(conn) = ctx.conn.clone() else {
+            return self.local_reply(session, ctx, LocalReply::Internal).await;
+        };
+        let Some(chain) = conn.http_chain() else {
+            return self.local_reply(session, ctx, LocalReply::Internal).await;
+        };
+        for filter in &chain.filters {
+            let verdict = filter.on_request(session.req_header(), ctx, &snapshot, &chain.routes);
+            if let Verdict::Reply(reply) = verdict {
+                tracing::debug!(filter = filter.name(), ?reply, "local reply");
+                return self.local_reply(session, ctx, reply).await;
+            }
+        }
+        if ctx.route.is_none() {
+            return self.local_reply(session, ctx, LocalReply::NoRoute).await;
+        }
+        ctx.snapshot = Some(snapshot);
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let (Some(conn), Some(decision)) = (ctx.conn.as_ref(), ctx.route.as_ref()) else {
+            ctx.failure = Some(LocalReply::Internal);
+            return Error::e_explain(ErrorType::InternalError, "no route decision");
+        };
+        let Some(cluster) = decision.cluster.clone() else {
+            ctx.failure = Some(LocalReply::NoCluster);
+            return Error::e_explain(ErrorType::HTTPStatus(503), "cluster not found");
+        };
+        let address = match cluster.pick(&conn.destination) {
+            Ok(address) => address,
+            Err(e) => {
+                ctx.failure = Some(LocalReply::NoHealthyUpstream);
+                return Error::e_explain(ErrorType::HTTPStatus(503), e.to_string());
+            }
+        };
+        let mut peer = HttpPeer::new(address, false, String::new());
+        peer.group_key = cluster.group_key();
+        let options = &mut peer.options;
+        options.connection_timeout = Some(cluster.connect_timeout());
+        if let Some(ip) = cluster.bind_address() {
+            let mut bind = BindTo::default();
+            bind.addr = Some(SocketAddr::new(ip, 0));
+            options.bind_to = Some(bind);
+        }
+        let h2 = match cluster.protocol() {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::UseDownstream => session.is_http2(),
+        };
+        if h2 {
+            options.alpn = ALPN::H2;
+            options.max_h2_streams = MAX_H2_STREAMS;
+        }
+        if let Some(timeout) = decision.timeout {
+            options.read_timeout = Some(timeout);
+            options.write_timeout = Some(timeout);
+        }
+        ctx.upstream = Some(address);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.generated_request_id {
+            if let Some(id) = &ctx.request_id {
+                upstream_request.insert_header("x-request-id", id.as_str())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // No retry policy in the model: like Envoy without one, a failed connect is final.
+        e.set_retry(false);
+        ctx.failure = Some(LocalReply::ConnectFailure);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let outcome = match ctx.failure.take() {
+            Some(reply) => Outcome::Reply(reply),
+            None => reply::classify(e),
+        };
+        let reply = match outcome {
+            Outcome::DownstreamGone => {
+                ctx.flag = ResponseFlag::DownstreamConnectionTermination;
+                ctx.details = Some("downstream_remote_disconnect");
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            }
+            Outcome::Reply(reply) => reply,
+        };
+        ctx.record(reply);
+        if session.response_written().is_some() {
+            // Headers already went out: all that is left is to close the stream.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        Stats::incr(&self.shared.stats.downstream_rq_local_reply);
+        match reply::send(session, reply).await {
+            Ok(code) => FailToProxy {
+                error_code: code,
+                can_reuse_downstream: true,
+            },
+            Err(_) => FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            },
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        // Failures the access log explains (with a response flag) are not errors of the proxy.
+        ctx.flag != ResponseFlag::None
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.flag == ResponseFlag::None {
+            if let Some(e) = e {
+                ctx.flag = match reply::classify(e) {
+                    Outcome::DownstreamGone => ResponseFlag::DownstreamConnectionTermination,
+                    Outcome::Reply(r) => r.flag(),
+                };
+            }
+        }
+        let req = session.req_header();
+        let mut entry = AccessLogEntry::new(ctx.start_time);
+        entry.method = Some(req.method.as_str().to_string());
+        entry.path = Some(
+            req.uri
+                .path_and_query()
+                .map_or_else(|| req.uri.path().to_string(), |p| p.as_str().to_string()),
+        );
+        entry.protocol = Some(protocol_name(req.version));
+        entry.user_agent = header(req, "user-agent");
+        entry.x_forwarded_for = header(req, "x-forwarded-for");
+        entry.response_code = session.response_written().map_or(0, |r| r.status.as_u16());
+        entry.response_flags = ctx.flag;
+        entry.response_code_details = ctx.details.or_else(|| {
+            (entry.response_code != 0 && ctx.flag == ResponseFlag::None).then_some("via_upstream")
+        });
+        entry.authority = ctx.authority.take();
+        entry.request_id = ctx.request_id.take();
+        entry.duration = ctx.started.elapsed().as_millis() as u64;
+        entry.bytes_received = session.body_bytes_read() as u64;
+        entry.bytes_sent = session.body_bytes_sent() as u64;
+        entry.upstream_host = ctx.upstream;
+        if let Some(route) = ctx.route.take() {
+            entry.upstream_cluster = Some(route.cluster_name);
+            entry.route_name = Some(route.route_name).filter(|n| !n.is_empty());
+        }
+        if let Some(conn) = &ctx.conn {
+            entry.downstream_remote_address = conn.peer_addr;
+            entry.downstream_local_address = Some(conn.destination.address);
+        }
+        self.shared.access_log.log(entry);
+    }
+}

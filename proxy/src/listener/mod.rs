@@ -1,0 +1,204 @@
+//! The capture listeners (outbound 15001, inbound 15006): one Pingora `ServerApp` that takes
+//! every accepted connection from its original destination to a filter chain, and from there
+//! to the HTTP proxy or the TCP proxy.
+//!
+//! Per connection:
+//! 1. Read the original destination (`SO_ORIGINAL_DST`; the listener's own address when the
+//!    connection was not redirected — then an `ORIGINAL_DST` upstream is refused rather than
+//!    looped back).
+//! 2. Close at once if no configuration has been applied yet (fail closed).
+//! 3. Choose the virtual listener and the filter chain ([`select`]); sniff the first bytes
+//!    ([`sniff`]) only when the remaining chains differ by application protocol, then put
+//!    them back.
+//! 4. HTTP chains: attach the [`conn::ConnContext`] to the stream and hand it to this
+//!    direction's `HttpProxy`. TCP chains: [`crate::tcp::proxy`].
+#![forbid(unsafe_code)]
+
+pub mod conn;
+pub mod select;
+pub mod sniff;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::{GetProxyDigest, GetSocketDigest, Stream};
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+
+use self::conn::{ConnContext, Role};
+use self::select::{ConnectionFacts, RAW_BUFFER};
+use crate::accesslog::{AccessLogEntry, ResponseFlag};
+use crate::http::MeshHttp;
+use crate::shared::Shared;
+use crate::snapshot::ChainKind;
+use crate::stats::Stats;
+use crate::upstream::OriginalDestination;
+
+/// One capture listener: its bound address, its role and its HTTP proxy.
+pub struct CaptureListener {
+    /// The address the listener is bound to.
+    pub bound: SocketAddr,
+    /// Outbound or inbound.
+    pub role: Role,
+    /// The HTTP proxy for this direction (its own upstream connection pools).
+    pub http: Arc<HttpProxy<MeshHttp>>,
+}
+
+/// The `ServerApp` behind both capture listeners.
+pub struct CaptureApp {
+    shared: Arc<Shared>,
+    listeners: Vec<CaptureListener>,
+    detection_timeout: Duration,
+}
+
+impl CaptureApp {
+    /// The app for `listeners` (distinguished by the local port of accepted connections).
+    pub fn new(
+        shared: Arc<Shared>,
+        listeners: Vec<CaptureListener>,
+        detection_timeout: Duration,
+    ) -> CaptureApp {
+        CaptureApp {
+            shared,
+            listeners,
+            detection_timeout,
+        }
+    }
+
+    fn listener_for(&self, local: Option<SocketAddr>) -> Option<&CaptureListener> {
+        let local = local?;
+        self.listeners.iter().find(|l| {
+            l.bound.port() == local.port()
+                && (l.bound.ip().is_unspecified() || l.bound.ip() == local.ip())
+        })
+    }
+
+    async fn handle(&self, mut stream: Box<L4Stream>, shutdown: &ShutdownWatch) {
+        let shared = &self.shared;
+        let digest = stream.get_socket_digest();
+        let peer_addr = digest
+            .as_ref()
+            .and_then(|d| d.peer_addr()?.as_inet().copied());
+        let local_addr = digest
+            .as_ref()
+            .and_then(|d| d.local_addr()?.as_inet().copied());
+        let Some(capture) = self.listener_for(local_addr) else {
+            tracing::warn!(?local_addr, "connection on an unknown capture listener");
+            return;
+        };
+        let Some(original_dst) = digest
+            .as_ref()
+            .and_then(|d| d.original_dst()?.as_inet().copied())
+            .or(local_addr)
+        else {
+            return;
+        };
+        let destination = OriginalDestination {
+            address: original_dst,
+            redirected: Some(original_dst) != local_addr,
+        };
+
+        let snapshot = shared.snapshot.load();
+        if !snapshot.is_ready() {
+            Stats::incr(&shared.stats.downstream_cx_no_config);
+            tracing::debug!(?peer_addr, "no configuration yet: closing the connection");
+            return;
+        }
+        let Some(capture_listener) =
+            snapshot.capture_listener(capture.bound, capture.role.listener_name())
+        else {
+            Stats::incr(&shared.stats.downstream_cx_no_chain);
+            tracing::debug!(role = ?capture.role, "no listener for the capture port");
+            return;
+        };
+        let listener = select::virtual_listener(&snapshot, capture_listener, original_dst);
+        let facts = ConnectionFacts {
+            destination: original_dst,
+            server_name: None,
+            transport_protocol: RAW_BUFFER,
+        };
+        let candidates = select::candidates(&listener.chains, &facts);
+        let mut application_protocol = None;
+        if select::needs_application_protocol(&listener.chains, &candidates) {
+            Stats::incr(&shared.stats.downstream_cx_sniffed);
+            match sniff::detect(&mut *stream, self.detection_timeout).await {
+                Ok((detected, bytes)) => {
+                    stream.rewind(&bytes);
+                    application_protocol = detected.application_protocol();
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, ?peer_addr, "read error while sniffing");
+                    return;
+                }
+            }
+        }
+        let Some(chain) = select::chain_for(listener, candidates, application_protocol) else {
+            Stats::incr(&shared.stats.downstream_cx_no_chain);
+            let mut entry = AccessLogEntry::new(SystemTime::now());
+            entry.response_flags = ResponseFlag::NoRoute;
+            entry.response_code_details = Some("filter_chain_not_found");
+            entry.downstream_remote_address = peer_addr;
+            entry.downstream_local_address = Some(original_dst);
+            shared.access_log.log(entry);
+            return;
+        };
+        let conn = Arc::new(ConnContext {
+            role: capture.role,
+            peer_addr,
+            local_addr,
+            destination,
+            listener: listener.name.clone(),
+            chain,
+            application_protocol,
+        });
+        drop(snapshot);
+        tracing::trace!(
+            listener = %conn.listener,
+            chain = %conn.chain.name,
+            ?application_protocol,
+            "connection dispatched"
+        );
+        match &conn.chain.kind {
+            ChainKind::Tcp(settings) => {
+                crate::tcp::proxy(&mut *stream, &conn, settings, shared).await;
+            }
+            ChainKind::Http(_) => {
+                stream.set_proxy_digest(conn.clone().into_digest());
+                let stream: Stream = stream;
+                // The HTTP proxy never hands a connection back to the listener.
+                let _ = capture.http.process_new(stream, shutdown).await;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for CaptureApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let _active = self.shared.stats.connection();
+        let stream = stream.into_any().downcast::<L4Stream>().ok();
+        match stream {
+            Some(stream) => self.handle(stream, shutdown).await,
+            None => tracing::warn!("capture listener accepted a non-TCP stream"),
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        // Lets idle keep-alive connections close as soon as the listeners stop.
+        for listener in &self.listeners {
+            listener.http.cleanup().await;
+        }
+    }
+}

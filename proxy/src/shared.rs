@@ -1,0 +1,69 @@
+//! State shared by every part of the running sidecar: the current config snapshot, the access
+//! log, the counters and the lifecycle (draining, quit requests).
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::accesslog::AccessLog;
+use crate::snapshot::SnapshotCell;
+use crate::stats::Stats;
+
+/// Shared by the capture listeners, the HTTP and TCP proxies and the admin servers.
+#[derive(Debug)]
+pub struct Shared {
+    /// The current configuration snapshot.
+    pub snapshot: SnapshotCell,
+    /// The access log sink.
+    pub access_log: Arc<AccessLog>,
+    /// Data-path counters.
+    pub stats: Stats,
+    /// Draining state and quit requests.
+    pub lifecycle: Lifecycle,
+}
+
+impl Shared {
+    /// Shared state with an empty snapshot.
+    pub fn new(access_log: Arc<AccessLog>) -> Shared {
+        Shared {
+            snapshot: SnapshotCell::new(),
+            access_log,
+            stats: Stats::default(),
+            lifecycle: Lifecycle::default(),
+        }
+    }
+}
+
+/// Whether the sidecar is draining, and the channel through which `/quitquitquit` asks it
+/// to.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    draining: AtomicBool,
+    quit: Notify,
+}
+
+impl Lifecycle {
+    /// True once a shutdown has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Mark the shutdown as started (readiness turns 503).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Ask for a graceful exit (as SIGTERM does).
+    pub fn request_quit(&self) {
+        self.start_draining();
+        self.quit.notify_one();
+    }
+
+    /// Resolves once [`Lifecycle::request_quit`] has been called (also if it was called
+    /// before this future was created).
+    pub async fn quit_requested(&self) {
+        self.quit.notified().await
+    }
+}

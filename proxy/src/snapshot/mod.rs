@@ -1,0 +1,284 @@
+//! The data path's view of the configuration: the applied [`ProxyConfig`] plus what the data
+//! path builds from it once per update — listener and route indexes, the HTTP filter lists of
+//! each filter chain, each cluster's load-balancing state.
+//!
+//! The config stays plain data; the handles live beside it in the [`Snapshot`]. One writer
+//! (the task following the xDS client's watch channel) replaces the snapshot in a
+//! [`SnapshotCell`]; readers load it with one atomic operation per connection and per request.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use xds_client::model::{
+    Direction, FilterChain, FilterChainMatch, Listener, NetworkFilter, ProxyConfig, RouteSource,
+    TcpProxy,
+};
+
+use crate::http::filters::Filter;
+use crate::http::route::RouteTable;
+use crate::upstream::ClusterRuntime;
+
+#[cfg(test)]
+mod tests;
+
+/// A listener with its chains prepared for the data path.
+#[derive(Debug)]
+pub struct ListenerRuntime {
+    /// Listener name.
+    pub name: String,
+    /// The address it stands for.
+    pub address: SocketAddr,
+    /// Whether it is a real socket (as opposed to a target of original-destination hand-off).
+    pub bind_to_port: bool,
+    /// Whether connections accepted on it are handed to the listener of their original
+    /// destination.
+    pub use_original_dst: bool,
+    /// Traffic direction.
+    pub direction: Direction,
+    /// Filter chains, in config order.
+    pub chains: Vec<Arc<ChainRuntime>>,
+    /// The chain used when no other matches.
+    pub default_chain: Option<Arc<ChainRuntime>>,
+}
+
+/// A filter chain prepared for the data path.
+#[derive(Debug)]
+pub struct ChainRuntime {
+    /// Chain name (may be empty).
+    pub name: String,
+    /// When the chain applies.
+    pub matcher: FilterChainMatch,
+    /// What it does with the connection.
+    pub kind: ChainKind,
+}
+
+/// The terminal network filter of a chain.
+#[derive(Debug)]
+pub enum ChainKind {
+    /// HTTP connection manager.
+    Http(HttpChain),
+    /// TCP proxy.
+    Tcp(TcpProxy),
+}
+
+/// An HTTP connection manager, with its filters built once.
+#[derive(Debug)]
+pub struct HttpChain {
+    /// Statistics prefix.
+    pub stat_prefix: String,
+    /// Where the routes come from.
+    pub routes: HttpRoutes,
+    /// The HTTP filters, called in this order on every request.
+    pub filters: Vec<Filter>,
+}
+
+/// Where an HTTP chain's routes come from.
+#[derive(Debug)]
+pub enum HttpRoutes {
+    /// An RDS route configuration, looked up in the current snapshot at request time.
+    Rds(String),
+    /// An inline route configuration, indexed with the chain.
+    Inline(Arc<RouteTable>),
+}
+
+impl ChainRuntime {
+    fn new(chain: &FilterChain) -> ChainRuntime {
+        let kind = match &chain.filter {
+            NetworkFilter::Tcp(tcp) => ChainKind::Tcp(tcp.clone()),
+            NetworkFilter::Http(hcm) => ChainKind::Http(HttpChain {
+                stat_prefix: hcm.stat_prefix.clone(),
+                routes: match &hcm.routes {
+                    RouteSource::Rds(name) => HttpRoutes::Rds(name.clone()),
+                    RouteSource::Inline(rc) => {
+                        HttpRoutes::Inline(Arc::new(RouteTable::new(rc.clone())))
+                    }
+                },
+                filters: hcm.http_filters.iter().map(Filter::build).collect(),
+            }),
+        };
+        ChainRuntime {
+            name: chain.name.clone(),
+            matcher: chain.matcher.clone(),
+            kind,
+        }
+    }
+}
+
+impl ListenerRuntime {
+    fn new(listener: &Listener) -> ListenerRuntime {
+        ListenerRuntime {
+            name: listener.name.clone(),
+            address: listener.address,
+            bind_to_port: listener.bind_to_port,
+            use_original_dst: listener.use_original_dst,
+            direction: listener.direction,
+            chains: listener
+                .filter_chains
+                .iter()
+                .map(|c| Arc::new(ChainRuntime::new(c)))
+                .collect(),
+            default_chain: listener
+                .default_filter_chain
+                .as_ref()
+                .map(|c| Arc::new(ChainRuntime::new(c))),
+        }
+    }
+}
+
+/// One applied configuration and everything built from it.
+#[derive(Debug)]
+pub struct Snapshot {
+    config: Arc<ProxyConfig>,
+    listeners: HashMap<String, Arc<ListenerRuntime>>,
+    /// Listeners that are not bound (`bind_to_port: false`), by address: targets of
+    /// original-destination hand-off.
+    handoff: HashMap<SocketAddr, Arc<ListenerRuntime>>,
+    routes: HashMap<String, Arc<RouteTable>>,
+    clusters: HashMap<String, Arc<ClusterRuntime>>,
+}
+
+impl Snapshot {
+    /// The snapshot before any configuration: not ready, nothing in it.
+    pub fn empty() -> Snapshot {
+        Snapshot::build(Arc::new(ProxyConfig::default()), None)
+    }
+
+    /// Build the snapshot of `config`, carrying load-balancing state over from `previous`.
+    pub fn build(config: Arc<ProxyConfig>, previous: Option<&Snapshot>) -> Snapshot {
+        let listeners: HashMap<String, Arc<ListenerRuntime>> = config
+            .listeners
+            .values()
+            .map(|l| (l.name.clone(), Arc::new(ListenerRuntime::new(l))))
+            .collect();
+        let handoff = listeners
+            .values()
+            .filter(|l| !l.bind_to_port)
+            .map(|l| (l.address, l.clone()))
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|(name, rc)| (name.clone(), Arc::new(RouteTable::new(rc.clone()))))
+            .collect();
+        let clusters = config
+            .clusters
+            .values()
+            .map(|c| {
+                let eds = match &c.discovery {
+                    xds_client::model::Discovery::Eds { service_name } => {
+                        config.endpoints.get(service_name)
+                    }
+                    _ => None,
+                };
+                let prev = previous.and_then(|p| p.clusters.get(&c.name));
+                let runtime = ClusterRuntime::new(c, eds, prev.map(|p| p.as_ref()));
+                (c.name.clone(), Arc::new(runtime))
+            })
+            .collect();
+        Snapshot {
+            config,
+            listeners,
+            handoff,
+            routes,
+            clusters,
+        }
+    }
+
+    /// The applied configuration.
+    pub fn config(&self) -> &Arc<ProxyConfig> {
+        &self.config
+    }
+
+    /// Whether a first full configuration has been applied: until then the capture listeners
+    /// close new connections.
+    pub fn is_ready(&self) -> bool {
+        self.config.synced
+    }
+
+    /// A listener by name.
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRuntime>> {
+        self.listeners.get(name)
+    }
+
+    /// The configured listener a capture socket bound at `bound` stands for: the bound
+    /// listener on the same port (and address, unless either is a wildcard), else the
+    /// listener named `fallback` (`virtualOutbound`, `virtualInbound`) so that ports can be
+    /// moved by flags.
+    pub fn capture_listener(
+        &self,
+        bound: SocketAddr,
+        fallback: &str,
+    ) -> Option<&Arc<ListenerRuntime>> {
+        // The config's listeners are sorted by name: the choice is deterministic.
+        self.config
+            .listeners
+            .values()
+            .filter(|l| {
+                l.bind_to_port
+                    && l.address.port() == bound.port()
+                    && (l.address.ip().is_unspecified()
+                        || bound.ip().is_unspecified()
+                        || l.address.ip() == bound.ip())
+            })
+            .find_map(|l| self.listeners.get(&l.name))
+            .or_else(|| self.listeners.get(fallback))
+    }
+
+    /// The non-bound listener for an original destination: the exact `IP:PORT` first, then the
+    /// wildcard `0.0.0.0:PORT` (or `[::]:PORT`).
+    pub fn handoff_listener(&self, dst: SocketAddr) -> Option<&Arc<ListenerRuntime>> {
+        self.handoff.get(&dst).or_else(|| {
+            let any: IpAddr = match dst.ip() {
+                IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+            };
+            self.handoff.get(&SocketAddr::new(any, dst.port()))
+        })
+    }
+
+    /// An RDS route configuration by name.
+    pub fn route_table(&self, name: &str) -> Option<&Arc<RouteTable>> {
+        self.routes.get(name)
+    }
+
+    /// A cluster by name.
+    pub fn cluster(&self, name: &str) -> Option<&Arc<ClusterRuntime>> {
+        self.clusters.get(name)
+    }
+}
+
+/// The current snapshot: one writer, many cheap readers.
+#[derive(Debug)]
+pub struct SnapshotCell {
+    current: ArcSwap<Snapshot>,
+}
+
+impl Default for SnapshotCell {
+    fn default() -> Self {
+        SnapshotCell::new()
+    }
+}
+
+impl SnapshotCell {
+    /// A cell holding [`Snapshot::empty`].
+    pub fn new() -> SnapshotCell {
+        SnapshotCell {
+            current: ArcSwap::from_pointee(Snapshot::empty()),
+        }
+    }
+
+    /// The current snapshot. Holders keep it alive (and consistent) as long as they need.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Build and publish the snapshot of `config` (the single writer's operation).
+    pub fn apply(&self, config: Arc<ProxyConfig>) {
+        let previous = self.current.load();
+        let next = Snapshot::build(config, Some(&previous));
+        self.current.store(Arc::new(next));
+    }
+}

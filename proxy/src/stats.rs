@@ -1,0 +1,91 @@
+//! Process-wide counters of the data path, shown on the admin `/stats` page and read by the
+//! drain logic (which waits for the active-connection gauge to reach zero).
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of the capture listeners. All updates are relaxed atomics: totals only grow, the
+/// one gauge (`downstream_cx_active`) is kept exact by [`ActiveConnection`].
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections accepted on the capture listeners.
+    pub downstream_cx_total: AtomicU64,
+    /// Connections currently open on the capture listeners.
+    pub downstream_cx_active: AtomicU64,
+    /// Connections closed at once because no configuration had been applied yet.
+    pub downstream_cx_no_config: AtomicU64,
+    /// Connections closed because no filter chain matched them.
+    pub downstream_cx_no_chain: AtomicU64,
+    /// Connections whose application protocol was sniffed.
+    pub downstream_cx_sniffed: AtomicU64,
+    /// HTTP requests handled (each one gets an access-log line).
+    pub downstream_rq_total: AtomicU64,
+    /// HTTP requests answered by the proxy itself (404 `NR`, 503 `UH`, ...).
+    pub downstream_rq_local_reply: AtomicU64,
+    /// TCP proxy sessions handled.
+    pub tcp_sessions_total: AtomicU64,
+    /// TCP proxy sessions whose upstream connection failed.
+    pub tcp_connect_fail: AtomicU64,
+}
+
+impl Stats {
+    /// Count a newly accepted connection; the returned guard keeps it in the active gauge
+    /// until dropped.
+    pub fn connection(&self) -> ActiveConnection<'_> {
+        self.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
+        self.downstream_cx_active.fetch_add(1, Ordering::Relaxed);
+        ActiveConnection { stats: self }
+    }
+
+    /// Connections currently open on the capture listeners.
+    pub fn active_connections(&self) -> u64 {
+        self.downstream_cx_active.load(Ordering::Relaxed)
+    }
+
+    /// Add one to a counter.
+    pub fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters in Envoy's `/stats` text form (`name: value` per line), followed by the
+    /// given extra counters.
+    pub fn render(&self, extra: &[(&str, u64)]) -> String {
+        let own = [
+            ("downstream_cx_total", &self.downstream_cx_total),
+            ("downstream_cx_active", &self.downstream_cx_active),
+            ("downstream_cx_no_config", &self.downstream_cx_no_config),
+            (
+                "downstream_cx_no_filter_chain_match",
+                &self.downstream_cx_no_chain,
+            ),
+            ("downstream_cx_sniffed", &self.downstream_cx_sniffed),
+            ("downstream_rq_total", &self.downstream_rq_total),
+            ("downstream_rq_local_reply", &self.downstream_rq_local_reply),
+            ("tcp.sessions_total", &self.tcp_sessions_total),
+            ("tcp.upstream_cx_connect_fail", &self.tcp_connect_fail),
+        ];
+        let mut out = String::new();
+        for (name, value) in own {
+            let _ = writeln!(out, "{name}: {}", value.load(Ordering::Relaxed));
+        }
+        for (name, value) in extra {
+            let _ = writeln!(out, "{name}: {value}");
+        }
+        out
+    }
+}
+
+/// One open connection in [`Stats::downstream_cx_active`]; decrements the gauge on drop.
+#[derive(Debug)]
+pub struct ActiveConnection<'a> {
+    stats: &'a Stats,
+}
+
+impl Drop for ActiveConnection<'_> {
+    fn drop(&mut self) {
+        self.stats
+            .downstream_cx_active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}

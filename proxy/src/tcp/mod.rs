@@ -1,0 +1,234 @@
+//! The TCP proxy: connect to the cluster's endpoint (or the original destination), then copy
+//! bytes both ways until both sides are done, closing each direction's write half when its
+//! read half ends, or until the idle timeout passes with no byte either way.
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+use xds_client::model::TcpProxy;
+
+use crate::accesslog::{AccessLogEntry, ResponseFlag};
+use crate::listener::conn::ConnContext;
+use crate::shared::Shared;
+use crate::stats::Stats;
+use crate::upstream::PickError;
+
+#[cfg(test)]
+mod tests;
+
+/// Why an upstream connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The socket could not be created or bound to the cluster's bind address.
+    #[error("cannot bind the upstream socket to {addr}: {source}")]
+    Bind {
+        /// The bind address.
+        addr: IpAddr,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The connection failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The upstream address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The connect timeout passed.
+    #[error("connecting to {addr} timed out after {timeout:?}")]
+    Timeout {
+        /// The upstream address.
+        addr: SocketAddr,
+        /// The cluster's connect timeout.
+        timeout: Duration,
+    },
+}
+
+/// Connect to `addr`, from `bind` (port chosen by the kernel) when given, within `timeout`.
+pub async fn connect(
+    addr: SocketAddr,
+    bind: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, Error> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|source| Error::Connect { addr, source })?;
+    if let Some(ip) = bind {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|source| Error::Bind { addr: ip, source })?;
+    }
+    let stream = tokio::time::timeout(timeout, socket.connect(addr))
+        .await
+        .map_err(|_| Error::Timeout { addr, timeout })?
+        .map_err(|source| Error::Connect { addr, source })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Byte counts of a finished relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Relayed {
+    /// Bytes read from the downstream (sent upstream).
+    pub from_downstream: u64,
+    /// Bytes read from the upstream (sent downstream).
+    pub from_upstream: u64,
+    /// Whether the idle timeout ended it.
+    pub idle_timeout: bool,
+}
+
+/// Copy both ways between `downstream` and `upstream` until both directions end (each EOF
+/// shuts down the other side's write half), an error occurs, or nothing moves for `idle`.
+pub async fn relay<D, U>(downstream: &mut D, upstream: &mut U, idle: Option<Duration>) -> Relayed
+where
+    D: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let epoch = Instant::now();
+    let activity = AtomicU64::new(0);
+    let mut down = Metered::new(downstream, &activity, epoch);
+    let mut up = Metered::new(upstream, &activity, epoch);
+    let mut idle_timeout = false;
+    {
+        let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+        tokio::pin!(copy);
+        match idle {
+            None => {
+                let _ = copy.await;
+            }
+            Some(idle) => loop {
+                let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+                let deadline = tokio::time::Instant::from_std(epoch + last + idle);
+                tokio::select! {
+                    _ = &mut copy => break,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+                        if epoch.elapsed() >= last + idle {
+                            idle_timeout = true;
+                            break;
+                        }
+                    }
+                }
+            },
+        }
+    }
+    Relayed {
+        from_downstream: down.read,
+        from_upstream: up.read,
+        idle_timeout,
+    }
+}
+
+/// Proxy one captured connection with `settings`; writes its access-log line.
+pub async fn proxy<D>(downstream: &mut D, conn: &ConnContext, settings: &TcpProxy, shared: &Shared)
+where
+    D: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    Stats::incr(&shared.stats.tcp_sessions_total);
+    let start_time = SystemTime::now();
+    let started = Instant::now();
+    let mut entry = AccessLogEntry::new(start_time);
+    entry.upstream_cluster = Some(settings.cluster.clone());
+    entry.downstream_remote_address = conn.peer_addr;
+    entry.downstream_local_address = Some(conn.destination.address);
+
+    let snapshot = shared.snapshot.load();
+    match snapshot.cluster(&settings.cluster) {
+        None => entry.response_flags = ResponseFlag::NoClusterFound,
+        Some(cluster) => match cluster.pick(&conn.destination) {
+            Err(PickError::NoHealthyUpstream) | Err(PickError::NotRedirected) => {
+                entry.response_flags = ResponseFlag::NoHealthyUpstream;
+            }
+            Ok(addr) => {
+                entry.upstream_host = Some(addr);
+                let bind = cluster.bind_address();
+                match connect(addr, bind, cluster.connect_timeout()).await {
+                    Err(e) => {
+                        tracing::debug!(error = %e, cluster = cluster.name(), "tcp upstream connect failed");
+                        Stats::incr(&shared.stats.tcp_connect_fail);
+                        entry.response_flags = ResponseFlag::UpstreamConnectionFailure;
+                    }
+                    Ok(mut upstream) => {
+                        drop(snapshot);
+                        let relayed = relay(downstream, &mut upstream, settings.idle_timeout).await;
+                        entry.bytes_received = relayed.from_downstream;
+                        entry.bytes_sent = relayed.from_upstream;
+                        if relayed.idle_timeout {
+                            entry.response_flags = ResponseFlag::StreamIdleTimeout;
+                        }
+                    }
+                }
+            }
+        },
+    }
+    entry.duration = started.elapsed().as_millis() as u64;
+    shared.access_log.log(entry);
+}
+
+/// A stream wrapper that counts bytes read and stamps the time of the last read.
+struct Metered<'a, S: ?Sized> {
+    inner: &'a mut S,
+    read: u64,
+    activity: &'a AtomicU64,
+    epoch: Instant,
+}
+
+impl<'a, S: ?Sized> Metered<'a, S> {
+    fn new(inner: &'a mut S, activity: &'a AtomicU64, epoch: Instant) -> Self {
+        Metered {
+            inner,
+            read: 0,
+            activity,
+            epoch,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Metered<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.read += n as u64;
+            this.activity
+                .store(this.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Metered<'_, S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
+    }
+}
