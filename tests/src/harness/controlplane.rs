@@ -3,14 +3,17 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
 use std::process::ExitStatus;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::cmd::wait_until;
 use super::error::Result;
 use super::http::{http_get, HttpResponse};
 use super::paths::bin;
+use super::pod::expect_200;
 use super::process::{Launch, Process};
 use super::topology::{Topology, TopologyInner};
 
@@ -72,6 +75,20 @@ impl Topology {
     }
 }
 
+/// The `--help` output of the control plane binary (read once per process; empty if it
+/// cannot be run, in which case starting it reports the problem).
+fn help_text(program: &Path) -> String {
+    static HELP: OnceLock<String> = OnceLock::new();
+    HELP.get_or_init(|| {
+        Command::new(program)
+            .arg("--help")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    })
+    .clone()
+}
+
 impl ControlPlane {
     /// `10.211.N.1:15010`.
     pub fn xds_address(&self) -> SocketAddr {
@@ -83,9 +100,10 @@ impl ControlPlane {
         self.topo.host_addr(DEBUG_PORT)
     }
 
-    /// Starts `mesh-controlplane --config-dir DIR` with every listener on the bridge address
-    /// (`--xds-addr`, `--xds-tls-addr`, `--monitoring-addr`, `--webhook-addr`, `--debug-addr`,
-    /// so that parallel topologies do not collide), then `extra_args`, as process
+    /// Starts `mesh-controlplane --config-dir DIR --xds-addr H:15010 --debug-addr H:8080`
+    /// (`H` the bridge address), plus `--xds-tls-addr`, `--monitoring-addr` and
+    /// `--webhook-addr` on `H` for those of them its `--help` lists (listeners that default
+    /// to `0.0.0.0` would collide between parallel topologies), then `extra_args`, as process
     /// `host/controlplane`. Does not wait; see [`ControlPlane::wait_ready`]. If one is running
     /// already it is stopped first.
     pub fn start(&self, extra_args: &[&str]) -> Result<Process> {
@@ -93,17 +111,21 @@ impl ControlPlane {
             old.stop();
         }
         let h = self.topo.host_ip();
-        let mut argv: Vec<OsString> = vec![bin("mesh-controlplane").into(), "--config-dir".into()];
+        let program = bin("mesh-controlplane");
+        let help = help_text(&program);
+        let mut argv: Vec<OsString> = vec![program.into(), "--config-dir".into()];
         argv.push(self.topo.config_dir.clone().into());
-        for (flag, port) in [
-            ("--xds-addr", XDS_PORT),
-            ("--xds-tls-addr", XDS_TLS_PORT),
-            ("--monitoring-addr", MONITORING_PORT),
-            ("--webhook-addr", WEBHOOK_PORT),
-            ("--debug-addr", DEBUG_PORT),
+        for (flag, port, always) in [
+            ("--xds-addr", XDS_PORT, true),
+            ("--xds-tls-addr", XDS_TLS_PORT, false),
+            ("--monitoring-addr", MONITORING_PORT, false),
+            ("--webhook-addr", WEBHOOK_PORT, false),
+            ("--debug-addr", DEBUG_PORT, true),
         ] {
-            argv.push(flag.into());
-            argv.push(format!("{h}:{port}").into());
+            if always || help.contains(flag) {
+                argv.push(flag.into());
+                argv.push(format!("{h}:{port}").into());
+            }
         }
         argv.extend(extra_args.iter().map(OsString::from));
         let launch = Launch {
@@ -137,7 +159,7 @@ impl ControlPlane {
                 if let Some(p) = &proc {
                     p.check_running()?;
                 }
-                Ok(http_get(addr, "/ready", Duration::from_secs(2))?.status == 200)
+                expect_200(addr, "/ready")
             },
         )
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::cmd::{output_with_timeout, wait_until, ExecOutput};
-use super::error::Result;
+use super::error::{HarnessError, Result};
 use super::http::http_get;
 use super::paths::bin;
 use super::process::{Launch, Process, PROXY_UID};
@@ -398,7 +398,7 @@ impl Pod {
                 if let Some(p) = &proxy {
                     p.check_running()?;
                 }
-                Ok(http_get(addr, "/healthz/ready", Duration::from_secs(2))?.status == 200)
+                expect_200(addr, "/healthz/ready")
             },
         )
     }
@@ -409,6 +409,20 @@ impl Pod {
         self.curl(&["-f", &format!("http://127.0.0.1:{ADMIN_PORT}{path}")])?
             .ok()
     }
+}
+
+/// `Ok(true)` when `GET http://ADDR PATH` answers 200; an error naming the status and body
+/// otherwise (kept by [`wait_until`] as the last error seen).
+pub(crate) fn expect_200(addr: SocketAddr, path: &str) -> Result<bool> {
+    let r = http_get(addr, path, Duration::from_secs(2))?;
+    if r.status == 200 {
+        return Ok(true);
+    }
+    Err(HarnessError::Http {
+        addr,
+        path: path.to_owned(),
+        reason: format!("answered {}: {}", r.status, r.body.trim()),
+    })
 }
 
 impl Topology {

@@ -62,6 +62,8 @@ impl Launch {
         cmd.args(&parts[1..]);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.env(SLOT_ENV, self.slot.to_string());
+        // Logs go to files: no colour codes in them.
+        cmd.env("NO_COLOR", "1");
         if let Some(cwd) = &self.cwd {
             cmd.current_dir(cwd);
         }
