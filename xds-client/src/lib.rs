@@ -4,8 +4,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod ads;
 pub mod client;
 pub mod convert;
 pub mod model;
+pub mod node;
 
 pub use client::{ClientOptions, NodeInfo, XdsClient, XdsHandle, XdsStatus};

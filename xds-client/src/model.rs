@@ -49,9 +49,7 @@ impl ResourceType {
                 "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
             }
             ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
-            ResourceType::Route => {
-                "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-            }
+            ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
         }
     }
 
@@ -87,8 +85,10 @@ pub struct ProxyConfig {
     pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
     /// The version last applied (ACKed) for each type; absent until the first response.
     pub versions: BTreeMap<ResourceType, String>,
-    /// True once a first response has been applied for CDS and LDS and for every RDS and EDS
-    /// name they reference: the proxy's readiness condition for configuration.
+    /// True when a response has been applied for CDS and LDS and for every RDS and EDS name
+    /// they reference, as of this snapshot: the proxy's readiness condition for configuration.
+    /// It turns false again while a newly referenced name awaits its first response; readiness
+    /// ("a first full config is applied") latches on the first true.
     pub synced: bool,
 }
 

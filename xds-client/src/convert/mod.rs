@@ -25,7 +25,7 @@ mod listener;
 mod route;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};

@@ -22,7 +22,7 @@ use envoy_types::util::pack_any;
 use super::{decode_resource, ConvertError, Resource};
 use crate::model::ResourceType;
 
-pub(super) fn sock(ip: &str, port: u32) -> Address {
+pub(crate) fn sock(ip: &str, port: u32) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: ip.to_string(),
@@ -32,23 +32,23 @@ pub(super) fn sock(ip: &str, port: u32) -> Address {
     }
 }
 
-pub(super) fn secs(seconds: i64) -> PbDuration {
+pub(crate) fn secs(seconds: i64) -> PbDuration {
     PbDuration { seconds, nanos: 0 }
 }
 
-pub(super) fn yes() -> Option<BoolValue> {
+pub(crate) fn yes() -> Option<BoolValue> {
     Some(BoolValue { value: true })
 }
 
-pub(super) fn no() -> Option<BoolValue> {
+pub(crate) fn no() -> Option<BoolValue> {
     Some(BoolValue { value: false })
 }
 
-pub(super) fn u32v(value: u32) -> Option<UInt32Value> {
+pub(crate) fn u32v(value: u32) -> Option<UInt32Value> {
     Some(UInt32Value { value })
 }
 
-pub(super) fn ads() -> ConfigSource {
+pub(crate) fn ads() -> ConfigSource {
     ConfigSource {
         config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
             AggregatedConfigSource {},
@@ -57,7 +57,7 @@ pub(super) fn ads() -> ConfigSource {
     }
 }
 
-pub(super) fn router() -> hcm::HttpFilter {
+pub(crate) fn router() -> hcm::HttpFilter {
     hcm::HttpFilter {
         name: "envoy.filters.http.router".into(),
         config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack_any(
@@ -67,7 +67,7 @@ pub(super) fn router() -> hcm::HttpFilter {
     }
 }
 
-pub(super) fn hcm_rds(route: &str) -> hcm::HttpConnectionManager {
+pub(crate) fn hcm_rds(route: &str) -> hcm::HttpConnectionManager {
     hcm::HttpConnectionManager {
         stat_prefix: format!("outbound_0.0.0.0_{route}"),
         http_filters: vec![router()],
@@ -81,7 +81,7 @@ pub(super) fn hcm_rds(route: &str) -> hcm::HttpConnectionManager {
     }
 }
 
-pub(super) fn hcm_inline(config: rt::RouteConfiguration) -> hcm::HttpConnectionManager {
+pub(crate) fn hcm_inline(config: rt::RouteConfiguration) -> hcm::HttpConnectionManager {
     hcm::HttpConnectionManager {
         stat_prefix: "inbound_0.0.0.0_9080".into(),
         http_filters: vec![router()],
@@ -92,7 +92,7 @@ pub(super) fn hcm_inline(config: rt::RouteConfiguration) -> hcm::HttpConnectionM
     }
 }
 
-pub(super) fn tcp_proxy(cluster: &str) -> tcp::TcpProxy {
+pub(crate) fn tcp_proxy(cluster: &str) -> tcp::TcpProxy {
     tcp::TcpProxy {
         stat_prefix: cluster.into(),
         cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
@@ -100,14 +100,14 @@ pub(super) fn tcp_proxy(cluster: &str) -> tcp::TcpProxy {
     }
 }
 
-pub(super) fn net_filter(name: &str, config: Any) -> lis::Filter {
+pub(crate) fn net_filter(name: &str, config: Any) -> lis::Filter {
     lis::Filter {
         name: name.into(),
         config_type: Some(lis::filter::ConfigType::TypedConfig(config)),
     }
 }
 
-pub(super) fn http_chain(config: hcm::HttpConnectionManager) -> lis::FilterChain {
+pub(crate) fn http_chain(config: hcm::HttpConnectionManager) -> lis::FilterChain {
     lis::FilterChain {
         filters: vec![net_filter(
             "envoy.filters.network.http_connection_manager",
@@ -117,7 +117,7 @@ pub(super) fn http_chain(config: hcm::HttpConnectionManager) -> lis::FilterChain
     }
 }
 
-pub(super) fn tcp_chain(cluster: &str) -> lis::FilterChain {
+pub(crate) fn tcp_chain(cluster: &str) -> lis::FilterChain {
     lis::FilterChain {
         filters: vec![net_filter(
             "envoy.filters.network.tcp_proxy",
@@ -127,7 +127,7 @@ pub(super) fn tcp_chain(cluster: &str) -> lis::FilterChain {
     }
 }
 
-pub(super) fn route_to(cluster: &str, timeout: Option<PbDuration>) -> rt::Route {
+pub(crate) fn route_to(cluster: &str, timeout: Option<PbDuration>) -> rt::Route {
     rt::Route {
         r#match: Some(rt::RouteMatch {
             path_specifier: Some(rt::route_match::PathSpecifier::Prefix("/".into())),
@@ -142,7 +142,7 @@ pub(super) fn route_to(cluster: &str, timeout: Option<PbDuration>) -> rt::Route 
     }
 }
 
-pub(super) fn vhost(name: &str, domains: &[&str], routes: Vec<rt::Route>) -> rt::VirtualHost {
+pub(crate) fn vhost(name: &str, domains: &[&str], routes: Vec<rt::Route>) -> rt::VirtualHost {
     rt::VirtualHost {
         name: name.into(),
         domains: domains.iter().map(|d| d.to_string()).collect(),
@@ -151,7 +151,7 @@ pub(super) fn vhost(name: &str, domains: &[&str], routes: Vec<rt::Route>) -> rt:
     }
 }
 
-pub(super) fn lb_endpoint(ip: &str, port: u32) -> ep::LbEndpoint {
+pub(crate) fn lb_endpoint(ip: &str, port: u32) -> ep::LbEndpoint {
     ep::LbEndpoint {
         host_identifier: Some(ep::lb_endpoint::HostIdentifier::Endpoint(ep::Endpoint {
             address: Some(sock(ip, port)),
@@ -162,7 +162,7 @@ pub(super) fn lb_endpoint(ip: &str, port: u32) -> ep::LbEndpoint {
 }
 
 /// The error's full message, as it would appear in a NACK.
-pub(super) fn message<T: std::fmt::Debug>(result: Result<T, ConvertError>) -> String {
+pub(crate) fn message<T: std::fmt::Debug>(result: Result<T, ConvertError>) -> String {
     result.expect_err("conversion must fail").to_string()
 }
 
