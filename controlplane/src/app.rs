@@ -72,7 +72,9 @@ pub struct ControlPlane {
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, what, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, what, source })
 }
 
 impl ControlPlane {
@@ -83,16 +85,20 @@ impl ControlPlane {
         }
         let xds_listener = bind(options.xds_addr, "xDS").await?;
         let debug_listener = bind(options.debug_addr, "debug").await?;
-        let xds_addr = xds_listener.local_addr().map_err(|source| StartError::Bind {
-            addr: options.xds_addr,
-            what: "xDS",
-            source,
-        })?;
-        let debug_addr = debug_listener.local_addr().map_err(|source| StartError::Bind {
-            addr: options.debug_addr,
-            what: "debug",
-            source,
-        })?;
+        let xds_addr = xds_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: options.xds_addr,
+                what: "xDS",
+                source,
+            })?;
+        let debug_addr = debug_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: options.debug_addr,
+                what: "debug",
+                source,
+            })?;
 
         let store = ConfigStore::load(&options.config_dir);
         let first = store.current();
@@ -123,7 +129,10 @@ impl ControlPlane {
                 tracing::error!(error = %e, "xDS server failed");
             }
         });
-        let debug_state = DebugState { status: status.clone(), config: config.clone() };
+        let debug_state = DebugState {
+            status: status.clone(),
+            config: config.clone(),
+        };
         let debug_task = tokio::spawn(debug::serve(debug_listener, debug_state, shutdown_rx));
         tracing::info!(%xds_addr, %debug_addr, "control plane serving");
         Ok(ControlPlane {

@@ -85,7 +85,11 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
 fn json_reply(value: &impl Serialize) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => reply(StatusCode::OK, "application/json", body),
-        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            e.to_string(),
+        ),
     }
 }
 

@@ -6,9 +6,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod config;
+pub mod debug;
 pub mod registry;
 pub mod watch;
 pub mod xds;
-pub mod app;
-pub mod debug;

@@ -24,7 +24,10 @@ pub struct Debounce {
 impl Default for Debounce {
     /// istiod's defaults: 100 ms quiet, 10 s at most.
     fn default() -> Self {
-        Debounce { quiet: Duration::from_millis(100), max: Duration::from_secs(10) }
+        Debounce {
+            quiet: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
     }
 }
 
@@ -39,7 +42,11 @@ pub struct Debouncer {
 impl Debouncer {
     /// A debouncer with no pending event.
     pub fn new(timing: Debounce) -> Debouncer {
-        Debouncer { timing, first: None, last: None }
+        Debouncer {
+            timing,
+            first: None,
+            last: None,
+        }
     }
 
     /// Records an event at `now`.
@@ -103,19 +110,24 @@ pub fn watch_config(
 ) -> Result<(watch::Receiver<Arc<ConfigSnapshot>>, ConfigWatcher), WatchError> {
     let (tx, rx) = watch::channel(store.current());
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        match res {
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => {}
             Ok(_) => {
                 let _ = events_tx.send(());
             }
             Err(e) => tracing::warn!(error = %e, "config watcher error"),
-        }
-    })
-    .map_err(|source| WatchError::Notify { dir: store.root().display().to_string(), source })?;
+        })
+        .map_err(|source| WatchError::Notify {
+            dir: store.root().display().to_string(),
+            source,
+        })?;
     watcher
         .watch(store.root(), RecursiveMode::Recursive)
-        .map_err(|source| WatchError::Notify { dir: store.root().display().to_string(), source })?;
+        .map_err(|source| WatchError::Notify {
+            dir: store.root().display().to_string(),
+            source,
+        })?;
     let task = tokio::spawn(async move {
         let mut debouncer = Debouncer::new(timing);
         loop {
@@ -143,7 +155,13 @@ pub fn watch_config(
             }
         }
     });
-    Ok((rx, ConfigWatcher { _watcher: watcher, task }))
+    Ok((
+        rx,
+        ConfigWatcher {
+            _watcher: watcher,
+            task,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -152,7 +170,10 @@ mod tests {
 
     #[test]
     fn deadline_is_quiet_after_last_but_never_past_max() {
-        let timing = Debounce { quiet: Duration::from_millis(100), max: Duration::from_secs(1) };
+        let timing = Debounce {
+            quiet: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
         let mut d = Debouncer::new(timing);
         assert_eq!(d.deadline(), None);
         let t0 = Instant::now();

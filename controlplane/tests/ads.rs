@@ -67,7 +67,10 @@ async fn start(dir: &Path) -> ControlPlane {
         xds_addr: "127.0.0.1:0".parse().unwrap(),
         debug_addr: "127.0.0.1:0".parse().unwrap(),
         cluster_domain: "cluster.local".to_string(),
-        debounce: Debounce { quiet: Duration::from_millis(20), max: Duration::from_secs(1) },
+        debounce: Debounce {
+            quiet: Duration::from_millis(20),
+            max: Duration::from_secs(1),
+        },
     })
     .await
     .unwrap()
@@ -80,17 +83,26 @@ fn config_dir() -> tempfile::TempDir {
 }
 
 fn string(s: &str) -> PbValue {
-    PbValue { kind: Some(Kind::StringValue(s.to_string())) }
+    PbValue {
+        kind: Some(Kind::StringValue(s.to_string())),
+    }
 }
 
 fn node(pod: &str, ip: &str, labels: &[(&str, &str)]) -> Node {
-    let labels: HashMap<String, PbValue> =
-        labels.iter().map(|(k, v)| (k.to_string(), string(v))).collect();
+    let labels: HashMap<String, PbValue> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), string(v)))
+        .collect();
     let fields = HashMap::from([
         ("NAME".to_string(), string(pod)),
         ("NAMESPACE".to_string(), string("default")),
         ("INSTANCE_IPS".to_string(), string(ip)),
-        ("LABELS".to_string(), PbValue { kind: Some(Kind::StructValue(Struct { fields: labels })) }),
+        (
+            "LABELS".to_string(),
+            PbValue {
+                kind: Some(Kind::StructValue(Struct { fields: labels })),
+            },
+        ),
     ]);
     Node {
         id: format!("sidecar~{ip}~{pod}.default~default.svc.cluster.local"),
@@ -113,19 +125,42 @@ impl Proxy {
             .await
             .unwrap();
         let (tx, rx) = mpsc::channel(16);
-        let responses =
-            client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
-        Proxy { node, tx, rx: responses, first: true }
+        let responses = client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Proxy {
+            node,
+            tx,
+            rx: responses,
+            first: true,
+        }
     }
 
-    async fn send(&mut self, type_url: &str, names: &[&str], version: &str, nonce: &str, nack: Option<&str>) {
+    async fn send(
+        &mut self,
+        type_url: &str,
+        names: &[&str],
+        version: &str,
+        nonce: &str,
+        nack: Option<&str>,
+    ) {
         let req = DiscoveryRequest {
             version_info: version.to_string(),
-            node: if self.first { Some(self.node.clone()) } else { None },
+            node: if self.first {
+                Some(self.node.clone())
+            } else {
+                None
+            },
             resource_names: names.iter().map(|s| s.to_string()).collect(),
             type_url: type_url.to_string(),
             response_nonce: nonce.to_string(),
-            error_detail: nack.map(|m| rpc::Status { code: 3, message: m.to_string(), ..Default::default() }),
+            error_detail: nack.map(|m| rpc::Status {
+                code: 3,
+                message: m.to_string(),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         self.first = false;
@@ -142,13 +177,20 @@ impl Proxy {
 
     async fn expect_silence(&mut self, wait: Duration) {
         if let Ok(msg) = tokio::time::timeout(wait, self.rx.message()).await {
-            panic!("unexpected response: {:?}", msg.map(|m| m.map(|r| (r.type_url, r.nonce))));
+            panic!(
+                "unexpected response: {:?}",
+                msg.map(|m| m.map(|r| (r.type_url, r.nonce)))
+            );
         }
     }
 
     /// ACKs a response.
     async fn ack(&mut self, resp: &DiscoveryResponse, names: &[&str]) {
-        let (t, v, n) = (resp.type_url.clone(), resp.version_info.clone(), resp.nonce.clone());
+        let (t, v, n) = (
+            resp.type_url.clone(),
+            resp.version_info.clone(),
+            resp.nonce.clone(),
+        );
         self.send(&t, names, &v, &n, None).await;
     }
 
@@ -176,7 +218,10 @@ impl Proxy {
 }
 
 fn names<T: Message + Default>(resp: &DiscoveryResponse, name: fn(&T) -> String) -> Vec<String> {
-    resp.resources.iter().map(|a| name(&T::decode(a.value.as_slice()).unwrap())).collect()
+    resp.resources
+        .iter()
+        .map(|a| name(&T::decode(a.value.as_slice()).unwrap()))
+        .collect()
 }
 
 fn endpoints(resp: &DiscoveryResponse, cluster: &str) -> Vec<String> {
@@ -190,11 +235,16 @@ fn endpoints(resp: &DiscoveryResponse, cluster: &str) -> Vec<String> {
     for group in cla.endpoints {
         assert!(group.locality.is_some(), "locality must be set");
         for lb in group.lb_endpoints {
-            let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = lb.host_identifier else { continue };
-            let Some(address::Address::SocketAddress(sa)) = ep.address.and_then(|a| a.address) else {
+            let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = lb.host_identifier else {
                 continue;
             };
-            let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else { continue };
+            let Some(address::Address::SocketAddress(sa)) = ep.address.and_then(|a| a.address)
+            else {
+                continue;
+            };
+            let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
+                continue;
+            };
             out.push(format!("{}:{port}", sa.address));
         }
     }
@@ -203,18 +253,27 @@ fn endpoints(resp: &DiscoveryResponse, cluster: &str) -> Vec<String> {
 
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     let status = buf[9..12].parse().unwrap();
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
 async fn syncz(cp: &ControlPlane) -> Vec<Value> {
     let (status, body) = http_get(cp.debug_addr, "/debug/syncz").await;
     assert_eq!(status, 200);
-    serde_json::from_str::<Value>(&body).unwrap().as_array().unwrap().clone()
+    serde_json::from_str::<Value>(&body)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// Polls syncz until `check` holds for the entry of `pod`.
@@ -227,7 +286,10 @@ async fn wait_syncz(cp: &ControlPlane, pod: &str, check: impl Fn(&Value) -> bool
                 return e.clone();
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "syncz never matched: {entries:#?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "syncz never matched: {entries:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -236,25 +298,52 @@ async fn wait_syncz(cp: &ControlPlane, pod: &str, check: impl Fn(&Value) -> bool
 async fn initial_subscribe_then_ack_is_tracked_in_syncz() {
     let dir = config_dir();
     let cp = start(dir.path()).await;
-    let mut p = Proxy::connect(cp.xds_addr, node("reviews-1", "10.1.0.20", &[("app", "reviews")])).await;
+    let mut p = Proxy::connect(
+        cp.xds_addr,
+        node("reviews-1", "10.1.0.20", &[("app", "reviews")]),
+    )
+    .await;
     let [cds, eds, lds, rds] = p.sync(&[REVIEWS, RATINGS], &["9080"]).await;
 
     let clusters = names::<Cluster>(&cds, |c| c.name.clone());
-    assert!(clusters.contains(&REVIEWS.to_string()) && clusters.contains(&"inbound|9080||".to_string()), "{clusters:?}");
+    assert!(
+        clusters.contains(&REVIEWS.to_string()) && clusters.contains(&"inbound|9080||".to_string()),
+        "{clusters:?}"
+    );
     assert_eq!(endpoints(&eds, REVIEWS), ["10.1.0.20:9080"]);
     let listeners = names::<Listener>(&lds, |l| l.name.clone());
-    assert_eq!(listeners, ["virtualOutbound", "virtualInbound", "0.0.0.0_9080"]);
-    assert_eq!(names::<RouteConfiguration>(&rds, |r| r.name.clone()), ["9080"]);
+    assert_eq!(
+        listeners,
+        ["virtualOutbound", "virtualInbound", "0.0.0.0_9080"]
+    );
+    assert_eq!(
+        names::<RouteConfiguration>(&rds, |r| r.name.clone()),
+        ["9080"]
+    );
     assert!(cds.nonce != eds.nonce && !cds.version_info.is_empty());
 
-    let entry = wait_syncz(&cp, "reviews-1", |e| e["types"]["rds"]["acked_version"] == rds.version_info.as_str()).await;
+    let entry = wait_syncz(&cp, "reviews-1", |e| {
+        e["types"]["rds"]["acked_version"] == rds.version_info.as_str()
+    })
+    .await;
     assert_eq!(entry["namespace"], "default");
     assert_eq!(entry["ips"][0], "10.1.0.20");
-    assert_eq!(entry["node_id"], "sidecar~10.1.0.20~reviews-1.default~default.svc.cluster.local");
+    assert_eq!(
+        entry["node_id"],
+        "sidecar~10.1.0.20~reviews-1.default~default.svc.cluster.local"
+    );
     for (t, resp) in [("cds", &cds), ("eds", &eds), ("lds", &lds), ("rds", &rds)] {
-        assert_eq!(entry["types"][t]["sent_version"], resp.version_info.as_str(), "{t}");
+        assert_eq!(
+            entry["types"][t]["sent_version"],
+            resp.version_info.as_str(),
+            "{t}"
+        );
         assert_eq!(entry["types"][t]["sent_nonce"], resp.nonce.as_str(), "{t}");
-        assert_eq!(entry["types"][t]["acked_version"], resp.version_info.as_str(), "{t}");
+        assert_eq!(
+            entry["types"][t]["acked_version"],
+            resp.version_info.as_str(),
+            "{t}"
+        );
         assert_eq!(entry["types"][t]["last_nack"], Value::Null, "{t}");
     }
     // ACKs with unchanged subscriptions are not answered.
@@ -269,12 +358,29 @@ async fn initial_subscribe_then_ack_is_tracked_in_syncz() {
 async fn nack_is_tracked_and_stale_nonces_are_ignored() {
     let dir = config_dir();
     let cp = start(dir.path()).await;
-    let mut p = Proxy::connect(cp.xds_addr, node("reviews-1", "10.1.0.20", &[("app", "reviews")])).await;
+    let mut p = Proxy::connect(
+        cp.xds_addr,
+        node("reviews-1", "10.1.0.20", &[("app", "reviews")]),
+    )
+    .await;
     p.send(LDS, &[], "", "", None).await;
     let lds = p.recv().await;
-    p.send(LDS, &[], "", &lds.nonce, Some("Listener 0.0.0.0_9080: unsupported field")).await;
-    let entry = wait_syncz(&cp, "reviews-1", |e| !e["types"]["lds"]["last_nack"].is_null()).await;
-    assert_eq!(entry["types"]["lds"]["last_nack"], "Listener 0.0.0.0_9080: unsupported field");
+    p.send(
+        LDS,
+        &[],
+        "",
+        &lds.nonce,
+        Some("Listener 0.0.0.0_9080: unsupported field"),
+    )
+    .await;
+    let entry = wait_syncz(&cp, "reviews-1", |e| {
+        !e["types"]["lds"]["last_nack"].is_null()
+    })
+    .await;
+    assert_eq!(
+        entry["types"]["lds"]["last_nack"],
+        "Listener 0.0.0.0_9080: unsupported field"
+    );
     assert_eq!(entry["types"]["lds"]["acked_version"], Value::Null);
     assert_eq!(entry["types"]["lds"]["nacks"], 1);
     // A NACK is not answered by resending the same config.
@@ -284,14 +390,35 @@ async fn nack_is_tracked_and_stale_nonces_are_ignored() {
     p.send(EDS, &[REVIEWS], "", "", None).await;
     let eds = p.recv().await;
     p.ack(&eds, &[REVIEWS]).await;
-    p.send(EDS, &[REVIEWS, RATINGS], &eds.version_info, "not-a-nonce-we-sent", None).await;
+    p.send(
+        EDS,
+        &[REVIEWS, RATINGS],
+        &eds.version_info,
+        "not-a-nonce-we-sent",
+        None,
+    )
+    .await;
     p.expect_silence(Duration::from_millis(300)).await;
-    let entry = syncz(&cp).await.into_iter().find(|e| e["pod"] == "reviews-1").unwrap();
-    assert_eq!(entry["types"]["eds"]["resource_names"], serde_json::json!([REVIEWS]));
+    let entry = syncz(&cp)
+        .await
+        .into_iter()
+        .find(|e| e["pod"] == "reviews-1")
+        .unwrap();
+    assert_eq!(
+        entry["types"]["eds"]["resource_names"],
+        serde_json::json!([REVIEWS])
+    );
     assert_eq!(entry["types"]["eds"]["acks"], 1);
 
     // With the current nonce, new names are answered.
-    p.send(EDS, &[REVIEWS, RATINGS], &eds.version_info, &eds.nonce, None).await;
+    p.send(
+        EDS,
+        &[REVIEWS, RATINGS],
+        &eds.version_info,
+        &eds.nonce,
+        None,
+    )
+    .await;
     let eds2 = p.recv().await;
     assert_eq!(eds2.resources.len(), 2);
     cp.shutdown().await;
@@ -301,7 +428,11 @@ async fn nack_is_tracked_and_stale_nonces_are_ignored() {
 async fn a_file_change_is_pushed_in_cds_eds_lds_rds_order() {
     let dir = config_dir();
     let cp = start(dir.path()).await;
-    let mut p = Proxy::connect(cp.xds_addr, node("reviews-1", "10.1.0.20", &[("app", "reviews")])).await;
+    let mut p = Proxy::connect(
+        cp.xds_addr,
+        node("reviews-1", "10.1.0.20", &[("app", "reviews")]),
+    )
+    .await;
     let [cds, _eds, lds, rds] = p.sync(&[REVIEWS], &["9080"]).await;
 
     let details = "apiVersion: v1\nkind: Service\nmetadata: {name: details, namespace: default}\n\
@@ -320,7 +451,10 @@ async fn a_file_change_is_pushed_in_cds_eds_lds_rds_order() {
         .contains(&"outbound|9080||details.default.svc.cluster.local".to_string()));
     assert_ne!(pushed[1].version_info, rds.version_info);
     let route = RouteConfiguration::decode(pushed[1].resources[0].value.as_slice()).unwrap();
-    assert!(route.virtual_hosts.iter().any(|v| v.name == "details.default.svc.cluster.local:9080"));
+    assert!(route
+        .virtual_hosts
+        .iter()
+        .any(|v| v.name == "details.default.svc.cluster.local:9080"));
     p.ack(&pushed[0], &[]).await;
     p.ack(&pushed[1], &["9080"]).await;
 
@@ -340,7 +474,12 @@ async fn a_file_change_is_pushed_in_cds_eds_lds_rds_order() {
     let configz: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(configz["errors"][0]["object"], "Service default/db");
     assert_eq!(configz["errors"][0]["field"], "spec.ports[0].port");
-    let db = configz["objects"].as_array().unwrap().iter().find(|o| o["key"] == "Service default/db").unwrap();
+    let db = configz["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["key"] == "Service default/db")
+        .unwrap();
     assert_eq!(db["kept_last_valid_version"], true);
     cp.shutdown().await;
 }
@@ -349,13 +488,25 @@ async fn a_file_change_is_pushed_in_cds_eds_lds_rds_order() {
 async fn connected_proxies_become_endpoints_until_they_disconnect() {
     let dir = config_dir();
     let cp = start(dir.path()).await;
-    let mut a = Proxy::connect(cp.xds_addr, node("productpage-1", "10.1.0.10", &[("app", "productpage")])).await;
+    let mut a = Proxy::connect(
+        cp.xds_addr,
+        node("productpage-1", "10.1.0.10", &[("app", "productpage")]),
+    )
+    .await;
     a.send(EDS, &[RATINGS, REVIEWS], "", "", None).await;
     let eds = a.recv().await;
     assert_eq!(endpoints(&eds, RATINGS), Vec::<String>::new());
     a.ack(&eds, &[RATINGS, REVIEWS]).await;
 
-    let mut b = Proxy::connect(cp.xds_addr, node("ratings-1", "10.1.0.30", &[("app", "ratings"), ("version", "v1")])).await;
+    let mut b = Proxy::connect(
+        cp.xds_addr,
+        node(
+            "ratings-1",
+            "10.1.0.30",
+            &[("app", "ratings"), ("version", "v1")],
+        ),
+    )
+    .await;
     b.send(CDS, &[], "", "", None).await;
     let b_cds = b.recv().await;
     assert!(names::<Cluster>(&b_cds, |c| c.name.clone()).contains(&"inbound|9080||".to_string()));
@@ -372,7 +523,10 @@ async fn connected_proxies_become_endpoints_until_they_disconnect() {
     // The disconnected proxy is gone from syncz.
     let deadline = tokio::time::Instant::now() + WAIT;
     while syncz(&cp).await.iter().any(|e| e["pod"] == "ratings-1") {
-        assert!(tokio::time::Instant::now() < deadline, "ratings-1 still in syncz");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ratings-1 still in syncz"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cp.shutdown().await;
@@ -382,20 +536,42 @@ async fn connected_proxies_become_endpoints_until_they_disconnect() {
 async fn anonymous_nodes_get_outbound_config_and_delta_is_refused() {
     let dir = config_dir();
     let cp = start(dir.path()).await;
-    let mut p = Proxy::connect(cp.xds_addr, Node { id: "envoy-1".into(), ..Default::default() }).await;
+    let mut p = Proxy::connect(
+        cp.xds_addr,
+        Node {
+            id: "envoy-1".into(),
+            ..Default::default()
+        },
+    )
+    .await;
     p.send(CDS, &[], "", "", None).await;
     let cds = p.recv().await;
     let clusters = names::<Cluster>(&cds, |c| c.name.clone());
     assert!(clusters.contains(&REVIEWS.to_string()));
-    assert!(!clusters.iter().any(|c| c.starts_with("inbound|")), "{clusters:?}");
+    assert!(
+        !clusters.iter().any(|c| c.starts_with("inbound|")),
+        "{clusters:?}"
+    );
     // Types the server does not serve are ignored without breaking the stream.
-    p.send("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret", &["default"], "", "", None).await;
+    p.send(
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        &["default"],
+        "",
+        "",
+        None,
+    )
+    .await;
     p.send(LDS, &[], "", "", None).await;
     assert_eq!(p.recv().await.type_url, LDS);
 
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", cp.xds_addr)).await.unwrap();
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", cp.xds_addr))
+        .await
+        .unwrap();
     let (_tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(1);
-    let err = client.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap_err();
+    let err = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     cp.shutdown().await;
 }
@@ -407,7 +583,11 @@ async fn shutdown_ends_open_streams() {
     let mut p = Proxy::connect(cp.xds_addr, node("reviews-1", "10.1.0.20", &[])).await;
     p.send(CDS, &[], "", "", None).await;
     p.recv().await;
-    tokio::time::timeout(WAIT, cp.shutdown()).await.expect("shutdown hangs");
-    let end = tokio::time::timeout(WAIT, p.rx.message()).await.expect("stream not ended");
+    tokio::time::timeout(WAIT, cp.shutdown())
+        .await
+        .expect("shutdown hangs");
+    let end = tokio::time::timeout(WAIT, p.rx.message())
+        .await
+        .expect("stream not ended");
     assert!(matches!(end, Ok(None) | Err(_)));
 }

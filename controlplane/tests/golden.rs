@@ -20,7 +20,10 @@ fn pb_value(v: &Value) -> PbValue {
     let kind = match v {
         Value::String(s) => Kind::StringValue(s.clone()),
         Value::Object(m) => Kind::StructValue(Struct {
-            fields: m.iter().map(|(k, v)| (k.clone(), pb_value(v))).collect::<HashMap<_, _>>(),
+            fields: m
+                .iter()
+                .map(|(k, v)| (k.clone(), pb_value(v)))
+                .collect::<HashMap<_, _>>(),
         }),
         other => panic!("unsupported metadata value {other}"),
     };
@@ -77,7 +80,12 @@ fn render_type(
 
 fn run_case(dir: &Path) {
     let config = ConfigStore::load(dir.join("config")).current();
-    assert!(config.errors.is_empty(), "{}: {:?}", dir.display(), config.errors);
+    assert!(
+        config.errors.is_empty(),
+        "{}: {:?}",
+        dir.display(),
+        config.errors
+    );
     let proxy = ProxyInfo::from_node(Some(&node(&read_json(&dir.join("proxy.json")))));
     let peers: Vec<ProxyInfo> = read_json(&dir.join("peers.json"))
         .as_array()
@@ -85,28 +93,53 @@ fn run_case(dir: &Path) {
         .iter()
         .map(|p| ProxyInfo::from_node(Some(&node(p))))
         .collect();
-    let mesh =
-        MeshSnapshot::build(&config, std::iter::once(&proxy).chain(&peers), "cluster.local");
+    let mesh = MeshSnapshot::build(
+        &config,
+        std::iter::once(&proxy).chain(&peers),
+        "cluster.local",
+    );
     let none = BTreeSet::new();
     let clusters = render_type(ResourceType::Cluster, &mesh, &proxy, &none);
     let listeners = render_type(ResourceType::Listener, &mesh, &proxy, &none);
     let mut eds_names = BTreeSet::new();
-    collect(&Value::Array(clusters.clone()), "service_name", &mut eds_names);
+    collect(
+        &Value::Array(clusters.clone()),
+        "service_name",
+        &mut eds_names,
+    );
     let mut rds_names = BTreeSet::new();
-    collect(&Value::Array(listeners.clone()), "route_config_name", &mut rds_names);
+    collect(
+        &Value::Array(listeners.clone()),
+        "route_config_name",
+        &mut rds_names,
+    );
     let endpoints = render_type(ResourceType::Endpoint, &mesh, &proxy, &eds_names);
     let routes = render_type(ResourceType::Route, &mesh, &proxy, &rds_names);
-    assert_eq!(endpoints.len(), eds_names.len(), "every EDS cluster has a load assignment");
-    assert_eq!(routes.len(), rds_names.len(), "every RDS name has a route configuration");
+    assert_eq!(
+        endpoints.len(),
+        eds_names.len(),
+        "every EDS cluster has a load assignment"
+    );
+    assert_eq!(
+        routes.len(),
+        rds_names.len(),
+        "every RDS name has a route configuration"
+    );
 
     // Every cluster referenced by a listener or route exists.
-    let cluster_names: BTreeSet<String> =
-        clusters.iter().map(|c| c["name"].as_str().unwrap().to_string()).collect();
+    let cluster_names: BTreeSet<String> = clusters
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
     let mut referenced = BTreeSet::new();
     collect(&Value::Array(listeners.clone()), "cluster", &mut referenced);
     collect(&Value::Array(routes.clone()), "cluster", &mut referenced);
     let missing: Vec<_> = referenced.difference(&cluster_names).collect();
-    assert!(missing.is_empty(), "{}: referenced clusters missing: {missing:?}", dir.display());
+    assert!(
+        missing.is_empty(),
+        "{}: referenced clusters missing: {missing:?}",
+        dir.display()
+    );
 
     let actual = json!({
         "clusters": clusters,
@@ -121,7 +154,10 @@ fn run_case(dir: &Path) {
         return;
     }
     let expected = fs::read_to_string(&expected_path).unwrap_or_else(|e| {
-        panic!("{}: {e} (run with REFRESH_GOLDEN=1 to create it)", expected_path.display())
+        panic!(
+            "{}: {e} (run with REFRESH_GOLDEN=1 to create it)",
+            expected_path.display()
+        )
     });
     if expected != text {
         let actual_path = dir.join("actual.json");
@@ -144,7 +180,11 @@ fn golden_translations() {
         .filter(|p| p.is_dir())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 3, "golden cases missing in {}", root.display());
+    assert!(
+        cases.len() >= 3,
+        "golden cases missing in {}",
+        root.display()
+    );
     for case in cases {
         run_case(&case);
     }

@@ -73,7 +73,10 @@ async fn main() -> anyhow::Result<()> {
         _ = int.recv() => "SIGINT",
     };
     tracing::info!(signal = which, "shutting down");
-    if tokio::time::timeout(Duration::from_secs(5), cp.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), cp.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown took longer than 5 s; exiting anyway");
     }
     Ok(())

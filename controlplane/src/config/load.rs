@@ -70,7 +70,9 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>, seen: &mut BTreeSet<PathBuf>) -> s
             continue;
         }
         // Follows symlinks; an entry that vanished meanwhile is skipped.
-        let Ok(meta) = fs::metadata(&path) else { continue };
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
         if meta.is_dir() {
             walk(&path, files, seen)?;
         } else if meta.is_file() && is_config_file(&path) {
@@ -87,14 +89,21 @@ pub(crate) fn load_file(file: &Path) -> FileOutcome {
         Err(source) => FileOutcome {
             file: file.to_path_buf(),
             docs: Vec::new(),
-            broken: Some(ConfigError::Read { file: file.to_path_buf(), source: Arc::new(source) }),
+            broken: Some(ConfigError::Read {
+                file: file.to_path_buf(),
+                source: Arc::new(source),
+            }),
         },
     }
 }
 
 /// Parses the text of one file, document by document.
 pub(crate) fn parse_text(file: &Path, text: &str) -> FileOutcome {
-    let mut out = FileOutcome { file: file.to_path_buf(), docs: Vec::new(), broken: None };
+    let mut out = FileOutcome {
+        file: file.to_path_buf(),
+        docs: Vec::new(),
+        broken: None,
+    };
     for (i, de) in serde_norway::Deserializer::from_str(text).enumerate() {
         let doc = i + 1;
         match Value::deserialize(de) {
@@ -130,7 +139,10 @@ fn header(file: &Path, doc: usize, value: &Value) -> Result<ObjectRef, ConfigErr
         problem,
     };
     if !value.is_mapping() {
-        return Err(bad("(document)", FieldProblem::Decode("expected a mapping".to_string())));
+        return Err(bad(
+            "(document)",
+            FieldProblem::Decode("expected a mapping".to_string()),
+        ));
     }
     let api_version = header_str(value, "apiVersion")
         .map_err(|p| bad("apiVersion", p))?
@@ -152,8 +164,12 @@ fn header(file: &Path, doc: usize, value: &Value) -> Result<ObjectRef, ConfigErr
 }
 
 /// API groups of Istio's configuration kinds.
-const ISTIO_GROUPS: [&str; 4] =
-    ["networking.istio.io", "security.istio.io", "telemetry.istio.io", "extensions.istio.io"];
+const ISTIO_GROUPS: [&str; 4] = [
+    "networking.istio.io",
+    "security.istio.io",
+    "telemetry.istio.io",
+    "extensions.istio.io",
+];
 
 fn parse_document(file: &Path, doc: usize, value: Value) -> DocOutcome {
     let mut object = match header(file, doc, &value) {
@@ -169,16 +185,27 @@ fn parse_document(file: &Path, doc: usize, value: Value) -> DocOutcome {
         };
         return DocOutcome::Rejected(
             None,
-            vec![ConfigError::Unsupported { file: file.to_path_buf(), object, reason }],
+            vec![ConfigError::Unsupported {
+                file: file.to_path_buf(),
+                object: Box::new(object),
+                reason,
+            }],
         );
     };
     let namespace = if kind.is_namespaced() {
-        object.namespace.get_or_insert_with(|| "default".to_string()).clone()
+        object
+            .namespace
+            .get_or_insert_with(|| "default".to_string())
+            .clone()
     } else {
         object.namespace = None;
         String::new()
     };
-    let key = ObjectKey { kind, namespace: namespace.clone(), name: object.name.clone() };
+    let key = ObjectKey {
+        kind,
+        namespace: namespace.clone(),
+        name: object.name.clone(),
+    };
     let mut problems = Problems::default();
     if kind.is_namespaced() && !validate::NameRule::Dns1123Label.accepts(&namespace) {
         problems.0.push((
@@ -218,7 +245,7 @@ fn invalid(file: &Path, object: &ObjectRef, problems: Problems) -> Vec<ConfigErr
         .into_iter()
         .map(|(field, problem)| ConfigError::Invalid {
             file: file.to_path_buf(),
-            object: object.clone(),
+            object: Box::new(object.clone()),
             field,
             problem,
         })
@@ -229,6 +256,9 @@ fn invalid(file: &Path, object: &ObjectRef, problems: Problems) -> Vec<ConfigErr
 fn decode<T: DeserializeOwned>(value: Value) -> Result<T, Problems> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
-        Problems(vec![(field, FieldProblem::Decode(e.into_inner().to_string()))])
+        Problems(vec![(
+            field,
+            FieldProblem::Decode(e.into_inner().to_string()),
+        )])
     })
 }

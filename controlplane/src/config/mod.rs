@@ -118,7 +118,7 @@ pub enum ConfigError {
         /// The file.
         file: PathBuf,
         /// The object.
-        object: ObjectRef,
+        object: Box<ObjectRef>,
         /// Not yet, or unknown.
         reason: UnsupportedReason,
     },
@@ -128,7 +128,7 @@ pub enum ConfigError {
         /// The file.
         file: PathBuf,
         /// The object.
-        object: ObjectRef,
+        object: Box<ObjectRef>,
         /// The field path, e.g. `spec.ports[0].port`.
         field: String,
         /// What is wrong.
@@ -214,7 +214,11 @@ impl ConfigSnapshot {
     /// Whether the snapshot holds the same objects as `other` (errors aside).
     pub fn same_objects(&self, other: &ConfigSnapshot) -> bool {
         self.objects.len() == other.objects.len()
-            && self.objects.iter().zip(&other.objects).all(|(a, b)| a.0 == b.0 && a.1.object == b.1.object)
+            && self
+                .objects
+                .iter()
+                .zip(&other.objects)
+                .all(|(a, b)| a.0 == b.0 && a.1.object == b.1.object)
     }
 }
 
@@ -229,8 +233,14 @@ impl ConfigStore {
     /// Loads `root` for the first time. Errors are in the snapshot, never returned.
     pub fn load(root: impl Into<PathBuf>) -> ConfigStore {
         let root = root.into();
-        let empty = Arc::new(ConfigSnapshot { root: root.clone(), ..Default::default() });
-        let mut store = ConfigStore { root, current: empty };
+        let empty = Arc::new(ConfigSnapshot {
+            root: root.clone(),
+            ..Default::default()
+        });
+        let mut store = ConfigStore {
+            root,
+            current: empty,
+        };
         store.reload();
         store
     }
@@ -281,7 +291,11 @@ impl ConfigStore {
                         } else {
                             next.objects.insert(
                                 key,
-                                StoredObject { object, file: outcome.file.clone(), kept: false },
+                                StoredObject {
+                                    object,
+                                    file: outcome.file.clone(),
+                                    kept: false,
+                                },
                             );
                         }
                     }

@@ -112,7 +112,11 @@ impl Object {
             Object::Endpoints(o) => (o.namespace.clone(), o.name.clone()),
             Object::EndpointSlice(o) => (o.namespace.clone(), o.name.clone()),
         };
-        ObjectKey { kind: self.kind(), namespace, name }
+        ObjectKey {
+            kind: self.kind(),
+            namespace,
+            name,
+        }
     }
 }
 

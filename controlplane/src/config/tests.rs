@@ -31,7 +31,11 @@ fn messages(s: &ConfigSnapshot) -> Vec<String> {
 }
 
 fn key(kind: Kind, ns: &str, name: &str) -> ObjectKey {
-    ObjectKey { kind, namespace: ns.to_string(), name: name.to_string() }
+    ObjectKey {
+        kind,
+        namespace: ns.to_string(),
+        name: name.to_string(),
+    }
 }
 
 #[test]
@@ -84,13 +88,23 @@ spec:
 "#;
     write(dir.path(), "a-bad.yaml", bad);
     write(dir.path(), "b/good.yaml", GOOD);
-    write(dir.path(), "c-broken.yaml", "apiVersion: v1\nkind: [unclosed\n");
+    write(
+        dir.path(),
+        "c-broken.yaml",
+        "apiVersion: v1\nkind: [unclosed\n",
+    );
     let snap = ConfigStore::load(dir.path()).current();
     let f = |name: &str| dir.path().join(name).display().to_string();
     let msgs = messages(&snap);
     let expected = [
-        format!("{}: Service default/ratings: spec.ports[0].port: must be 1-65535 (got 0)", f("a-bad.yaml")),
-        format!("{}: Service shop/details: spec.ports: must have at least one entry", f("a-bad.yaml")),
+        format!(
+            "{}: Service default/ratings: spec.ports[0].port: must be 1-65535 (got 0)",
+            f("a-bad.yaml")
+        ),
+        format!(
+            "{}: Service shop/details: spec.ports: must have at least one entry",
+            f("a-bad.yaml")
+        ),
         format!(
             "{}: VirtualService default/reviews-route: networking.istio.io/v1 is not supported yet",
             f("a-bad.yaml")
@@ -100,16 +114,31 @@ spec:
     for e in &expected {
         assert!(msgs.contains(e), "missing {e:?} in {msgs:#?}");
     }
-    let typed = msgs.iter().find(|m| m.contains("Service default/typed")).expect("typed error");
-    assert!(typed.contains("spec.ports[0].port: invalid type: string \"eighty\""), "{typed}");
-    let broken = msgs.iter().find(|m| m.contains("c-broken.yaml")).expect("yaml error");
+    let typed = msgs
+        .iter()
+        .find(|m| m.contains("Service default/typed"))
+        .expect("typed error");
+    assert!(
+        typed.contains("spec.ports[0].port: invalid type: string \"eighty\""),
+        "{typed}"
+    );
+    let broken = msgs
+        .iter()
+        .find(|m| m.contains("c-broken.yaml"))
+        .expect("yaml error");
     assert!(broken.contains("document 1: invalid YAML"), "{broken}");
     assert_eq!(msgs.len(), 6, "{msgs:#?}");
     // The valid object of another file is in force.
     assert_eq!(snap.objects.len(), 1);
-    assert!(snap.objects.contains_key(&key(Kind::Service, "default", "reviews")));
+    assert!(snap
+        .objects
+        .contains_key(&key(Kind::Service, "default", "reviews")));
     // Structured accessors.
-    let e = &snap.errors.iter().find(|e| e.field() == Some("spec.ports[0].port")).unwrap();
+    let e = &snap
+        .errors
+        .iter()
+        .find(|e| e.field() == Some("spec.ports[0].port"))
+        .unwrap();
     assert_eq!(e.object().as_deref(), Some("Service default/ratings"));
     assert_eq!(e.file(), dir.path().join("a-bad.yaml"));
 }
@@ -174,12 +203,20 @@ fn header_problems_and_validation_rules() {
 fn invalid_object_keeps_its_last_valid_version_and_deleted_objects_go() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "svc.yaml", GOOD);
-    write(dir.path(), "other.yaml", &GOOD.replace("reviews", "ratings"));
+    write(
+        dir.path(),
+        "other.yaml",
+        &GOOD.replace("reviews", "ratings"),
+    );
     let mut store = ConfigStore::load(dir.path());
     assert_eq!(store.current().objects.len(), 2);
 
     // reviews becomes invalid: its previous version stays, marked kept.
-    write(dir.path(), "svc.yaml", &GOOD.replace("port: 9080", "port: 99999"));
+    write(
+        dir.path(),
+        "svc.yaml",
+        &GOOD.replace("port: 9080", "port: 99999"),
+    );
     let snap = store.reload();
     let stored = &snap.objects[&key(Kind::Service, "default", "reviews")];
     assert!(stored.kept);

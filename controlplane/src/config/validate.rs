@@ -7,8 +7,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::objects::{
-    ClusterIp, EndpointAddress, EndpointPort, EndpointSlice, EndpointSubset, Endpoints,
-    Namespace, Service, ServicePort, SliceEndpoint, TargetPort, Transport,
+    ClusterIp, EndpointAddress, EndpointPort, EndpointSlice, EndpointSubset, Endpoints, Namespace,
+    Service, ServicePort, SliceEndpoint, TargetPort, Transport,
 };
 use super::raw::{
     IntOrString, RawEndpointAddress, RawEndpointPort, RawEndpointSlice, RawEndpoints, RawMeta,
@@ -141,7 +141,9 @@ impl NameRule {
 fn is_dns1123_label(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= 63
-        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !value.starts_with('-')
         && !value.ends_with('-')
 }
@@ -149,7 +151,9 @@ fn is_dns1123_label(value: &str) -> bool {
 fn is_label_name(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= 63
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && value.starts_with(|c: char| c.is_ascii_alphanumeric())
         && value.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -165,7 +169,13 @@ impl Problems {
 
     fn name(&mut self, field: impl Into<String>, value: &str, rule: NameRule) {
         if !rule.accepts(value) {
-            self.add(field, FieldProblem::BadName { value: value.to_string(), rule });
+            self.add(
+                field,
+                FieldProblem::BadName {
+                    value: value.to_string(),
+                    rule,
+                },
+            );
         }
     }
 
@@ -242,7 +252,10 @@ pub(crate) fn namespace(name: &str, raw: RawNamespace) -> Result<Namespace, Prob
     let mut p = Problems::default();
     p.name("metadata.name", name, NameRule::Dns1123Label);
     let labels = meta_labels(&mut p, raw.metadata);
-    p.finish(Namespace { name: name.to_string(), labels })
+    p.finish(Namespace {
+        name: name.to_string(),
+        labels,
+    })
 }
 
 fn meta_labels(p: &mut Problems, meta: RawMeta) -> BTreeMap<String, String> {
@@ -270,7 +283,9 @@ pub(crate) fn service(ns: &str, name: &str, raw: RawService) -> Result<Service, 
     let cluster_ip = match spec.cluster_ip.as_deref() {
         None | Some("") => ClusterIp::Unassigned,
         Some("None") => ClusterIp::Headless,
-        Some(ip) => p.ip("spec.clusterIP", Some(ip)).map_or(ClusterIp::Unassigned, ClusterIp::Ip),
+        Some(ip) => p
+            .ip("spec.clusterIP", Some(ip))
+            .map_or(ClusterIp::Unassigned, ClusterIp::Ip),
     };
     let selector = spec.selector.filter(|s| !s.is_empty());
     if let Some(selector) = &selector {
@@ -348,7 +363,11 @@ fn endpoint_ports(p: &mut Problems, field: &str, raw: Vec<RawEndpointPort>) -> V
         }
         let port = p.port(f("port"), rp.port);
         let transport = p.transport(f("protocol"), rp.protocol.as_deref());
-        ports.push(EndpointPort { name: rp.name.filter(|n| !n.is_empty()), port, transport });
+        ports.push(EndpointPort {
+            name: rp.name.filter(|n| !n.is_empty()),
+            port,
+            transport,
+        });
     }
     ports
 }
@@ -361,7 +380,10 @@ fn endpoint_addresses(
     let mut out = Vec::new();
     for (i, ra) in raw.unwrap_or_default().into_iter().enumerate() {
         if let Some(ip) = p.ip(format!("{field}[{i}].ip"), ra.ip.as_deref()) {
-            out.push(EndpointAddress { ip, node_name: ra.node_name });
+            out.push(EndpointAddress {
+                ip,
+                node_name: ra.node_name,
+            });
         }
     }
     out
@@ -373,7 +395,8 @@ pub(crate) fn endpoints(ns: &str, name: &str, raw: RawEndpoints) -> Result<Endpo
     p.name("metadata.name", name, NameRule::Dns1123Subdomain);
     let mut subsets = Vec::new();
     for (i, rs) in raw.subsets.unwrap_or_default().into_iter().enumerate() {
-        let addresses = endpoint_addresses(&mut p, &format!("subsets[{i}].addresses"), rs.addresses);
+        let addresses =
+            endpoint_addresses(&mut p, &format!("subsets[{i}].addresses"), rs.addresses);
         let not_ready_addresses = endpoint_addresses(
             &mut p,
             &format!("subsets[{i}].notReadyAddresses"),
@@ -384,9 +407,17 @@ pub(crate) fn endpoints(ns: &str, name: &str, raw: RawEndpoints) -> Result<Endpo
             p.add(format!("subsets[{i}].ports"), FieldProblem::Empty);
         }
         let ports = endpoint_ports(&mut p, &format!("subsets[{i}].ports"), raw_ports);
-        subsets.push(EndpointSubset { addresses, not_ready_addresses, ports });
+        subsets.push(EndpointSubset {
+            addresses,
+            not_ready_addresses,
+            ports,
+        });
     }
-    p.finish(Endpoints { name: name.to_string(), namespace: ns.to_string(), subsets })
+    p.finish(Endpoints {
+        name: name.to_string(),
+        namespace: ns.to_string(),
+        subsets,
+    })
 }
 
 /// An EndpointSlice.
@@ -419,7 +450,10 @@ pub(crate) fn endpoint_slice(
         Some(other) => {
             p.add(
                 "addressType",
-                FieldProblem::Unsupported { value: other.to_string(), supported: "IPv4, IPv6" },
+                FieldProblem::Unsupported {
+                    value: other.to_string(),
+                    supported: "IPv4, IPv6",
+                },
             );
             None
         }
@@ -433,19 +467,34 @@ pub(crate) fn endpoint_slice(
         let mut addresses = Vec::new();
         for (j, a) in raw_addresses.iter().enumerate() {
             let field = format!("endpoints[{i}].addresses[{j}]");
-            let Some(ip) = p.ip(&field, Some(a)) else { continue };
+            let Some(ip) = p.ip(&field, Some(a)) else {
+                continue;
+            };
             match (v4, ip) {
-                (Some(false), IpAddr::V4(_)) => {
-                    p.add(field, FieldProblem::WrongFamily { address: ip, family: "IPv6" })
-                }
-                (Some(true), IpAddr::V6(_)) => {
-                    p.add(field, FieldProblem::WrongFamily { address: ip, family: "IPv4" })
-                }
+                (Some(false), IpAddr::V4(_)) => p.add(
+                    field,
+                    FieldProblem::WrongFamily {
+                        address: ip,
+                        family: "IPv6",
+                    },
+                ),
+                (Some(true), IpAddr::V6(_)) => p.add(
+                    field,
+                    FieldProblem::WrongFamily {
+                        address: ip,
+                        family: "IPv4",
+                    },
+                ),
                 _ => addresses.push(ip),
             }
         }
         let ready = re.conditions.and_then(|c| c.ready).unwrap_or(true);
-        endpoints.push(SliceEndpoint { addresses, ready, zone: re.zone, node_name: re.node_name });
+        endpoints.push(SliceEndpoint {
+            addresses,
+            ready,
+            zone: re.zone,
+            node_name: re.node_name,
+        });
     }
     let ports = endpoint_ports(&mut p, "ports", raw.ports.unwrap_or_default());
     p.finish(EndpointSlice {

@@ -55,33 +55,50 @@ impl MeshSnapshot {
         let mut services = BTreeMap::new();
         for object in config.iter() {
             if let Object::Service(svc) = object {
-                let key = ServiceKey { namespace: svc.namespace.clone(), name: svc.name.clone() };
+                let key = ServiceKey {
+                    namespace: svc.namespace.clone(),
+                    name: svc.name.clone(),
+                };
                 services.insert(key, Arc::new(Service::from_config(svc, cluster_domain)));
             }
         }
         let mut endpoints: BTreeMap<(ServiceKey, u16), Vec<Endpoint>> = BTreeMap::new();
         let mut add = |svc: &Service, port: u16, ep: Endpoint| {
-            let key = ServiceKey { namespace: svc.namespace.clone(), name: svc.name.clone() };
+            let key = ServiceKey {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+            };
             endpoints.entry((key, port)).or_default().push(ep);
         };
         for object in config.iter() {
             match object {
                 Object::Endpoints(eps) => {
-                    let key = ServiceKey { namespace: eps.namespace.clone(), name: eps.name.clone() };
-                    let Some(svc) = services.get(&key) else { continue };
+                    let key = ServiceKey {
+                        namespace: eps.namespace.clone(),
+                        name: eps.name.clone(),
+                    };
+                    let Some(svc) = services.get(&key) else {
+                        continue;
+                    };
                     for subset in &eps.subsets {
                         for ep_port in &subset.ports {
-                            let Some(sp) = matching_port(svc, ep_port) else { continue };
+                            let Some(sp) = matching_port(svc, ep_port) else {
+                                continue;
+                            };
                             let ready = subset.addresses.iter().map(|a| (a, true));
                             let not_ready = subset.not_ready_addresses.iter().map(|a| (a, false));
                             for (addr, healthy) in ready.chain(not_ready) {
-                                add(svc, sp.port, Endpoint {
-                                    locality: Locality::default(),
-                                    ip: addr.ip,
-                                    port: ep_port.port,
-                                    healthy,
-                                    source: EndpointSource::Config,
-                                });
+                                add(
+                                    svc,
+                                    sp.port,
+                                    Endpoint {
+                                        locality: Locality::default(),
+                                        ip: addr.ip,
+                                        port: ep_port.port,
+                                        healthy,
+                                        source: EndpointSource::Config,
+                                    },
+                                );
                             }
                         }
                     }
@@ -91,22 +108,30 @@ impl MeshSnapshot {
                         namespace: slice.namespace.clone(),
                         name: slice.service_name.clone(),
                     };
-                    let Some(svc) = services.get(&key) else { continue };
+                    let Some(svc) = services.get(&key) else {
+                        continue;
+                    };
                     for ep_port in &slice.ports {
-                        let Some(sp) = matching_port(svc, ep_port) else { continue };
+                        let Some(sp) = matching_port(svc, ep_port) else {
+                            continue;
+                        };
                         for ep in &slice.endpoints {
                             let locality = Locality {
                                 zone: ep.zone.clone().unwrap_or_default(),
                                 ..Locality::default()
                             };
                             for ip in &ep.addresses {
-                                add(svc, sp.port, Endpoint {
-                                    locality: locality.clone(),
-                                    ip: *ip,
-                                    port: ep_port.port,
-                                    healthy: ep.ready,
-                                    source: EndpointSource::Config,
-                                });
+                                add(
+                                    svc,
+                                    sp.port,
+                                    Endpoint {
+                                        locality: locality.clone(),
+                                        ip: *ip,
+                                        port: ep_port.port,
+                                        healthy: ep.ready,
+                                        source: EndpointSource::Config,
+                                    },
+                                );
                             }
                         }
                     }
@@ -115,21 +140,32 @@ impl MeshSnapshot {
             }
         }
         for proxy in proxies {
-            let Some((namespace, _)) = proxy.workload() else { continue };
-            for svc in services.values().filter(|s| s.selects(namespace, &proxy.labels)) {
+            let Some((namespace, _)) = proxy.workload() else {
+                continue;
+            };
+            for svc in services
+                .values()
+                .filter(|s| s.selects(namespace, &proxy.labels))
+            {
                 for sp in &svc.ports {
-                    let TargetPort::Number(target) = sp.target_port else { continue };
+                    let TargetPort::Number(target) = sp.target_port else {
+                        continue;
+                    };
                     if sp.protocol == Protocol::Udp {
                         continue;
                     }
                     for ip in &proxy.ips {
-                        add(svc, sp.port, Endpoint {
-                            locality: proxy.locality(),
-                            ip: *ip,
-                            port: target,
-                            healthy: true,
-                            source: EndpointSource::Proxy(proxy.id.clone()),
-                        });
+                        add(
+                            svc,
+                            sp.port,
+                            Endpoint {
+                                locality: proxy.locality(),
+                                ip: *ip,
+                                port: target,
+                                healthy: true,
+                                source: EndpointSource::Proxy(proxy.id.clone()),
+                            },
+                        );
                     }
                 }
             }
@@ -149,7 +185,9 @@ impl MeshSnapshot {
 
     /// The endpoints of a Service port (empty when none).
     pub fn endpoints_of(&self, key: &ServiceKey, port: u16) -> &[Endpoint] {
-        self.endpoints.get(&(key.clone(), port)).map_or(&[], Vec::as_slice)
+        self.endpoints
+            .get(&(key.clone(), port))
+            .map_or(&[], Vec::as_slice)
     }
 
     fn same_content(&self, other: &MeshSnapshot) -> bool {
@@ -160,7 +198,9 @@ impl MeshSnapshot {
 /// The Service port an Endpoints/EndpointSlice port belongs to: same name, or the only port
 /// when both are unnamed.
 fn matching_port<'a>(svc: &'a Service, ep_port: &EndpointPort) -> Option<&'a ServicePort> {
-    svc.ports.iter().find(|sp| sp.name == ep_port.name && sp.protocol != Protocol::Udp)
+    svc.ports
+        .iter()
+        .find(|sp| sp.name == ep_port.name && sp.protocol != Protocol::Udp)
 }
 
 /// Registry events.
@@ -235,19 +275,27 @@ pub fn spawn_registry(
             }
             debouncer.reset();
             let cfg = config.borrow_and_update().clone();
-            let mut next = MeshSnapshot::build(&cfg, proxies.values().map(|p| &**p), &cluster_domain);
+            let mut next =
+                MeshSnapshot::build(&cfg, proxies.values().map(|p| &**p), &cluster_domain);
             let current = tx.borrow().clone();
             if next.same_content(&current) {
                 continue;
             }
             next.version = current.version + 1;
-            tracing::debug!(version = next.version, services = next.services.len(), "registry updated");
+            tracing::debug!(
+                version = next.version,
+                services = next.services.len(),
+                "registry updated"
+            );
             if tx.send(Arc::new(next)).is_err() {
                 return;
             }
         }
     });
-    RegistryHandle { events: events_tx, snapshots: rx }
+    RegistryHandle {
+        events: events_tx,
+        snapshots: rx,
+    }
 }
 
 #[cfg(test)]

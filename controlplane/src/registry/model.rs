@@ -77,7 +77,10 @@ impl Protocol {
 
     /// HTTP/1.1, HTTP/2, gRPC or gRPC-Web: served by the HTTP connection manager.
     pub fn is_http(self) -> bool {
-        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb)
+        matches!(
+            self,
+            Protocol::Http | Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb
+        )
     }
 
     /// HTTP/2 upstream with prior knowledge (HTTP/2, gRPC).

@@ -45,8 +45,14 @@ struct IdParts {
 
 fn parse_id(id: &str) -> Option<IdParts> {
     let parts: Vec<&str> = id.split('~').collect();
-    let [_kind, ip, pod_ns, domain] = parts.as_slice() else { return None };
-    let namespace = domain.split('.').next().filter(|s| !s.is_empty()).map(str::to_string);
+    let [_kind, ip, pod_ns, domain] = parts.as_slice() else {
+        return None;
+    };
+    let namespace = domain
+        .split('.')
+        .next()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
     let pod = match &namespace {
         Some(ns) => pod_ns.strip_suffix(&format!(".{ns}")).unwrap_or(pod_ns),
         None => pod_ns,
@@ -66,8 +72,9 @@ fn string_field(meta: Option<&Struct>, key: &str) -> Option<String> {
 }
 
 fn labels_field(meta: Option<&Struct>) -> BTreeMap<String, String> {
-    let Some(ValueKind::StructValue(s)) =
-        meta.and_then(|m| m.fields.get("LABELS")).and_then(|v| v.kind.as_ref())
+    let Some(ValueKind::StructValue(s)) = meta
+        .and_then(|m| m.fields.get("LABELS"))
+        .and_then(|v| v.kind.as_ref())
     else {
         return BTreeMap::new();
     };
@@ -83,11 +90,17 @@ fn labels_field(meta: Option<&Struct>) -> BTreeMap<String, String> {
 impl ProxyInfo {
     /// Reads a node leniently: metadata first, the id for what metadata lacks.
     pub fn from_node(node: Option<&Node>) -> ProxyInfo {
-        let Some(node) = node else { return ProxyInfo::default() };
+        let Some(node) = node else {
+            return ProxyInfo::default();
+        };
         let meta = node.metadata.as_ref();
         let id_parts = parse_id(&node.id);
         let mut ips: Vec<IpAddr> = string_field(meta, "INSTANCE_IPS")
-            .map(|s| s.split(',').filter_map(|ip| ip.trim().parse().ok()).collect())
+            .map(|s| {
+                s.split(',')
+                    .filter_map(|ip| ip.trim().parse().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         if ips.is_empty() {
             ips.extend(id_parts.as_ref().and_then(|p| p.ip));

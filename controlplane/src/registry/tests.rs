@@ -49,14 +49,19 @@ fn config() -> Arc<ConfigSnapshot> {
 }
 
 fn s(v: &str) -> Value {
-    Value { kind: Some(VK::StringValue(v.to_string())) }
+    Value {
+        kind: Some(VK::StringValue(v.to_string())),
+    }
 }
 
 fn node(id: &str, meta: &[(&str, Value)]) -> Node {
     Node {
         id: id.to_string(),
         metadata: Some(Struct {
-            fields: meta.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            fields: meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
         }),
         ..Default::default()
     }
@@ -64,19 +69,30 @@ fn node(id: &str, meta: &[(&str, Value)]) -> Node {
 
 fn labels(pairs: &[(&str, &str)]) -> Value {
     let fields: HashMap<String, Value> = pairs.iter().map(|(k, v)| (k.to_string(), s(v))).collect();
-    Value { kind: Some(VK::StructValue(Struct { fields })) }
+    Value {
+        kind: Some(VK::StructValue(Struct { fields })),
+    }
 }
 
 #[test]
 fn protocols_from_app_protocol_then_name_prefix() {
     let cfg = config();
     let mesh = MeshSnapshot::build(&cfg, [], "cluster.local");
-    let svc = &mesh.services[&ServiceKey { namespace: "shop".into(), name: "reviews".into() }];
+    let svc = &mesh.services[&ServiceKey {
+        namespace: "shop".into(),
+        name: "reviews".into(),
+    }];
     assert_eq!(svc.hostname, "reviews.shop.svc.cluster.local");
     let protocols: Vec<_> = svc.ports.iter().map(|p| p.protocol).collect();
     assert_eq!(
         protocols,
-        [Protocol::Http, Protocol::Grpc, Protocol::Tcp, Protocol::Udp, Protocol::Auto]
+        [
+            Protocol::Http,
+            Protocol::Grpc,
+            Protocol::Tcp,
+            Protocol::Udp,
+            Protocol::Auto
+        ]
     );
     assert_eq!(Protocol::parse("HTTP2"), Some(Protocol::Http2));
     assert_eq!(Protocol::parse("kubernetes.io/h2c"), Some(Protocol::Http2));
@@ -86,13 +102,19 @@ fn protocols_from_app_protocol_then_name_prefix() {
 #[test]
 fn endpoints_from_objects_and_proxies_deduplicated() {
     let cfg = config();
-    let key = ServiceKey { namespace: "shop".into(), name: "reviews".into() };
+    let key = ServiceKey {
+        namespace: "shop".into(),
+        name: "reviews".into(),
+    };
     let matching = ProxyInfo::from_node(Some(&node(
         "sidecar~10.0.0.7~reviews-1.shop~shop.svc.cluster.local",
         &[
             ("NAMESPACE", s("shop")),
             ("INSTANCE_IPS", s("10.0.0.7")),
-            ("LABELS", labels(&[("app", "reviews"), ("topology.kubernetes.io/zone", "z2")])),
+            (
+                "LABELS",
+                labels(&[("app", "reviews"), ("topology.kubernetes.io/zone", "z2")]),
+            ),
         ],
     )));
     let duplicate = ProxyInfo::from_node(Some(&node(
@@ -126,8 +148,11 @@ fn endpoints_from_objects_and_proxies_deduplicated() {
             ("10.0.0.7".into(), 9081, true, "z2".into()),
         ]
     );
-    let grpc: Vec<_> =
-        mesh.endpoints_of(&key, 9090).iter().map(|e| (e.ip.to_string(), e.healthy)).collect();
+    let grpc: Vec<_> = mesh
+        .endpoints_of(&key, 9090)
+        .iter()
+        .map(|e| (e.ip.to_string(), e.healthy))
+        .collect();
     assert_eq!(
         grpc,
         [
@@ -138,7 +163,10 @@ fn endpoints_from_objects_and_proxies_deduplicated() {
         ]
     );
     assert!(mesh.endpoints_of(&key, 53).is_empty(), "UDP is not proxied");
-    assert!(mesh.endpoints_of(&key, 8000).is_empty(), "named target port unresolvable");
+    assert!(
+        mesh.endpoints_of(&key, 8000).is_empty(),
+        "named target port unresolvable"
+    );
 }
 
 #[test]
@@ -155,7 +183,10 @@ fn proxy_info_from_metadata_from_id_or_nothing() {
     )));
     assert_eq!(full.pod.as_deref(), Some("productpage-v1-abc"));
     assert_eq!(full.ips.len(), 2);
-    assert_eq!(full.service_account.as_deref(), Some("bookinfo-productpage"));
+    assert_eq!(
+        full.service_account.as_deref(),
+        Some("bookinfo-productpage")
+    );
     assert_eq!(full.labels["app"], "productpage");
     assert!(full.workload().is_some());
 
@@ -165,10 +196,16 @@ fn proxy_info_from_metadata_from_id_or_nothing() {
     }));
     assert_eq!(id_only.pod.as_deref(), Some("ratings-1"));
     assert_eq!(id_only.namespace.as_deref(), Some("shop"));
-    assert_eq!(id_only.ips, ["10.1.0.3".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(
+        id_only.ips,
+        ["10.1.0.3".parse::<std::net::IpAddr>().unwrap()]
+    );
     assert!(id_only.labels.is_empty());
 
-    let anonymous = ProxyInfo::from_node(Some(&Node { id: "envoy-1".into(), ..Default::default() }));
+    let anonymous = ProxyInfo::from_node(Some(&Node {
+        id: "envoy-1".into(),
+        ..Default::default()
+    }));
     assert_eq!(anonymous.workload(), None);
     assert_eq!(ProxyInfo::from_node(None).workload(), None);
 }
@@ -176,14 +213,24 @@ fn proxy_info_from_metadata_from_id_or_nothing() {
 #[tokio::test]
 async fn registry_publishes_proxy_changes_after_debounce() {
     let (_tx, rx) = watch::channel(config());
-    let timing = Debounce { quiet: std::time::Duration::from_millis(20), max: std::time::Duration::from_secs(1) };
+    let timing = Debounce {
+        quiet: std::time::Duration::from_millis(20),
+        max: std::time::Duration::from_secs(1),
+    };
     let handle = spawn_registry(rx, "cluster.local".into(), timing);
     let mut snaps = handle.subscribe();
-    let key = ServiceKey { namespace: "shop".into(), name: "reviews".into() };
+    let key = ServiceKey {
+        namespace: "shop".into(),
+        name: "reviews".into(),
+    };
     assert_eq!(handle.current().endpoints_of(&key, 9080).len(), 3);
     let proxy = ProxyInfo::from_node(Some(&node(
         "",
-        &[("NAMESPACE", s("shop")), ("INSTANCE_IPS", s("10.0.0.7")), ("LABELS", labels(&[("app", "reviews")]))],
+        &[
+            ("NAMESPACE", s("shop")),
+            ("INSTANCE_IPS", s("10.0.0.7")),
+            ("LABELS", labels(&[("app", "reviews")])),
+        ],
     )));
     handle.connect(1, Arc::new(proxy));
     snaps.changed().await.unwrap();

@@ -7,7 +7,9 @@ use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, socket_address, Address, AggregatedConfigSource, ApiVersion,
     ConfigSource, Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress,
 };
-use envoy_types::pb::envoy::config::listener::v3::{filter, listener_filter, Filter, ListenerFilter};
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter, listener_filter, Filter, ListenerFilter,
+};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
@@ -47,7 +49,9 @@ pub fn socket_address(ip: IpAddr, port: u16) -> SocketAddress {
 
 /// An `Address` for a TCP socket address.
 pub fn address(ip: IpAddr, port: u16) -> Address {
-    Address { address: Some(address::Address::SocketAddress(socket_address(ip, port))) }
+    Address {
+        address: Some(address::Address::SocketAddress(socket_address(ip, port))),
+    }
 }
 
 /// `0.0.0.0`.
@@ -68,7 +72,10 @@ pub fn ads() -> ConfigSource {
 
 /// A duration of whole seconds.
 pub fn seconds(s: i64) -> Duration {
-    Duration { seconds: s, nanos: 0 }
+    Duration {
+        seconds: s,
+        nanos: 0,
+    }
 }
 
 /// A wrapped bool.
@@ -83,7 +90,10 @@ pub fn u32_value(value: u32) -> Option<UInt32Value> {
 
 /// A network filter with a typed config.
 pub fn network_filter(name: &str, config: Any) -> Filter {
-    Filter { name: name.to_string(), config_type: Some(filter::ConfigType::TypedConfig(config)) }
+    Filter {
+        name: name.to_string(),
+        config_type: Some(filter::ConfigType::TypedConfig(config)),
+    }
 }
 
 /// `envoy.filters.network.tcp_proxy` to `cluster`, stat prefix the cluster name.
@@ -103,20 +113,23 @@ pub enum Routes {
     /// RDS, by name.
     Rds(String),
     /// Inline.
-    Inline(RouteConfiguration),
+    Inline(Box<RouteConfiguration>),
 }
 
 /// `envoy.filters.network.http_connection_manager` with the router as its only HTTP filter.
 pub fn http_connection_manager(stat_prefix: &str, routes: Routes) -> Filter {
     let route_specifier = match routes {
-        Routes::Rds(name) => {
-            RouteSpecifier::Rds(Rds { config_source: Some(ads()), route_config_name: name })
-        }
-        Routes::Inline(config) => RouteSpecifier::RouteConfig(config),
+        Routes::Rds(name) => RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: name,
+        }),
+        Routes::Inline(config) => RouteSpecifier::RouteConfig(*config),
     };
     let router = HttpFilter {
         name: "envoy.filters.http.router".to_string(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+            Router::default(),
+        ))),
         ..Default::default()
     };
     network_filter(

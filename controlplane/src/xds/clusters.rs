@@ -33,7 +33,9 @@ fn base(name: &str, discovery: DiscoveryType, lb: LbPolicy) -> Cluster {
 }
 
 fn with_protocol(mut cluster: Cluster, protocol: Protocol) -> Cluster {
-    cluster.typed_extension_protocol_options.extend(build::upstream_protocol_options(protocol));
+    cluster
+        .typed_extension_protocol_options
+        .extend(build::upstream_protocol_options(protocol));
     cluster
 }
 
@@ -48,14 +50,20 @@ fn bound_to_inbound_source(mut cluster: Cluster) -> Cluster {
 /// `outbound|PORT||HOST`: EDS under its own name, round robin.
 pub fn outbound(name: &str, protocol: Protocol) -> Cluster {
     let mut c = base(name, DiscoveryType::Eds, LbPolicy::RoundRobin);
-    c.eds_cluster_config =
-        Some(EdsClusterConfig { eds_config: Some(build::ads()), service_name: name.to_string() });
+    c.eds_cluster_config = Some(EdsClusterConfig {
+        eds_config: Some(build::ads()),
+        service_name: name.to_string(),
+    });
     with_protocol(c, protocol)
 }
 
 /// `inbound|PORT||`: the original destination, bound to 127.0.0.6.
 pub fn inbound(port: u16, protocol: Protocol) -> Cluster {
-    let c = base(&inbound_cluster_name(port), DiscoveryType::OriginalDst, LbPolicy::ClusterProvided);
+    let c = base(
+        &inbound_cluster_name(port),
+        DiscoveryType::OriginalDst,
+        LbPolicy::ClusterProvided,
+    );
     with_protocol(bound_to_inbound_source(c), protocol)
 }
 
@@ -64,14 +72,22 @@ pub fn clusters(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Cluster> {
     let mut out = BTreeMap::new();
     for (svc, port) in outbound_ports(mesh) {
         let name = outbound_cluster_name(port.port, &svc.hostname);
-        out.entry(name.clone()).or_insert_with(|| outbound(&name, port.protocol));
+        out.entry(name.clone())
+            .or_insert_with(|| outbound(&name, port.protocol));
     }
     for port in inbound_ports(mesh, proxy) {
-        out.insert(inbound_cluster_name(port.port), inbound(port.port, port.protocol));
+        out.insert(
+            inbound_cluster_name(port.port),
+            inbound(port.port, port.protocol),
+        );
     }
     out.insert(
         PASSTHROUGH.to_string(),
-        base(PASSTHROUGH, DiscoveryType::OriginalDst, LbPolicy::ClusterProvided),
+        base(
+            PASSTHROUGH,
+            DiscoveryType::OriginalDst,
+            LbPolicy::ClusterProvided,
+        ),
     );
     out.insert(
         INBOUND_PASSTHROUGH.to_string(),
@@ -81,6 +97,9 @@ pub fn clusters(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Cluster> {
             LbPolicy::ClusterProvided,
         )),
     );
-    out.insert(BLACKHOLE.to_string(), base(BLACKHOLE, DiscoveryType::Static, LbPolicy::RoundRobin));
+    out.insert(
+        BLACKHOLE.to_string(),
+        base(BLACKHOLE, DiscoveryType::Static, LbPolicy::RoundRobin),
+    );
     out.into_values().collect()
 }

@@ -16,16 +16,23 @@ use crate::registry::{Endpoint, Locality, MeshSnapshot};
 pub fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssignment {
     let mut by_locality: BTreeMap<&Locality, Vec<LbEndpoint>> = BTreeMap::new();
     for ep in endpoints {
-        let health = if ep.healthy { HealthStatus::Healthy } else { HealthStatus::Unhealthy };
-        by_locality.entry(&ep.locality).or_default().push(LbEndpoint {
-            host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
-                address: Some(build::address(ep.ip, ep.port)),
+        let health = if ep.healthy {
+            HealthStatus::Healthy
+        } else {
+            HealthStatus::Unhealthy
+        };
+        by_locality
+            .entry(&ep.locality)
+            .or_default()
+            .push(LbEndpoint {
+                host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
+                    address: Some(build::address(ep.ip, ep.port)),
+                    ..Default::default()
+                })),
+                health_status: health as i32,
+                load_balancing_weight: build::u32_value(1),
                 ..Default::default()
-            })),
-            health_status: health as i32,
-            load_balancing_weight: build::u32_value(1),
-            ..Default::default()
-        });
+            });
     }
     ClusterLoadAssignment {
         cluster_name: cluster.to_string(),
@@ -41,7 +48,6 @@ pub fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssi
                     region: l.region.clone(),
                     zone: l.zone.clone(),
                     sub_zone: l.subzone.clone(),
-                    ..Default::default()
                 }),
                 lb_endpoints,
                 ..Default::default()

@@ -9,7 +9,9 @@ use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch
 use super::build::{self, Routes};
 use super::clusters::{BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH};
 use super::routes::inbound_route;
-use super::{inbound_cluster_name, inbound_ports, outbound_cluster_name, outbound_ports, PROXY_PORTS};
+use super::{
+    inbound_cluster_name, inbound_ports, outbound_cluster_name, outbound_ports, PROXY_PORTS,
+};
 use crate::registry::{MeshSnapshot, Protocol, ProxyInfo};
 
 /// Outbound capture port.
@@ -22,7 +24,11 @@ const HTTP_PROTOCOLS: [&str; 2] = ["http/1.1", "h2c"];
 /// (server-first protocols).
 const DETECTION_TIMEOUT_S: i64 = 1;
 
-fn chain(name: &str, matcher: Option<FilterChainMatch>, filter: envoy_types::pb::envoy::config::listener::v3::Filter) -> FilterChain {
+fn chain(
+    name: &str,
+    matcher: Option<FilterChainMatch>,
+    filter: envoy_types::pb::envoy::config::listener::v3::Filter,
+) -> FilterChain {
     FilterChain {
         name: name.to_string(),
         filter_chain_match: matcher,
@@ -32,7 +38,10 @@ fn chain(name: &str, matcher: Option<FilterChainMatch>, filter: envoy_types::pb:
 }
 
 fn port_match(port: u16) -> FilterChainMatch {
-    FilterChainMatch { destination_port: build::u32_value(port.into()), ..Default::default() }
+    FilterChainMatch {
+        destination_port: build::u32_value(port.into()),
+        ..Default::default()
+    }
 }
 
 /// A match on sniffed plaintext HTTP (optionally on a destination port).
@@ -75,7 +84,11 @@ pub fn virtual_outbound() -> Listener {
             Some(port_match(OUTBOUND_PORT)),
             build::tcp_proxy(BLACKHOLE),
         )],
-        default_filter_chain: Some(chain("PassthroughFilterChain", None, build::tcp_proxy(PASSTHROUGH))),
+        default_filter_chain: Some(chain(
+            "PassthroughFilterChain",
+            None,
+            build::tcp_proxy(PASSTHROUGH),
+        )),
         ..Default::default()
     }
 }
@@ -90,25 +103,53 @@ pub fn virtual_inbound(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Listener {
         let hcm = || {
             build::http_connection_manager(
                 &format!("inbound_0.0.0.0_{}", p.port),
-                Routes::Inline(inbound_route(&cluster, &format!("inbound|http|{}", p.port), &cluster)),
+                Routes::Inline(Box::new(inbound_route(
+                    &cluster,
+                    &format!("inbound|http|{}", p.port),
+                    &cluster,
+                ))),
             )
         };
         if p.protocol.is_http() {
-            chains.push(chain(&format!("{cluster}-http"), Some(port_match(p.port)), hcm()));
+            chains.push(chain(
+                &format!("{cluster}-http"),
+                Some(port_match(p.port)),
+                hcm(),
+            ));
         } else if p.protocol == Protocol::Auto {
-            chains.push(chain(&format!("{cluster}-http"), Some(http_match(Some(p.port))), hcm()));
-            chains.push(chain(&format!("{cluster}-tcp"), Some(port_match(p.port)), build::tcp_proxy(&cluster)));
+            chains.push(chain(
+                &format!("{cluster}-http"),
+                Some(http_match(Some(p.port))),
+                hcm(),
+            ));
+            chains.push(chain(
+                &format!("{cluster}-tcp"),
+                Some(port_match(p.port)),
+                build::tcp_proxy(&cluster),
+            ));
         } else {
-            chains.push(chain(&format!("{cluster}-tcp"), Some(port_match(p.port)), build::tcp_proxy(&cluster)));
+            chains.push(chain(
+                &format!("{cluster}-tcp"),
+                Some(port_match(p.port)),
+                build::tcp_proxy(&cluster),
+            ));
         }
     }
-    chains.push(chain("virtualInbound-blackhole", Some(port_match(INBOUND_PORT)), build::tcp_proxy(BLACKHOLE)));
+    chains.push(chain(
+        "virtualInbound-blackhole",
+        Some(port_match(INBOUND_PORT)),
+        build::tcp_proxy(BLACKHOLE),
+    ));
     chains.push(chain(
         "virtualInbound-catchall-http",
         Some(http_match(None)),
         build::http_connection_manager(
             "InboundPassthroughCluster",
-            Routes::Inline(inbound_route(INBOUND_PASSTHROUGH, "inbound|http|0", INBOUND_PASSTHROUGH)),
+            Routes::Inline(Box::new(inbound_route(
+                INBOUND_PASSTHROUGH,
+                "inbound|http|0",
+                INBOUND_PASSTHROUGH,
+            ))),
         ),
     ));
     let mut listener = sniffing(Listener {
@@ -116,7 +157,11 @@ pub fn virtual_inbound(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Listener {
         address: Some(build::address(build::any_ip(), INBOUND_PORT)),
         traffic_direction: TrafficDirection::Inbound as i32,
         filter_chains: chains,
-        default_filter_chain: Some(chain("virtualInbound", None, build::tcp_proxy(INBOUND_PASSTHROUGH))),
+        default_filter_chain: Some(chain(
+            "virtualInbound",
+            None,
+            build::tcp_proxy(INBOUND_PASSTHROUGH),
+        )),
         ..Default::default()
     });
     listener.listener_filters.insert(0, build::original_dst());
@@ -142,7 +187,12 @@ pub fn listeners(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Listener> {
         if port.protocol.is_http() {
             let name = format!("0.0.0.0_{}", port.port);
             out.entry(name.clone()).or_insert_with(|| {
-                let mut l = virtual_listener(&name, build::any_ip(), port.port, TrafficDirection::Outbound);
+                let mut l = virtual_listener(
+                    &name,
+                    build::any_ip(),
+                    port.port,
+                    TrafficDirection::Outbound,
+                );
                 l.filter_chains.push(chain(&name, None, rds()));
                 l
             });
@@ -154,9 +204,17 @@ pub fn listeners(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Listener> {
             let mut l = virtual_listener(&name, ip, port.port, TrafficDirection::Outbound);
             if port.protocol == Protocol::Auto {
                 l = sniffing(l);
-                l.filter_chains.push(chain(&format!("{cluster}-http"), Some(http_match(None)), rds()));
+                l.filter_chains.push(chain(
+                    &format!("{cluster}-http"),
+                    Some(http_match(None)),
+                    rds(),
+                ));
             }
-            l.filter_chains.push(chain(&format!("{cluster}-tcp"), None, build::tcp_proxy(&cluster)));
+            l.filter_chains.push(chain(
+                &format!("{cluster}-tcp"),
+                None,
+                build::tcp_proxy(&cluster),
+            ));
             l
         });
     }

@@ -42,8 +42,12 @@ pub enum ResourceType {
 
 impl ResourceType {
     /// Every type, in push order: CDS, EDS, LDS, RDS.
-    pub const ALL: [ResourceType; 4] =
-        [ResourceType::Cluster, ResourceType::Endpoint, ResourceType::Listener, ResourceType::Route];
+    pub const ALL: [ResourceType; 4] = [
+        ResourceType::Cluster,
+        ResourceType::Endpoint,
+        ResourceType::Listener,
+        ResourceType::Route,
+    ];
 
     /// The type URL.
     pub fn type_url(self) -> &'static str {
@@ -94,7 +98,10 @@ pub const PROXY_PORTS: [u16; 2] = [15001, 15006];
 /// Every proxied Service port (UDP and SCTP ports are not), in Service order.
 pub fn outbound_ports(mesh: &MeshSnapshot) -> impl Iterator<Item = (&Service, &ServicePort)> {
     mesh.services.values().flat_map(|svc| {
-        svc.ports.iter().filter(|p| p.protocol != Protocol::Udp).map(move |p| (&**svc, p))
+        svc.ports
+            .iter()
+            .filter(|p| p.protocol != Protocol::Udp)
+            .map(move |p| (&**svc, p))
     })
 }
 
@@ -109,14 +116,23 @@ pub struct InboundPort {
 
 /// The inbound ports of a proxy, sorted by port; none for a proxy without a workload.
 pub fn inbound_ports(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<InboundPort> {
-    let Some((namespace, _)) = proxy.workload() else { return Vec::new() };
+    let Some((namespace, _)) = proxy.workload() else {
+        return Vec::new();
+    };
     let mut seen = BTreeSet::new();
     let mut ports = Vec::new();
-    for svc in mesh.services.values().filter(|s| s.selects(namespace, &proxy.labels)) {
+    for svc in mesh
+        .services
+        .values()
+        .filter(|s| s.selects(namespace, &proxy.labels))
+    {
         for sp in svc.ports.iter().filter(|p| p.protocol != Protocol::Udp) {
             if let TargetPort::Number(port) = sp.target_port {
                 if seen.insert(port) {
-                    ports.push(InboundPort { port, protocol: sp.protocol });
+                    ports.push(InboundPort {
+                        port,
+                        protocol: sp.protocol,
+                    });
                 }
             }
         }
@@ -134,9 +150,10 @@ pub fn resources(
     names: &BTreeSet<String>,
 ) -> Vec<(String, Any)> {
     match kind {
-        ResourceType::Cluster => {
-            clusters::clusters(mesh, proxy).into_iter().map(|c| (c.name.clone(), pack_any(c))).collect()
-        }
+        ResourceType::Cluster => clusters::clusters(mesh, proxy)
+            .into_iter()
+            .map(|c| (c.name.clone(), pack_any(c)))
+            .collect(),
         ResourceType::Endpoint => endpoints::endpoints(mesh, names)
             .into_iter()
             .map(|c| (c.cluster_name.clone(), pack_any(c)))

@@ -26,8 +26,8 @@ use envoy_types::pb::envoy::config::listener::v3::{
     filter, listener_filter, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, Route,
-    RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, Route, RouteAction,
+    RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
@@ -124,15 +124,26 @@ impl Obj {
         Ok(self)
     }
     /// Finishes the object after checking that `rest` has nothing left.
-    fn done<T: PartialEq + Default + std::fmt::Debug>(&mut self, rest: T, message: &'static str) -> R {
+    fn done<T: PartialEq + Default + std::fmt::Debug>(
+        &mut self,
+        rest: T,
+        message: &'static str,
+    ) -> R {
         if rest != T::default() {
-            return Err(RenderError::Unrendered { message, rest: format!("{rest:?}") });
+            return Err(RenderError::Unrendered {
+                message,
+                rest: format!("{rest:?}"),
+            });
         }
         Ok(Value::Object(take(&mut self.0)))
     }
 }
 
-fn enum_name<E: TryFrom<i32>>(message: &'static str, v: i32, name: fn(&E) -> &'static str) -> Result<Option<Value>, RenderError> {
+fn enum_name<E: TryFrom<i32>>(
+    message: &'static str,
+    v: i32,
+    name: fn(&E) -> &'static str,
+) -> Result<Option<Value>, RenderError> {
     if v == 0 {
         return Ok(None);
     }
@@ -158,8 +169,10 @@ fn wrapped_u32(v: UInt32Value) -> R {
 }
 
 fn decode<T: Message + Default>(any: &Any) -> Result<T, RenderError> {
-    T::decode(any.value.as_slice())
-        .map_err(|source| RenderError::Decode { type_url: any.type_url.clone(), source })
+    T::decode(any.value.as_slice()).map_err(|source| RenderError::Decode {
+        type_url: any.type_url.clone(),
+        source,
+    })
 }
 
 /// Renders an `Any` of a type the translation uses, with `@type` first.
@@ -223,11 +236,21 @@ fn config_source_json(mut m: ConfigSource) -> R {
     let mut o = Obj::default();
     match m.config_source_specifier.take() {
         Some(config_source::ConfigSourceSpecifier::Ads(a)) => {
-            o.val("ads", Some(Obj::default().done(a, "AggregatedConfigSource")?));
+            o.val(
+                "ads",
+                Some(Obj::default().done(a, "AggregatedConfigSource")?),
+            );
         }
         other => m.config_source_specifier = other,
     }
-    o.val("resource_api_version", enum_name("ApiVersion", take(&mut m.resource_api_version), ApiVersion::as_str_name)?);
+    o.val(
+        "resource_api_version",
+        enum_name(
+            "ApiVersion",
+            take(&mut m.resource_api_version),
+            ApiVersion::as_str_name,
+        )?,
+    );
     o.done(m, "ConfigSource")
 }
 
@@ -242,20 +265,37 @@ pub fn cluster(mut m: Cluster) -> R {
         }
         other => m.cluster_discovery_type = other,
     }
-    o.msg("eds_cluster_config", m.eds_cluster_config.take(), |mut e: EdsClusterConfig| {
-        let mut o = Obj::default();
-        o.msg("eds_config", e.eds_config.take(), config_source_json)?;
-        o.str("service_name", take(&mut e.service_name));
-        o.done(e, "EdsClusterConfig")
-    })?;
+    o.msg(
+        "eds_cluster_config",
+        m.eds_cluster_config.take(),
+        |mut e: EdsClusterConfig| {
+            let mut o = Obj::default();
+            o.msg("eds_config", e.eds_config.take(), config_source_json)?;
+            o.str("service_name", take(&mut e.service_name));
+            o.done(e, "EdsClusterConfig")
+        },
+    )?;
     o.msg("connect_timeout", m.connect_timeout.take(), duration)?;
-    o.val("lb_policy", enum_name("LbPolicy", take(&mut m.lb_policy), LbPolicy::as_str_name)?);
-    o.msg("upstream_bind_config", m.upstream_bind_config.take(), |mut b: BindConfig| {
-        let mut o = Obj::default();
-        o.msg("source_address", b.source_address.take(), socket_address_json)?;
-        o.done(b, "BindConfig")
-    })?;
-    let mut options: Vec<_> = take(&mut m.typed_extension_protocol_options).into_iter().collect();
+    o.val(
+        "lb_policy",
+        enum_name("LbPolicy", take(&mut m.lb_policy), LbPolicy::as_str_name)?,
+    );
+    o.msg(
+        "upstream_bind_config",
+        m.upstream_bind_config.take(),
+        |mut b: BindConfig| {
+            let mut o = Obj::default();
+            o.msg(
+                "source_address",
+                b.source_address.take(),
+                socket_address_json,
+            )?;
+            o.done(b, "BindConfig")
+        },
+    )?;
+    let mut options: Vec<_> = take(&mut m.typed_extension_protocol_options)
+        .into_iter()
+        .collect();
     options.sort_by(|a, b| a.0.cmp(&b.0));
     if !options.is_empty() {
         let mut map = Map::new();
@@ -287,13 +327,23 @@ fn http_protocol_options(mut m: HttpProtocolOptions) -> R {
                 }
                 other => e.protocol_config = other,
             }
-            o.val("explicit_http_config", Some(inner.done::<ExplicitHttpConfig>(e, "ExplicitHttpConfig")?));
+            o.val(
+                "explicit_http_config",
+                Some(inner.done::<ExplicitHttpConfig>(e, "ExplicitHttpConfig")?),
+            );
         }
         Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(mut d)) => {
             let mut inner = Obj::default();
             inner.msg("http_protocol_options", d.http_protocol_options.take(), h1)?;
-            inner.msg("http2_protocol_options", d.http2_protocol_options.take(), h2)?;
-            o.val("use_downstream_protocol_config", Some(inner.done::<UseDownstreamHttpConfig>(d, "UseDownstreamHttpConfig")?));
+            inner.msg(
+                "http2_protocol_options",
+                d.http2_protocol_options.take(),
+                h2,
+            )?;
+            o.val(
+                "use_downstream_protocol_config",
+                Some(inner.done::<UseDownstreamHttpConfig>(d, "UseDownstreamHttpConfig")?),
+            );
         }
         other => m.upstream_protocol_options = other,
     }
@@ -321,15 +371,30 @@ pub fn load_assignment(mut m: ClusterLoadAssignment) -> R {
             }
             other => e.host_identifier = other,
         }
-        o.val("health_status", enum_name("HealthStatus", take(&mut e.health_status), HealthStatus::as_str_name)?);
-        o.msg("load_balancing_weight", e.load_balancing_weight.take(), wrapped_u32)?;
+        o.val(
+            "health_status",
+            enum_name(
+                "HealthStatus",
+                take(&mut e.health_status),
+                HealthStatus::as_str_name,
+            )?,
+        );
+        o.msg(
+            "load_balancing_weight",
+            e.load_balancing_weight.take(),
+            wrapped_u32,
+        )?;
         o.done(e, "LbEndpoint")
     }
     fn locality_endpoints(mut l: LocalityLbEndpoints) -> R {
         let mut o = Obj::default();
         o.msg("locality", l.locality.take(), locality)?;
         o.list("lb_endpoints", take(&mut l.lb_endpoints), lb_endpoint)?;
-        o.msg("load_balancing_weight", l.load_balancing_weight.take(), wrapped_u32)?;
+        o.msg(
+            "load_balancing_weight",
+            l.load_balancing_weight.take(),
+            wrapped_u32,
+        )?;
         o.done(l, "LocalityLbEndpoints")
     }
     let mut o = Obj::default();
@@ -361,7 +426,11 @@ fn filter_chain_match(mut m: FilterChainMatch) -> R {
 fn filter_chain(mut c: FilterChain) -> R {
     let mut o = Obj::default();
     o.str("name", take(&mut c.name));
-    o.msg("filter_chain_match", c.filter_chain_match.take(), filter_chain_match)?;
+    o.msg(
+        "filter_chain_match",
+        c.filter_chain_match.take(),
+        filter_chain_match,
+    )?;
     o.list("filters", take(&mut c.filters), filter_json)?;
     o.done(c, "FilterChain")
 }
@@ -385,12 +454,34 @@ pub fn listener(mut m: Listener) -> R {
     o.msg("address", m.address.take(), address_json)?;
     o.msg("bind_to_port", m.bind_to_port.take(), wrapped_bool)?;
     o.msg("use_original_dst", m.use_original_dst.take(), wrapped_bool)?;
-    o.val("traffic_direction", enum_name("TrafficDirection", take(&mut m.traffic_direction), TrafficDirection::as_str_name)?);
-    o.list("listener_filters", take(&mut m.listener_filters), listener_filter_json)?;
-    o.msg("listener_filters_timeout", m.listener_filters_timeout.take(), duration)?;
-    o.bool("continue_on_listener_filters_timeout", take(&mut m.continue_on_listener_filters_timeout));
+    o.val(
+        "traffic_direction",
+        enum_name(
+            "TrafficDirection",
+            take(&mut m.traffic_direction),
+            TrafficDirection::as_str_name,
+        )?,
+    );
+    o.list(
+        "listener_filters",
+        take(&mut m.listener_filters),
+        listener_filter_json,
+    )?;
+    o.msg(
+        "listener_filters_timeout",
+        m.listener_filters_timeout.take(),
+        duration,
+    )?;
+    o.bool(
+        "continue_on_listener_filters_timeout",
+        take(&mut m.continue_on_listener_filters_timeout),
+    );
     o.list("filter_chains", take(&mut m.filter_chains), filter_chain)?;
-    o.msg("default_filter_chain", m.default_filter_chain.take(), filter_chain)?;
+    o.msg(
+        "default_filter_chain",
+        m.default_filter_chain.take(),
+        filter_chain,
+    )?;
     o.done(m, "Listener")
 }
 
@@ -479,6 +570,10 @@ pub fn route_configuration(mut m: RouteConfiguration) -> R {
     let mut o = Obj::default();
     o.str("name", take(&mut m.name));
     o.list("virtual_hosts", take(&mut m.virtual_hosts), virtual_host)?;
-    o.msg("validate_clusters", m.validate_clusters.take(), wrapped_bool)?;
+    o.msg(
+        "validate_clusters",
+        m.validate_clusters.take(),
+        wrapped_bool,
+    )?;
     o.done(m, "RouteConfiguration")
 }

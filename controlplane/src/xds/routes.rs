@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::route::v3::{
-    route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, Route,
-    RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, Route, RouteAction,
+    RouteConfiguration, RouteMatch, VirtualHost,
 };
 
 use super::build;
@@ -40,7 +40,10 @@ pub fn domains(svc: &Service, port: u16, proxy_ns: Option<&str>) -> Vec<String> 
     names.push(format!("{}.{}", svc.name, svc.namespace));
     names.push(format!("{}.{}.svc", svc.name, svc.namespace));
     names.extend(svc.cluster_ip.map(|ip| ip.to_string()));
-    names.into_iter().flat_map(|n| [n.clone(), format!("{n}:{port}")]).collect()
+    names
+        .into_iter()
+        .flat_map(|n| [n.clone(), format!("{n}:{port}")])
+        .collect()
 }
 
 /// The outbound route configuration for `port`: a virtual host `HOST:PORT` per Service with
@@ -67,7 +70,10 @@ pub fn outbound_route(mesh: &MeshSnapshot, proxy: &ProxyInfo, port: u16) -> Rout
         virtual_hosts.push(VirtualHost {
             name: format!("{}:{}", svc.hostname, port),
             domains,
-            routes: vec![route_to("default", &outbound_cluster_name(port, &svc.hostname))],
+            routes: vec![route_to(
+                "default",
+                &outbound_cluster_name(port, &svc.hostname),
+            )],
             ..Default::default()
         });
     }

@@ -47,7 +47,12 @@ impl AdsService {
         status: Arc<SyncStatus>,
         shutdown: watch::Receiver<bool>,
     ) -> AdsService {
-        AdsService { registry, status, next_connection: Arc::new(AtomicU64::new(1)), shutdown }
+        AdsService {
+            registry,
+            status,
+            next_connection: Arc::new(AtomicU64::new(1)),
+            shutdown,
+        }
     }
 
     /// The tonic server wrapping this service.
@@ -87,7 +92,9 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         _request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented("delta xDS is not supported: use state of the world ADS"))
+        Err(Status::unimplemented(
+            "delta xDS is not supported: use state of the world ADS",
+        ))
     }
 }
 

@@ -71,7 +71,8 @@ impl ProxyStatus {
             ips: Vec::new(),
             labels: BTreeMap::new(),
             peer,
-            connected_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            connected_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                .to_string(),
             types: BTreeMap::new(),
         }
     }
@@ -108,7 +109,11 @@ pub struct StatusEntry {
 
 impl Drop for StatusEntry {
     fn drop(&mut self) {
-        self.owner.streams.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.connection);
+        self.owner
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.connection);
     }
 }
 
@@ -117,8 +122,15 @@ impl SyncStatus {
     pub fn register(self: &Arc<Self>, initial: ProxyStatus) -> StatusEntry {
         let connection = initial.connection;
         let (writer, reader) = watch::channel(initial);
-        self.streams.lock().unwrap_or_else(PoisonError::into_inner).insert(connection, reader);
-        StatusEntry { owner: self.clone(), connection, writer }
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(connection, reader);
+        StatusEntry {
+            owner: self.clone(),
+            connection,
+            writer,
+        }
     }
 
     /// A copy of every connection's status, by connection id.

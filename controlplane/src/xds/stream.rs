@@ -77,7 +77,13 @@ fn content_hash(resources: &[(String, envoy_types::pb::google::protobuf::Any)]) 
 impl StreamState {
     /// A new stream; `status` is its syncz entry.
     pub(crate) fn new(conn: ConnectionId, status: watch::Sender<ProxyStatus>) -> StreamState {
-        StreamState { conn, proxy: None, types: BTreeMap::new(), nonces: 0, status }
+        StreamState {
+            conn,
+            proxy: None,
+            types: BTreeMap::new(),
+            nonces: 0,
+            status,
+        }
     }
 
     /// The proxy, once the first request named it.
@@ -109,7 +115,11 @@ impl StreamState {
         let state = self.types.entry(kind).or_default();
         let meaning = if req.response_nonce.is_empty() {
             RequestKind::Initial
-        } else if state.sent.as_ref().is_none_or(|s| s.nonce != req.response_nonce) {
+        } else if state
+            .sent
+            .as_ref()
+            .is_none_or(|s| s.nonce != req.response_nonce)
+        {
             return (RequestKind::Stale, Vec::new());
         } else if let Some(err) = &req.error_detail {
             let message = err.message.clone();
@@ -133,7 +143,8 @@ impl StreamState {
         if !kind.is_full_set() {
             state.names = names;
             let shown = state.names.clone();
-            self.status.send_modify(|s| s.of(kind).resource_names = shown);
+            self.status
+                .send_modify(|s| s.of(kind).resource_names = shown);
         }
         let respond = meaning == RequestKind::Initial || names_changed;
         let mut out = Vec::new();
@@ -145,12 +156,20 @@ impl StreamState {
 
     /// Responses for every subscribed type whose content changed, in push order.
     pub(crate) fn on_mesh_change(&mut self, mesh: &MeshSnapshot) -> Vec<DiscoveryResponse> {
-        ResourceType::ALL.into_iter().filter_map(|kind| self.build(kind, mesh, false)).collect()
+        ResourceType::ALL
+            .into_iter()
+            .filter_map(|kind| self.build(kind, mesh, false))
+            .collect()
     }
 
     /// Builds the response of a subscribed type, or `None` when it need not be sent: not
     /// subscribed, no names for a named type, or (unless `force`) unchanged content.
-    fn build(&mut self, kind: ResourceType, mesh: &MeshSnapshot, force: bool) -> Option<DiscoveryResponse> {
+    fn build(
+        &mut self,
+        kind: ResourceType,
+        mesh: &MeshSnapshot,
+        force: bool,
+    ) -> Option<DiscoveryResponse> {
         let proxy = self.proxy.clone().unwrap_or_default();
         let state = self.types.get_mut(&kind)?;
         if !kind.is_full_set() && state.names.is_empty() {
@@ -164,7 +183,10 @@ impl StreamState {
         self.nonces += 1;
         let nonce = format!("{}-{}", self.conn, self.nonces);
         let version = format!("{hash:016x}");
-        state.sent = Some(Sent { nonce: nonce.clone(), hash });
+        state.sent = Some(Sent {
+            nonce: nonce.clone(),
+            hash,
+        });
         let count = resources.len();
         self.status.send_modify(|s| {
             let t = s.of(kind);
@@ -179,7 +201,9 @@ impl StreamState {
             resources: resources.into_iter().map(|(_, any)| any).collect(),
             type_url: kind.type_url().to_string(),
             nonce,
-            control_plane: Some(ControlPlane { identifier: CONTROL_PLANE_ID.to_string() }),
+            control_plane: Some(ControlPlane {
+                identifier: CONTROL_PLANE_ID.to_string(),
+            }),
             ..Default::default()
         })
     }
