@@ -270,3 +270,151 @@ fn capture_netns_dry_run_applies_nothing() {
         Err(e) => panic!("iptables-restore --test: {e}"),
     }
 }
+
+/// Runs `f` on a thread that has joined the namespace's network stack.
+fn in_namespace<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{}", ns.name);
+    let handle = std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    });
+    handle
+        .join()
+        .unwrap_or_else(|_| panic!("thread in namespace panicked"))
+}
+
+/// The rules really capture: an outbound connection to a captured range reaches the listener
+/// on the outbound capture port, which reads the original destination; an excluded port is
+/// not captured.
+#[test]
+fn capture_netns_outbound_connection_is_redirected() {
+    let Some(ns) = namespace("capture_netns_outbound_connection_is_redirected") else {
+        return;
+    };
+    for cmd in [
+        "link set lo up",
+        "link add v0 type veth peer name v1",
+        "addr add 10.199.0.1/24 dev v0",
+        "link set v1 up",
+        "link set v0 up",
+    ] {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        let out = ns.exec("ip", &args);
+        assert!(out.status.success(), "ip {cmd}: {}", text(&out));
+    }
+    let out = ns.init(&["-p", "15101", "-i", "10.199.0.0/16", "-o", "8081"]);
+    assert!(out.status.success(), "init failed: {}", text(&out));
+
+    let (original_dst, excluded) = in_namespace(&ns, || {
+        use std::net::{SocketAddr, TcpListener, TcpStream};
+        use std::time::Duration;
+        let listener = TcpListener::bind("0.0.0.0:15101").unwrap_or_else(|e| panic!("bind: {e}"));
+        let target: SocketAddr = "10.199.0.77:80".parse().unwrap_or_else(|e| panic!("{e}"));
+        let client = TcpStream::connect_timeout(&target, Duration::from_secs(3));
+        assert!(client.is_ok(), "captured connect failed: {client:?}");
+        let (accepted, _) = listener.accept().unwrap_or_else(|e| panic!("accept: {e}"));
+        let dst = nix::sys::socket::getsockopt(&accepted, nix::sys::socket::sockopt::OriginalDst)
+            .unwrap_or_else(|e| panic!("SO_ORIGINAL_DST: {e}"));
+        let original = SocketAddr::from((
+            std::net::Ipv4Addr::from(u32::from_be(dst.sin_addr.s_addr)),
+            u16::from_be(dst.sin_port),
+        ));
+        // Port 8081 is excluded (-o): the SYN goes out v0, where nobody answers.
+        let excluded: SocketAddr = "10.199.0.77:8081".parse().unwrap_or_else(|e| panic!("{e}"));
+        let direct = TcpStream::connect_timeout(&excluded, Duration::from_millis(500));
+        (original, direct.is_ok())
+    });
+    assert_eq!(original_dst.to_string(), "10.199.0.77:80");
+    assert!(!excluded, "a connection to an excluded port was captured");
+}
+
+/// Accepts one connection on `listener` within `wait`, returning its original destination.
+fn accept_original_dst(
+    listener: &std::net::TcpListener,
+    wait: std::time::Duration,
+) -> Option<std::net::SocketAddr> {
+    let deadline = std::time::Instant::now() + wait;
+    listener.set_nonblocking(true).ok()?;
+    while std::time::Instant::now() < deadline {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let dst =
+                    nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::OriginalDst)
+                        .ok()?;
+                return Some(std::net::SocketAddr::from((
+                    std::net::Ipv4Addr::from(u32::from_be(dst.sin_addr.s_addr)),
+                    u16::from_be(dst.sin_port),
+                )));
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    None
+}
+
+/// Inbound capture: a connection from another pod to a captured port (`-b`) reaches the
+/// inbound capture port with its original destination; another port is left alone.
+#[test]
+fn capture_netns_inbound_connection_is_redirected() {
+    let Some(pod) = namespace("capture_netns_inbound_connection_is_redirected") else {
+        return;
+    };
+    let peer = match NetNs::create() {
+        Ok(peer) => peer,
+        Err(why) => panic!("second namespace: {why}"),
+    };
+    let steps: [(&NetNs, &str); 7] = [
+        (&pod, "link add v0 type veth peer name v1"),
+        (&pod, &format!("link set v1 netns {}", peer.name)),
+        (&pod, "addr add 10.199.1.1/24 dev v0"),
+        (&pod, "link set v0 up"),
+        (&pod, "link set lo up"),
+        (&peer, "addr add 10.199.1.2/24 dev v1"),
+        (&peer, "link set v1 up"),
+    ];
+    for (ns, cmd) in steps {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        let out = ns.exec("ip", &args);
+        assert!(out.status.success(), "ip {cmd}: {}", text(&out));
+    }
+    let out = pod.init(&["-z", "15106", "-b", "9080"]);
+    assert!(out.status.success(), "init failed: {}", text(&out));
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let pod_path = format!("/run/netns/{}", pod.name);
+    let server = std::thread::spawn(move || {
+        let file = std::fs::File::open(&pod_path).unwrap_or_else(|e| panic!("{pod_path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns: {e}"));
+        let listener =
+            std::net::TcpListener::bind("0.0.0.0:15106").unwrap_or_else(|e| panic!("bind: {e}"));
+        let _ = ready_tx.send(());
+        accept_original_dst(&listener, std::time::Duration::from_secs(5))
+    });
+    ready_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("listener not ready: {e}"));
+    let (captured, other) = in_namespace(&peer, || {
+        use std::net::TcpStream;
+        use std::time::Duration;
+        let to = |addr: &str| addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}"));
+        let captured = TcpStream::connect_timeout(&to("10.199.1.1:9080"), Duration::from_secs(3));
+        // Nothing listens on 9081 and it is not captured: refused.
+        let other = TcpStream::connect_timeout(&to("10.199.1.1:9081"), Duration::from_secs(3));
+        (
+            captured.map(|_| ()).map_err(|e| e.to_string()),
+            other.is_ok(),
+        )
+    });
+    assert_eq!(captured, Ok(()), "connection to the captured port failed");
+    assert!(!other, "a connection to an uncaptured port was accepted");
+    let original = server
+        .join()
+        .unwrap_or_else(|_| panic!("listener thread panicked"));
+    assert_eq!(
+        original.map(|a| a.to_string()),
+        Some("10.199.1.1:9080".to_owned())
+    );
+}
