@@ -138,7 +138,17 @@ pub fn watch_config(
                 },
                 _ = sleep_until(debouncer.deadline()) => {
                     debouncer.reset();
-                    let snapshot = store.reload();
+                    // File reads off the async workers; the store comes back with the result.
+                    let reloaded = tokio::task::spawn_blocking(move || {
+                        let snapshot = store.reload();
+                        (store, snapshot)
+                    })
+                    .await;
+                    let Ok((back, snapshot)) = reloaded else {
+                        tracing::error!("config reload panicked; the config watcher stops");
+                        return;
+                    };
+                    store = back;
                     tracing::info!(
                         generation = snapshot.generation,
                         objects = snapshot.objects.len(),

@@ -129,8 +129,9 @@ pub struct Namespace {
     pub labels: BTreeMap<String, String>,
 }
 
-/// How a Service is addressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// How a Service is addressed. Serialized as written in YAML: the address, `"None"`, or
+/// `""`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClusterIp {
     /// A virtual IP (`spec.clusterIP`).
     Ip(IpAddr),
@@ -138,6 +139,16 @@ pub enum ClusterIp {
     Headless,
     /// No address given.
     Unassigned,
+}
+
+impl Serialize for ClusterIp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ClusterIp::Ip(ip) => s.collect_str(ip),
+            ClusterIp::Headless => s.serialize_str("None"),
+            ClusterIp::Unassigned => s.serialize_str(""),
+        }
+    }
 }
 
 impl ClusterIp {
@@ -178,8 +189,9 @@ pub enum Transport {
     Sctp,
 }
 
-/// A Service's `targetPort`.
+/// A Service's `targetPort` (serialized as the number or the name).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(untagged)]
 pub enum TargetPort {
     /// A port number.
     Number(u16),

@@ -114,7 +114,8 @@ pub struct InboundPort {
     pub protocol: Protocol,
 }
 
-/// The inbound ports of a proxy, sorted by port; none for a proxy without a workload.
+/// The inbound ports of a proxy, sorted by port; none for a proxy without a workload. The
+/// proxy's own capture ports are never inbound ports.
 pub fn inbound_ports(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<InboundPort> {
     let Some((namespace, _)) = proxy.workload() else {
         return Vec::new();
@@ -128,7 +129,7 @@ pub fn inbound_ports(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<InboundPort>
     {
         for sp in svc.ports.iter().filter(|p| p.protocol != Protocol::Udp) {
             if let TargetPort::Number(port) = sp.target_port {
-                if seen.insert(port) {
+                if !PROXY_PORTS.contains(&port) && seen.insert(port) {
                     ports.push(InboundPort {
                         port,
                         protocol: sp.protocol,
@@ -168,3 +169,6 @@ pub fn resources(
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests;
