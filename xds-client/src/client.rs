@@ -133,6 +133,8 @@ impl XdsClient {
     pub async fn run(self) {
         let mut state = AdsState::new(build_node(&self.options.node));
         let mut backoff = Backoff::new(self.options.initial_backoff, self.options.max_backoff);
+        // Failed attempts since the last stream; only the first of a series is logged at warn.
+        let mut failures = 0u32;
         loop {
             let mut received = false;
             let error = self.run_stream(&mut state, &mut received).await;
@@ -143,9 +145,14 @@ impl XdsClient {
                 s.last_error = Some(detail.clone());
             });
             if was_connected {
+                failures = 0;
                 info!(address = %self.options.address, error = %detail, "disconnected from the control plane");
+            } else if failures == 0 {
+                failures += 1;
+                warn!(address = %self.options.address, error = %detail, "cannot reach the control plane; retrying");
             } else {
-                debug!(address = %self.options.address, error = %detail, "cannot reach the control plane");
+                failures = failures.saturating_add(1);
+                debug!(address = %self.options.address, error = %detail, attempt = failures, "cannot reach the control plane");
             }
             if received {
                 backoff.reset();
