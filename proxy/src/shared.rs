@@ -1,6 +1,7 @@
 //! State shared by every part of the running sidecar: the current config snapshot, the access
 //! log, the counters and the lifecycle (draining, quit requests).
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

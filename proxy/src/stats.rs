@@ -1,6 +1,7 @@
 //! Process-wide counters of the data path, shown on the admin `/stats` page and read by the
 //! drain logic (which waits for the active-connection gauge to reach zero).
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};

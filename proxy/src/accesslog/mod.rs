@@ -5,6 +5,7 @@
 //! and returns; a dedicated writer thread formats and writes the lines (stdout may be a slow
 //! pipe). When the channel is full the entry is dropped and counted ([`AccessLog::dropped`]).
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -4,6 +4,7 @@
 //! They run on the control runtime (one thread, beside the xDS client), never on the data
 //! path's threads.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 //!
 //! Logs (`RUST_LOG` filter, default `info`) go to stderr; stdout carries only access logs.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod args;
 pub mod control;

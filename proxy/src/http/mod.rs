@@ -12,6 +12,7 @@
 //! 5. `fail_to_connect` / `fail_to_proxy` — Envoy's local replies (503 `UF`, 504 `UT`, ...).
 //! 6. `logging` — one access-log line.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod filters;
 pub mod reply;

@@ -13,6 +13,7 @@
 //! 4. HTTP chains: attach the [`conn::ConnContext`] to the stream and hand it to this
 //!    direction's `HttpProxy`. TCP chains: [`crate::tcp::proxy`].
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod conn;
 pub mod select;

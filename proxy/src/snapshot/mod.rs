@@ -6,6 +6,7 @@
 //! (the task following the xDS client's watch channel) replaces the snapshot in a
 //! [`SnapshotCell`]; readers load it with one atomic operation per connection and per request.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -146,12 +147,21 @@ impl Snapshot {
         Snapshot::build(Arc::new(ProxyConfig::default()), None)
     }
 
-    /// Build the snapshot of `config`, carrying load-balancing state over from `previous`.
+    /// Build the snapshot of `config`, carrying load-balancing state over from `previous`
+    /// and reusing its prepared listeners and route tables where their config is unchanged.
     pub fn build(config: Arc<ProxyConfig>, previous: Option<&Snapshot>) -> Snapshot {
         let listeners: HashMap<String, Arc<ListenerRuntime>> = config
             .listeners
             .values()
-            .map(|l| (l.name.clone(), Arc::new(ListenerRuntime::new(l))))
+            .map(|l| {
+                let unchanged = previous.and_then(|p| {
+                    (p.config.listeners.get(&l.name) == Some(l))
+                        .then(|| p.listeners.get(&l.name).cloned())
+                        .flatten()
+                });
+                let runtime = unchanged.unwrap_or_else(|| Arc::new(ListenerRuntime::new(l)));
+                (l.name.clone(), runtime)
+            })
             .collect();
         let handoff = listeners
             .values()
@@ -161,7 +171,15 @@ impl Snapshot {
         let routes = config
             .routes
             .iter()
-            .map(|(name, rc)| (name.clone(), Arc::new(RouteTable::new(rc.clone()))))
+            .map(|(name, rc)| {
+                let unchanged = previous.and_then(|p| {
+                    (p.config.routes.get(name) == Some(rc))
+                        .then(|| p.routes.get(name).cloned())
+                        .flatten()
+                });
+                let table = unchanged.unwrap_or_else(|| Arc::new(RouteTable::new(rc.clone())));
+                (name.clone(), table)
+            })
             .collect();
         let clusters = config
             .clusters

@@ -158,3 +158,32 @@ fn chains_are_prepared_once() {
         ChainKind::Tcp(_) => panic!("expected an HTTP chain"),
     }
 }
+
+#[test]
+fn unchanged_listeners_and_routes_are_reused() {
+    let first = Snapshot::build(Arc::new(sample()), None);
+    let mut changed = sample();
+    changed
+        .listeners
+        .get_mut("0.0.0.0_9080")
+        .unwrap()
+        .filter_chains[0]
+        .name = "renamed".into();
+    let second = Snapshot::build(Arc::new(changed), Some(&first));
+    assert!(Arc::ptr_eq(
+        first.listener("virtualOutbound").unwrap(),
+        second.listener("virtualOutbound").unwrap()
+    ));
+    assert!(!Arc::ptr_eq(
+        first.listener("0.0.0.0_9080").unwrap(),
+        second.listener("0.0.0.0_9080").unwrap()
+    ));
+    assert_eq!(
+        second.listener("0.0.0.0_9080").unwrap().chains[0].name,
+        "renamed"
+    );
+    assert!(Arc::ptr_eq(
+        first.route_table("9080").unwrap(),
+        second.route_table("9080").unwrap()
+    ));
+}

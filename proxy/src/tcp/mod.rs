@@ -2,6 +2,7 @@
 //! bytes both ways until both sides are done, closing each direction's write half when its
 //! read half ends, or until the idle timeout passes with no byte either way.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

@@ -6,6 +6,7 @@
 //! [`crate::snapshot`]); the cursor is carried over from the previous snapshot so that a config
 //! push does not restart every cluster at its first endpoint.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
