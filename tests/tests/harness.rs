@@ -414,7 +414,11 @@ fn drop_removes_everything() -> Result<()> {
     topo.service("reviews", "default", Ipv4Addr::new(10, 96, 0, 10))?;
     a.spawn("sleep", ["sleep", "1000"])?;
     // A process that ignores SIGTERM and has a child: the group is killed.
-    b.spawn("stubborn", ["sh", "-c", "trap '' TERM; sleep 1000 & wait"])?;
+    let stubborn = b.spawn(
+        "stubborn",
+        ["sh", "-c", "trap '' TERM; sleep 1000 & echo armed; wait"],
+    )?;
+    stubborn.wait_for_log("armed", Duration::from_secs(10))?;
     topo.spawn_host("sleep", ["sleep", "1000"])?;
     let r = topo.resources();
     ensure!(r.netns.len() == 2 && r.pids.len() == 3);

@@ -104,16 +104,19 @@ impl<E> SkipReturn for std::result::Result<(), E> {
     }
 }
 
-/// Decides at run time whether the calling test skips: prints `SKIPPED: <reason>` and
-/// returns true when [`skip_reason`] has one; panics instead when [`REQUIRE_ENV`] is `1`.
-pub fn should_skip(test: &str) -> bool {
+/// Decides at run time whether the calling test skips: prints `SKIPPED: <test>: <reason>`
+/// and returns true when [`skip_reason`] has one; panics instead when [`REQUIRE_ENV`] is `1`.
+/// The test is named after the current thread (libtest names it after the test), else
+/// `fallback`.
+pub fn should_skip(fallback: &str) -> bool {
     let Some(reason) = skip_reason() else {
         return false;
     };
+    let thread = std::thread::current();
+    let test = thread.name().filter(|n| *n != "main").unwrap_or(fallback);
     if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
         panic!("{test}: network-namespace tests are required ({REQUIRE_ENV}=1) but cannot run: {reason}");
     }
-    eprintln!("SKIPPED: {test}: {reason}");
     println!("SKIPPED: {test}: {reason}");
     true
 }
