@@ -218,6 +218,14 @@ async fn local_replies_are_envoys() {
     );
     let fast = get(proxy.outbound, "slow", "/?delay_ms=10", false).await;
     assert_eq!(fast.status, 200);
+    // The route timeout bounds the whole response, not each read: a body still trickling
+    // in (a chunk every 100 ms) when it expires is cut short.
+    let trickle = get(proxy.outbound, "slow", "/?trickle=10", false).await;
+    assert_eq!(trickle.status, 200, "headers were sent before the timeout");
+    let chunks = trickle.body.matches("chunk").count();
+    assert!((1..10).contains(&chunks), "{chunks} chunks");
+    let log = proxy.wait_log(|l| l["path"] == "/?trickle=10").await;
+    assert_eq!(log["response_flags"], "UT");
 
     for (authority, code, flag) in [
         ("unknown.example", 404, "NR"),

@@ -9,8 +9,10 @@
 //! 3. `upstream_peer` — pick the endpoint (round robin over healthy endpoints, or the original
 //!    destination), bind address, HTTP version, pool group and timeouts.
 //! 4. `upstream_request_filter` — add the generated `x-request-id`.
-//! 5. `fail_to_connect` / `fail_to_proxy` — Envoy's local replies (503 `UF`, 504 `UT`, ...).
-//! 6. `logging` — one access-log line.
+//! 5. `upstream_response_body_filter` — end a response still streaming when the route's
+//!    timeout expires (`UT`).
+//! 6. `fail_to_connect` / `fail_to_proxy` — Envoy's local replies (503 `UF`, 504 `UT`, ...).
+//! 7. `logging` — one access-log line.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -26,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::Version;
 use pingora_core::connectors::l4::BindTo;
 use pingora_core::protocols::ALPN;
@@ -78,6 +81,8 @@ pub struct RequestCtx {
     pub route: Option<RouteDecision>,
     /// The upstream endpoint chosen.
     pub upstream: Option<SocketAddr>,
+    /// When the route's timeout expires (set when the first upstream attempt starts).
+    pub deadline: Option<Instant>,
     /// A local reply decided by a phase, for `fail_to_proxy` to write.
     pub failure: Option<LocalReply>,
     /// Response flag for the access log.
@@ -98,6 +103,7 @@ impl RequestCtx {
             generated_request_id: false,
             route: None,
             upstream: None,
+            deadline: None,
             failure: None,
             flag: ResponseFlag::None,
             details: None,
@@ -268,8 +274,14 @@ impl ProxyHttp for MeshHttp {
             options.max_h2_streams = MAX_H2_STREAMS;
         }
         if let Some(timeout) = decision.timeout {
-            options.read_timeout = Some(timeout);
-            options.write_timeout = Some(timeout);
+            // The route timeout bounds the whole exchange: every read and write gets what is
+            // left of it, and the body filter ends a response still streaming past it.
+            let deadline = *ctx.deadline.get_or_insert_with(|| Instant::now() + timeout);
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            options.read_timeout = Some(left);
+            options.write_timeout = Some(left);
         }
         ctx.upstream = Some(address);
         Ok(Box::new(peer))
@@ -287,6 +299,21 @@ impl ProxyHttp for MeshHttp {
             }
         }
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let expired = ctx.deadline.is_some_and(|d| Instant::now() >= d);
+        if expired && !end_of_stream && !session.was_upgraded() {
+            ctx.failure = Some(LocalReply::Timeout);
+            return Err(Error::new_up(ErrorType::ReadTimedout));
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(

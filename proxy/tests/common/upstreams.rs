@@ -31,20 +31,40 @@ async fn bind() -> (TcpListener, SocketAddr) {
     (l, a)
 }
 
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn query_number(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?
+        .parse()
+        .ok()
+}
+
 /// What the HTTP echo saw, as JSON: `name`, `method`, `path`, `host`, `version`, `peer`,
-/// `headers`, `body_len`. `?delay_ms=N` delays the answer.
+/// `headers`, `body_len`. `?delay_ms=N` delays the answer; `?trickle=N` answers at once with
+/// a body of N chunks sent 100 ms apart.
 async fn echo(
     name: &'static str,
     peer: SocketAddr,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let delay = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay_ms=")))
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(ms) = delay {
+) -> Result<Response<Body>, Infallible> {
+    if let Some(ms) = query_number(&req, "delay_ms") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(n) = query_number(&req, "trickle") {
+        let chunks = futures::stream::unfold(0, move |i| async move {
+            if i >= n {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let frame = hyper::body::Frame::data(Bytes::from_static(b"chunk\n"));
+            Some((Ok::<_, Infallible>(frame), i + 1))
+        });
+        return Ok(Response::new(BodyExt::boxed(
+            http_body_util::StreamBody::new(chunks),
+        )));
     }
     let method = req.method().to_string();
     let path = req.uri().path_and_query().map(|p| p.to_string());
@@ -75,7 +95,9 @@ async fn echo(
         "name": name, "method": method, "path": path, "host": host, "version": version,
         "peer": peer.to_string(), "headers": headers, "body_len": body,
     });
-    Ok(Response::new(Full::new(Bytes::from(json.to_string()))))
+    Ok(Response::new(
+        Full::new(Bytes::from(json.to_string())).boxed(),
+    ))
 }
 
 /// An HTTP/1.1 + h2c echo server named `name`.
