@@ -1,4 +1,5 @@
 //! `mesh-proxy`: `init` writes the capture rules, `run` starts the sidecar.
+#![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
 
