@@ -179,6 +179,10 @@ fn parse_document(file: &Path, doc: usize, value: Value) -> DocOutcome {
     let Some(kind) = Kind::from_type(&object.api_version, &object.kind) else {
         let group = object.api_version.split_once('/').map_or("", |(g, _)| g);
         let reason = if ISTIO_GROUPS.contains(&group) {
+            // Istio's kinds are all namespaced.
+            object
+                .namespace
+                .get_or_insert_with(|| "default".to_string());
             UnsupportedReason::NotYet
         } else {
             UnsupportedReason::Unknown

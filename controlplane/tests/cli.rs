@@ -1,0 +1,131 @@
+//! The binaries as a user runs them: `meshctl analyze` output and exit codes, and
+//! `mesh-controlplane` starting, serving and exiting cleanly on SIGTERM and SIGINT.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const GOOD: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\n\
+                    spec: {clusterIP: 10.96.0.20, ports: [{name: http, port: 9080}]}\n";
+
+#[test]
+fn analyze_prints_every_error_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("good.yaml"), GOOD).unwrap();
+    let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: ratings}\nspec:\n  ports:\n  - port: 70000\n\
+               ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr}\n";
+    std::fs::write(dir.path().join("bad.yaml"), bad).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .arg("analyze")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let file = dir.path().join("bad.yaml").display().to_string();
+    assert_eq!(
+        stdout,
+        format!(
+            "Error: {file}: Service default/ratings: spec.ports[0].port: must be 1-65535 (got 70000)\n\
+             Error: {file}: DestinationRule default/dr: networking.istio.io/v1 is not supported yet\n"
+        )
+    );
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("2 error(s)"));
+
+    std::fs::remove_file(dir.path().join("bad.yaml")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .arg("analyze")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .starts_with("No validation issues found"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["analyze", "/nonexistent/dir"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+fn get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    buf
+}
+
+fn run_until_signal(signal: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("svc.yaml"), GOOD).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-controlplane"))
+        .arg("--config-dir")
+        .arg(dir.path())
+        .args(["--xds-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let debug_addr = loop {
+        assert!(Instant::now() < deadline, "never served");
+        let line = lines.next().expect("stderr closed").unwrap();
+        if line.contains("control plane serving") {
+            let at = line.find("debug_addr=").unwrap() + "debug_addr=".len();
+            break line[at..].split_whitespace().next().unwrap().to_string();
+        }
+    };
+    assert!(get(&debug_addr, "/ready").starts_with("HTTP/1.0 200"));
+    let configz = get(&debug_addr, "/debug/configz");
+    assert!(configz.contains("Service default/reviews"), "{configz}");
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status:?} after {signal}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running after {signal}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn controlplane_exits_cleanly_on_sigterm() {
+    run_until_signal("-TERM");
+}
+
+#[test]
+fn controlplane_exits_cleanly_on_sigint() {
+    run_until_signal("-INT");
+}
+
+#[test]
+fn controlplane_refuses_a_missing_config_dir() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-controlplane"))
+        .args([
+            "--config-dir",
+            "/nonexistent/dir",
+            "--xds-addr",
+            "127.0.0.1:0",
+            "--debug-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("not a directory"));
+}
