@@ -130,6 +130,7 @@ impl ControlPlane {
             }
         });
         let debug_state = DebugState {
+            registry: registry.clone(),
             status: status.clone(),
             config: config.clone(),
         };

@@ -4,6 +4,11 @@
 //!   version and the last NACK message;
 //! - `/debug/configz`: JSON of the objects in force (with their file, and whether they are a
 //!   kept last valid version) and of every rejected document with its error;
+//! - `/debug/registryz`: JSON of the Services, their ports' protocols and endpoints (from
+//!   Endpoints/EndpointSlice objects and from connected proxies);
+//! - `/debug/config_dump?proxyID=ID`: what the control plane currently computes for a
+//!   connected proxy (ID: node id, `POD.NAMESPACE` or pod name), in Envoy's JSON form, with
+//!   EDS and RDS for the names that proxy subscribed to;
 //! - `/ready`: 200 once the server is up (the config is loaded before it starts).
 
 use std::convert::Infallible;
@@ -21,11 +26,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ConfigSnapshot;
+use crate::registry::{MeshSnapshot, RegistryHandle};
 use crate::xds::status::SyncStatus;
+use crate::xds::{self, ResourceType};
 
 /// What the debug endpoints read.
 #[derive(Clone, Debug)]
 pub struct DebugState {
+    /// The registry.
+    pub registry: RegistryHandle,
     /// Connected proxies.
     pub status: Arc<SyncStatus>,
     /// The config in force.
@@ -73,6 +82,124 @@ pub fn configz(snapshot: &ConfigSnapshot) -> serde_json::Value {
     })
 }
 
+/// The body of `/debug/registryz`.
+pub fn registryz(mesh: &MeshSnapshot) -> serde_json::Value {
+    let services: Vec<_> = mesh
+        .services
+        .iter()
+        .map(|(key, svc)| {
+            let ports: Vec<_> = svc
+                .ports
+                .iter()
+                .map(|p| {
+                    let endpoints: Vec<_> = mesh
+                        .endpoints_of(key, p.port)
+                        .iter()
+                        .map(|e| {
+                            json!({
+                                "address": std::net::SocketAddr::new(e.ip, e.port).to_string(),
+                                "healthy": e.healthy,
+                                "locality": e.locality,
+                                "source": e.source,
+                            })
+                        })
+                        .collect();
+                    json!({
+                        "name": p.name,
+                        "port": p.port,
+                        "target_port": p.target_port,
+                        "protocol": p.protocol,
+                        "endpoints": endpoints,
+                    })
+                })
+                .collect();
+            json!({
+                "namespace": svc.namespace,
+                "name": svc.name,
+                "hostname": svc.hostname,
+                "cluster_ip": svc.cluster_ip,
+                "selector": svc.selector,
+                "ports": ports,
+            })
+        })
+        .collect();
+    json!({ "version": mesh.version, "services": services })
+}
+
+/// Decodes `%XX` escapes (and `+` as space) of a query value.
+fn percent_decode(value: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    }
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', h, l]) => hex(*h).zip(hex(*l)).map(|(h, l)| h * 16 + l),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, b) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+/// The body of `/debug/config_dump?proxyID=ID`, or a message when there is no such proxy.
+fn config_dump(state: &DebugState, id: Option<String>) -> Response<Full<Bytes>> {
+    let Some(id) = id else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "proxyID is required\n",
+        );
+    };
+    let Some(status) = state.status.find(&id) else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("no connected proxy {id}\n"),
+        );
+    };
+    let names = |kind: ResourceType| {
+        status
+            .types
+            .get(kind.short_name())
+            .map(|t| t.resource_names.clone())
+            .unwrap_or_default()
+    };
+    let proxy = status.proxy.clone().unwrap_or_default();
+    let mesh = state.registry.current();
+    match xds::dump(
+        &mesh,
+        &proxy,
+        &names(ResourceType::Endpoint),
+        &names(ResourceType::Route),
+    ) {
+        Ok(dump) => json_reply(&dump),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("{e}\n"),
+        ),
+    }
+}
+
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
@@ -101,11 +228,14 @@ pub fn handle(state: &DebugState, req: &Request<Incoming>) -> Response<Full<Byte
     match req.uri().path() {
         "/debug/syncz" => json_reply(&state.status.snapshot()),
         "/debug/configz" => json_reply(&configz(&state.config.borrow())),
+        "/debug/registryz" => json_reply(&registryz(&state.registry.current())),
+        "/debug/config_dump" => config_dump(state, query_param(req.uri().query(), "proxyID")),
         "/ready" => reply(StatusCode::OK, "text/plain", "ready\n"),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /debug/syncz, /debug/configz, /ready\n",
+            "not found; try /debug/syncz, /debug/configz, /debug/registryz, \
+             /debug/config_dump?proxyID=POD.NAMESPACE, /ready\n",
         ),
     }
 }

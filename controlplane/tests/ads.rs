@@ -517,6 +517,38 @@ async fn connected_proxies_become_endpoints_until_they_disconnect() {
     assert_eq!(endpoints(&pushed, REVIEWS), ["10.1.0.20:9080"]);
     a.ack(&pushed, &[RATINGS, REVIEWS]).await;
 
+    // The registry shows where the endpoint came from.
+    let (status, body) = http_get(cp.debug_addr, "/debug/registryz").await;
+    assert_eq!(status, 200);
+    let registryz: Value = serde_json::from_str(&body).unwrap();
+    let ratings = registryz["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ratings")
+        .unwrap();
+    assert_eq!(ratings["ports"][0]["protocol"], "Http");
+    assert_eq!(
+        ratings["ports"][0]["endpoints"][0]["address"],
+        "10.1.0.30:9080"
+    );
+    assert_eq!(
+        ratings["ports"][0]["endpoints"][0]["source"]["Proxy"],
+        "sidecar~10.1.0.30~ratings-1.default~default.svc.cluster.local"
+    );
+    // And what a proxy gets, by POD.NAMESPACE, with EDS for its subscribed names.
+    let (status, body) = http_get(
+        cp.debug_addr,
+        "/debug/config_dump?proxyID=productpage-1.default",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let dump: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(dump["endpoints"].as_array().unwrap().len(), 2);
+    assert_eq!(dump["listeners"][0]["name"], "virtualOutbound");
+    let (status, _) = http_get(cp.debug_addr, "/debug/config_dump?proxyID=nobody").await;
+    assert_eq!(status, 404);
+
     drop(b);
     let pushed = a.recv().await;
     assert_eq!(endpoints(&pushed, RATINGS), Vec::<String>::new());

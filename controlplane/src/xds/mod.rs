@@ -142,6 +142,31 @@ pub fn inbound_ports(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<InboundPort>
     ports
 }
 
+/// Everything a proxy gets, rendered as JSON (see [`render`]): `clusters` and `listeners` in
+/// full, `endpoints` and `routes` for the given names.
+pub fn dump(
+    mesh: &MeshSnapshot,
+    proxy: &ProxyInfo,
+    eds_names: &BTreeSet<String>,
+    rds_names: &BTreeSet<String>,
+) -> Result<serde_json::Value, render::RenderError> {
+    let none = BTreeSet::new();
+    let mut out = serde_json::Map::new();
+    for (key, kind, names) in [
+        ("clusters", ResourceType::Cluster, &none),
+        ("endpoints", ResourceType::Endpoint, eds_names),
+        ("listeners", ResourceType::Listener, &none),
+        ("routes", ResourceType::Route, rds_names),
+    ] {
+        let items = resources(kind, mesh, proxy, names)
+            .into_iter()
+            .map(|(_, any)| render::any(any))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.insert(key.to_string(), serde_json::Value::Array(items));
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
 /// The resources of one type for a proxy, packed, with their names, in order. `names` are
 /// the requested names (used by EDS and RDS only).
 pub fn resources(

@@ -58,6 +58,9 @@ pub struct ProxyStatus {
     pub connected_at: String,
     /// Per type (`cds`, `eds`, `lds`, `rds`).
     pub types: BTreeMap<&'static str, TypeStatus>,
+    /// The proxy as the translation sees it (for config dumps), once identified.
+    #[serde(skip)]
+    pub proxy: Option<Arc<ProxyInfo>>,
 }
 
 impl ProxyStatus {
@@ -74,11 +77,13 @@ impl ProxyStatus {
             connected_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                 .to_string(),
             types: BTreeMap::new(),
+            proxy: None,
         }
     }
 
     /// Fills in the node's identity.
-    pub fn set_proxy(&mut self, proxy: &ProxyInfo) {
+    pub fn set_proxy(&mut self, proxy: &Arc<ProxyInfo>) {
+        self.proxy = Some(proxy.clone());
         self.node_id = proxy.id.clone();
         self.pod = proxy.pod.clone();
         self.namespace = proxy.namespace.clone();
@@ -131,6 +136,16 @@ impl SyncStatus {
             connection,
             writer,
         }
+    }
+
+    /// The status of the proxy named `id`: its node id, `POD.NAMESPACE` (Istio's `proxyID`),
+    /// or its pod name; the most recent connection wins.
+    pub fn find(&self, id: &str) -> Option<ProxyStatus> {
+        self.snapshot().into_iter().rev().find(|s| {
+            s.node_id == id
+                || s.pod.as_deref() == Some(id)
+                || matches!((&s.pod, &s.namespace), (Some(p), Some(n)) if format!("{p}.{n}") == id)
+        })
     }
 
     /// A copy of every connection's status, by connection id.
