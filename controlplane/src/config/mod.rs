@@ -210,16 +210,6 @@ impl ConfigSnapshot {
     pub fn iter(&self) -> impl Iterator<Item = &Object> {
         self.objects.values().map(|s| &s.object)
     }
-
-    /// Whether the snapshot holds the same objects as `other` (errors aside).
-    pub fn same_objects(&self, other: &ConfigSnapshot) -> bool {
-        self.objects.len() == other.objects.len()
-            && self
-                .objects
-                .iter()
-                .zip(&other.objects)
-                .all(|(a, b)| a.0 == b.0 && a.1.object == b.1.object)
-    }
 }
 
 /// Loads a directory and reloads it, keeping last valid versions.

@@ -29,7 +29,7 @@ pub struct TypeStatus {
     pub acked_version: Option<String>,
     /// Message of the last NACK, cleared by the next ACK.
     pub last_nack: Option<String>,
-    /// Responses sent, ACKs and NACKs received.
+    /// Responses sent.
     pub responses: u64,
     /// ACKs received.
     pub acks: u64,
