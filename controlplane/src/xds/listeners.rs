@@ -47,9 +47,20 @@ fn port_match(port: u16) -> FilterChainMatch {
 /// A match on sniffed plaintext HTTP (optionally on a destination port).
 fn http_match(port: Option<u16>) -> FilterChainMatch {
     FilterChainMatch {
+        application_protocols: HTTP_PROTOCOLS.iter().map(|s| s.to_string()).collect(),
+        ..plaintext_match(port)
+    }
+}
+
+/// A match on plaintext (`raw_buffer`) connections (optionally on a destination port): the
+/// TCP half of a sniffed port. Envoy matches level by level without backtracking, so this
+/// chain must name the transport protocol as the HTTP half does: a chain that leaves it
+/// empty is never reached once the `raw_buffer` branch is taken, and a connection that is
+/// not HTTP (a server-first protocol) would find no chain.
+fn plaintext_match(port: Option<u16>) -> FilterChainMatch {
+    FilterChainMatch {
         destination_port: port.and_then(|p| build::u32_value(p.into())),
         transport_protocol: "raw_buffer".to_string(),
-        application_protocols: HTTP_PROTOCOLS.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     }
 }
@@ -124,7 +135,7 @@ pub fn virtual_inbound(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Listener {
             ));
             chains.push(chain(
                 &format!("{cluster}-tcp"),
-                Some(port_match(p.port)),
+                Some(plaintext_match(Some(p.port))),
                 build::tcp_proxy(&cluster),
             ));
         } else {
@@ -202,6 +213,7 @@ pub fn listeners(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Listener> {
         let name = format!("{ip}_{}", port.port);
         out.entry(name.clone()).or_insert_with(|| {
             let mut l = virtual_listener(&name, ip, port.port, TrafficDirection::Outbound);
+            let mut tcp_match = None;
             if port.protocol == Protocol::Auto {
                 l = sniffing(l);
                 l.filter_chains.push(chain(
@@ -209,10 +221,11 @@ pub fn listeners(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Listener> {
                     Some(http_match(None)),
                     rds(),
                 ));
+                tcp_match = Some(plaintext_match(None));
             }
             l.filter_chains.push(chain(
                 &format!("{cluster}-tcp"),
-                None,
+                tcp_match,
                 build::tcp_proxy(&cluster),
             ));
             l

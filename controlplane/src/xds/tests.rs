@@ -196,3 +196,50 @@ fn stream_state_follows_the_protocol() {
     drop(entry);
     assert!(status.snapshot().is_empty());
 }
+
+/// The chains of a sniffed port, as Envoy matches them (level by level, no backtracking):
+/// both halves sit on the `raw_buffer` branch, so a connection that is not HTTP (say, a
+/// server-first protocol) reaches the TCP half instead of falling off the listener.
+#[test]
+fn sniffed_ports_keep_both_halves_on_the_plaintext_branch() {
+    let mut svc = service("default", "legacy", Some("10.96.0.11"));
+    svc.ports[0] = ServicePort {
+        name: None,
+        port: 9101,
+        target_port: TargetPort::Number(9101),
+        protocol: Protocol::Auto,
+    };
+    svc.selector = Some([("app".to_string(), "legacy".to_string())].into());
+    let m = mesh(vec![svc]);
+    let proxy = ProxyInfo {
+        id: "sidecar~10.211.0.5~legacy-v1.default~default.svc.cluster.local".into(),
+        pod: Some("legacy-v1".into()),
+        namespace: Some("default".into()),
+        ips: vec!["10.211.0.5".parse().unwrap()],
+        labels: [("app".to_string(), "legacy".to_string())].into(),
+        ..Default::default()
+    };
+    let all = listeners::listeners(&m, &proxy);
+    let chain = |listener: &str, chain: &str| {
+        let l = all.iter().find(|l| l.name == listener).expect(listener);
+        let c = l.filter_chains.iter().find(|c| c.name == chain).expect(chain);
+        c.filter_chain_match.clone().unwrap_or_default()
+    };
+    for (listener, prefix, port) in [
+        (
+            "10.96.0.11_9101",
+            "outbound|9101||legacy.default.svc.cluster.local",
+            None,
+        ),
+        ("virtualInbound", "inbound|9101||", Some(9101)),
+    ] {
+        let http = chain(listener, &format!("{prefix}-http"));
+        let tcp = chain(listener, &format!("{prefix}-tcp"));
+        assert_eq!(http.transport_protocol, "raw_buffer", "{listener}");
+        assert_eq!(tcp.transport_protocol, "raw_buffer", "{listener}");
+        assert_eq!(http.application_protocols, ["http/1.1", "h2c"], "{listener}");
+        assert!(tcp.application_protocols.is_empty(), "{listener}");
+        assert_eq!(http.destination_port.map(|p| p.value), port, "{listener}");
+        assert_eq!(tcp.destination_port.map(|p| p.value), port, "{listener}");
+    }
+}
