@@ -222,7 +222,11 @@ fn sniffed_ports_keep_both_halves_on_the_plaintext_branch() {
     let all = listeners::listeners(&m, &proxy);
     let chain = |listener: &str, chain: &str| {
         let l = all.iter().find(|l| l.name == listener).expect(listener);
-        let c = l.filter_chains.iter().find(|c| c.name == chain).expect(chain);
+        let c = l
+            .filter_chains
+            .iter()
+            .find(|c| c.name == chain)
+            .expect(chain);
         c.filter_chain_match.clone().unwrap_or_default()
     };
     for (listener, prefix, port) in [
@@ -237,7 +241,11 @@ fn sniffed_ports_keep_both_halves_on_the_plaintext_branch() {
         let tcp = chain(listener, &format!("{prefix}-tcp"));
         assert_eq!(http.transport_protocol, "raw_buffer", "{listener}");
         assert_eq!(tcp.transport_protocol, "raw_buffer", "{listener}");
-        assert_eq!(http.application_protocols, ["http/1.1", "h2c"], "{listener}");
+        assert_eq!(
+            http.application_protocols,
+            ["http/1.1", "h2c"],
+            "{listener}"
+        );
         assert!(tcp.application_protocols.is_empty(), "{listener}");
         assert_eq!(http.destination_port.map(|p| p.value), port, "{listener}");
         assert_eq!(tcp.destination_port.map(|p| p.value), port, "{listener}");
