@@ -62,6 +62,10 @@ pub struct XdsStatus {
     pub connected: bool,
     /// Number of streams established so far.
     pub connects: u64,
+    /// Attempts that failed before a stream was established (connection refused, unreachable,
+    /// stream rejected), counted over the client's life: it keeps growing while the control
+    /// plane is away, which shows that the client keeps retrying.
+    pub failed_attempts: u64,
     /// The last connection or stream error, if any.
     pub last_error: Option<String>,
     /// Responses ACKed so far.
@@ -141,6 +145,9 @@ impl XdsClient {
             let detail = error_chain(&error);
             let was_connected = self.status_tx.borrow().connected;
             self.status_tx.send_modify(|s| {
+                if !s.connected {
+                    s.failed_attempts += 1;
+                }
                 s.connected = false;
                 s.last_error = Some(detail.clone());
             });

@@ -406,10 +406,16 @@ async fn reconnects_after_the_server_restarts_on_the_same_port() {
         .wait_status("disconnected", |s| !s.connected && s.last_error.is_some())
         .await;
     assert_eq!(status.connects, 1);
-    // While the control plane is away, connection attempts fail and the config stays.
+    assert_eq!(
+        status.failed_attempts, 0,
+        "a dropped stream is not a failed attempt"
+    );
+    // While the control plane is away, connection attempts fail (and are counted) and the
+    // config stays.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = client.handle.status();
     assert!(!status.connected);
+    assert!(status.failed_attempts >= 2, "keeps retrying: {status:?}");
     assert!(
         status
             .last_error
@@ -425,5 +431,12 @@ async fn reconnects_after_the_server_restarts_on_the_same_port() {
     expect_resubscription(&mut stream).await;
     let status = client.wait_status("reconnected", |s| s.connected).await;
     assert_eq!(status.connects, 2);
+    let failed = status.failed_attempts;
     assert_eq!(*client.handle.current(), *before);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        client.handle.status().failed_attempts,
+        failed,
+        "connected: no more attempts"
+    );
 }

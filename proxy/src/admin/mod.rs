@@ -217,6 +217,7 @@ pub fn route(state: &AdminState, port: Port, method: &Method, path: &str) -> Res
                     ("access_log.dropped", dropped),
                     ("xds.connected", u64::from(xds.connected)),
                     ("xds.connects", xds.connects),
+                    ("xds.failed_attempts", xds.failed_attempts),
                     ("xds.acks", xds.acks),
                     ("xds.nacks", xds.nacks),
                 ]),
