@@ -12,9 +12,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use mesh_tests::harness::{
-    http_get, wait_until, HarnessError, Process, Resources, ServiceSpec, Topology, STATE_ROOT,
-};
+use mesh_tests::harness::{http_get, wait_until, HarnessError, Process, ServiceSpec, Topology};
+
+mod harness_support;
+
+use harness_support::{decode, encode, leftovers};
 
 const HELPER_ENV: &str = "MESH_HARNESS_HELPER";
 
@@ -119,103 +121,6 @@ fn build_and(panic: bool) {
         panic!("helper panics on purpose");
     }
     std::thread::sleep(Duration::from_secs(600));
-}
-
-fn encode(r: &Resources) -> String {
-    let mut s = format!("bridge {}\nstate {}\n", r.bridge, r.state_dir.display());
-    r.netns.iter().for_each(|n| s += &format!("netns {n}\n"));
-    r.host_veths
-        .iter()
-        .for_each(|n| s += &format!("veth {n}\n"));
-    r.etc_netns_dirs
-        .iter()
-        .for_each(|n| s += &format!("etc {}\n", n.display()));
-    r.pids.iter().for_each(|n| s += &format!("pid {n}\n"));
-    s
-}
-
-fn decode(text: &str) -> Resources {
-    let mut r = Resources {
-        bridge: String::new(),
-        netns: vec![],
-        host_veths: vec![],
-        etc_netns_dirs: vec![],
-        state_dir: PathBuf::new(),
-        pids: vec![],
-    };
-    for line in text.lines() {
-        let Some((k, v)) = line.split_once(' ') else {
-            continue;
-        };
-        match k {
-            "bridge" => r.bridge = v.to_owned(),
-            "state" => r.state_dir = v.into(),
-            "netns" => r.netns.push(v.to_owned()),
-            "veth" => r.host_veths.push(v.to_owned()),
-            "etc" => r.etc_netns_dirs.push(v.into()),
-            "pid" => r.pids.push(v.parse().expect("pid")),
-            _ => {}
-        }
-    }
-    r
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(") ")
-                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-/// What of `r` is still on the host (empty when all is gone).
-fn leftovers(r: &Resources) -> Vec<String> {
-    let mut left = Vec::new();
-    let netns_list = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map(|o| o.stdout)
-        .unwrap_or_default();
-    let netns_list = String::from_utf8_lossy(&netns_list).into_owned();
-    for ns in &r.netns {
-        if netns_list
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(ns))
-            || Path::new("/run/netns").join(ns).exists()
-        {
-            left.push(format!("netns {ns}"));
-        }
-    }
-    for link in r.host_veths.iter().chain(std::iter::once(&r.bridge)) {
-        if Path::new("/sys/class/net").join(link).exists() {
-            left.push(format!("link {link}"));
-        }
-    }
-    for dir in r.etc_netns_dirs.iter().chain(std::iter::once(&r.state_dir)) {
-        if dir.exists() {
-            left.push(format!("path {}", dir.display()));
-        }
-    }
-    for pid in &r.pids {
-        if alive(*pid) {
-            left.push(format!("process {pid}"));
-        }
-    }
-    let slot: u8 = r
-        .bridge
-        .trim_start_matches("mtbr")
-        .parse()
-        .expect("slot of bridge name");
-    let lock_free = Command::new("flock")
-        .args(["-n", &format!("{STATE_ROOT}/slot-{slot}.lock"), "true"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !lock_free {
-        left.push(format!("slot {slot} still locked"));
-    }
-    left
 }
 
 #[test]
@@ -422,10 +327,9 @@ fn drop_removes_everything() -> Result<()> {
     topo.spawn_host("sleep", ["sleep", "1000"])?;
     let r = topo.resources();
     ensure!(r.netns.len() == 2 && r.pids.len() == 3);
-    ensure!(
-        leftovers(&r).len() > 4,
-        "resources exist while the topology lives"
-    );
+    let live = leftovers(&r);
+    ensure!(live.len() > 4, "resources exist while the topology lives");
+    ensure!(live.iter().any(|l| l.starts_with("FORWARD")), "{live:?}");
     let started = Instant::now();
     drop(topo);
     let left = leftovers(&r);

@@ -90,6 +90,26 @@ where
     run("ip", args)
 }
 
+/// The host firewall rule that lets a topology's pods talk across its bridge `bridge`:
+/// `FORWARD -i BRIDGE -o BRIDGE -j ACCEPT`. With `bridge-nf-call-iptables=1` bridged traffic
+/// crosses the host's FORWARD chain, whose policy is DROP on Docker hosts.
+fn forward_rule(bridge: &str) -> [&str; 6] {
+    ["-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+}
+
+/// Inserts the [`forward_rule`] of `bridge` first in the host's FORWARD chain.
+pub(crate) fn allow_bridge_forwarding(bridge: &str) -> Result<()> {
+    let rule = forward_rule(bridge);
+    run("iptables", ["-w", "-I", "FORWARD", "1"].iter().chain(&rule)).map(drop)
+}
+
+/// Deletes the [`forward_rule`] of `bridge` (every copy); none left is not an error.
+pub(crate) fn remove_bridge_forwarding(bridge: &str) {
+    let rule = forward_rule(bridge);
+    // Each successful deletion removes one copy; the first failure means none is left.
+    while run("iptables", ["-w", "-D", "FORWARD"].iter().chain(&rule)).is_ok() {}
+}
+
 /// Runs `cmd` in a process group of its own, capturing stdout and stderr, and waits at most
 /// `timeout`. On timeout the whole group is killed and [`HarnessError::Timeout`] is returned
 /// with what it had printed so far.

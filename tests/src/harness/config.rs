@@ -16,7 +16,8 @@ fn q(s: &str) -> String {
 /// One port of a [`ServiceSpec`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePort {
-    /// Its name (`http`, `grpc-web`, `tcp-db`...: the prefix gives the protocol).
+    /// Its name (`http`, `grpc-web`, `tcp-db`...: the prefix gives the protocol); empty for
+    /// an unnamed port.
     pub name: String,
     /// The service port.
     pub port: u16,
@@ -53,7 +54,8 @@ impl ServiceSpec {
         }
     }
 
-    /// Adds port `name` `port` → `target_port`.
+    /// Adds port `name` `port` → `target_port`. An empty `name` leaves the port unnamed
+    /// (Kubernetes allows that for a Service's only port; its protocol is then sniffed).
     pub fn port(mut self, name: &str, port: u16, target_port: u16) -> Self {
         self.ports.push(ServicePort {
             name: name.to_owned(),
@@ -111,12 +113,14 @@ impl ServiceSpec {
         }
         y.push_str("  ports:\n");
         for p in &self.ports {
+            y.push_str("  -");
+            if !p.name.is_empty() {
+                let _ = write!(y, " name: {}\n   ", q(&p.name));
+            }
             let _ = write!(
                 y,
-                "  - name: {}\n    port: {}\n    targetPort: {}\n    protocol: TCP\n",
-                q(&p.name),
-                p.port,
-                p.target_port
+                " port: {}\n    targetPort: {}\n    protocol: TCP\n",
+                p.port, p.target_port
             );
             if let Some(ap) = &p.app_protocol {
                 let _ = writeln!(y, "    appProtocol: {}", q(ap));
@@ -220,6 +224,17 @@ mod tests {
              clusterIP: \"10.96.0.10\"\n  selector:\n    \"app\": \"reviews\"\n  ports:\n  - name: \"http\"\n    \
              port: 9080\n    targetPort: 9080\n    protocol: TCP\n  - name: \"grpc\"\n    port: 7070\n    \
              targetPort: 17070\n    protocol: TCP\n    appProtocol: \"grpc\"\n"
+        );
+    }
+
+    #[test]
+    fn an_empty_port_name_leaves_the_port_unnamed() {
+        let y = ServiceSpec::new("legacy", "default")
+            .port("", 9101, 9101)
+            .to_yaml();
+        assert!(
+            y.ends_with("  ports:\n  - port: 9101\n    targetPort: 9101\n    protocol: TCP\n"),
+            "{y}"
         );
     }
 

@@ -23,7 +23,10 @@
 //!
 //! Addresses: topology N (a slot held across processes, see [`sweep`]) owns `10.211.N.0/24`;
 //! the bridge `mtbrN` holds `.1`, pods get `.2` on. The host's `ip_forward` is left as it is
-//! and pods have no default route, so nothing leaves a topology's subnet.
+//! and pods have no default route, so nothing leaves a topology's subnet. A rule
+//! `FORWARD -i mtbrN -o mtbrN -j ACCEPT` lets pods reach each other across the bridge on hosts
+//! whose FORWARD policy is DROP (Docker's) while bridged traffic is filtered
+//! (`bridge-nf-call-iptables=1`); it goes with the bridge.
 
 #![forbid(unsafe_code)]
 

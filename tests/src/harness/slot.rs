@@ -6,8 +6,8 @@
 //! behind, prints `ready`, then waits for end of file on its stdin, which the test process
 //! holds. When the test process ends in any way (normal drop, panic, `SIGKILL`, a nextest
 //! timeout) the pipe closes, the guardian removes everything of slot N again (processes tagged
-//! `MESH_TESTS_SLOT=N`, processes in `mtN-*` namespaces, the namespaces, links, `/etc/netns`
-//! entries, the slot's state directory) and exits, which releases the lock. The kernel drops a
+//! `MESH_TESTS_SLOT=N`, processes in `mtN-*` namespaces, the namespaces, links, the bridge's
+//! FORWARD rule, `/etc/netns` entries, the slot's state directory) and exits, which releases the lock. The kernel drops a
 //! `flock` with its holder, so a lock is never stale; the lock files themselves stay (deleting a
 //! lock file races with its next holder).
 
@@ -56,6 +56,7 @@ cleanup() {
     [ -e "$l" ] && ip link del "${l##*/}" 2>/dev/null
   done
   [ -e "/sys/class/net/mtbr$slot" ] && ip link del "mtbr$slot" 2>/dev/null
+  while iptables -w -D FORWARD -i "mtbr$slot" -o "mtbr$slot" -j ACCEPT 2>/dev/null; do :; done
   rm -rf /etc/netns/mt"$slot"-* "/run/mesh-tests/slot-$slot"
 }
 cleanup

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use super::cmd::ip;
+use super::cmd::{allow_bridge_forwarding, ip, remove_bridge_forwarding};
 use super::error::{HarnessError, Result};
 use super::paths::{fresh_artifact_dir, sanitize};
 use super::pod::{Pod, PodData};
@@ -66,9 +66,10 @@ pub(crate) struct TopologyInner {
 /// attached to it. `N` is a slot unique among live processes, so tests run in parallel.
 ///
 /// Dropping it (also while unwinding from a panic) stops every process it started, deletes
-/// its pods' namespaces, veths and `/etc/netns` entries, the bridge and its state directory,
-/// prints the tail of every log, and releases the slot. If the test process dies without
-/// unwinding, the slot's guardian process removes the same things (see [`sweep`](super::sweep)).
+/// its pods' namespaces, veths and `/etc/netns` entries, the bridge, its FORWARD rule and its
+/// state directory, prints the tail of every log, and releases the slot. If the test process
+/// dies without unwinding, the slot's guardian process removes the same things (see
+/// [`sweep`](super::sweep)).
 #[derive(Debug)]
 pub struct Topology {
     pub(crate) inner: Arc<TopologyInner>,
@@ -118,7 +119,8 @@ static SWEPT: OnceLock<()> = OnceLock::new();
 impl Topology {
     /// Builds an empty topology for the test `test_name` (used for the artifact directory
     /// `target/e2e-logs/<test_name>`): acquires a slot, removes leftovers of dead test
-    /// processes (once per process), creates the bridge. Needs root; check
+    /// processes (once per process), creates the bridge and lets traffic cross it (a FORWARD
+    /// ACCEPT rule for the bridge, removed with it). Needs root; check
     /// [`skip_reason`](super::skip_reason) first.
     pub fn new(test_name: &str) -> Result<Topology> {
         if SWEPT.get().is_none() {
@@ -160,6 +162,7 @@ impl Topology {
             &inner.bridge,
         ])?;
         ip(["link", "set", &inner.bridge, "up"])?;
+        allow_bridge_forwarding(&inner.bridge)?;
         eprintln!(
             "mesh-tests: topology {} ({}) for {test_name}; logs in {}",
             inner.id,
@@ -484,6 +487,7 @@ impl TopologyInner {
                 }
             }
         }
+        remove_bridge_forwarding(&self.bridge);
         if Path::new("/sys/class/net").join(&self.bridge).exists() {
             if let Err(e) = ip(["link", "del", &self.bridge]) {
                 problems.push(e.to_string());
