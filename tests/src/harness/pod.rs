@@ -22,7 +22,8 @@ pub const READINESS_PORT: u16 = 15021;
 pub const ADMIN_PORT: u16 = 15000;
 
 /// The arguments Istio's sidecar injector gives `istio-iptables`, which `mesh-proxy init`
-/// takes as they are: capture all outbound and inbound TCP, except the proxy's own traffic
+/// takes as they are (`-p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d
+/// 15090,15021,15020`): capture all outbound and inbound TCP, except the proxy's own traffic
 /// (UID 1337) and its stats and health ports.
 pub const ISTIO_INIT_ARGS: &[&str] = &[
     "-p",
@@ -35,6 +36,8 @@ pub const ISTIO_INIT_ARGS: &[&str] = &[
     "REDIRECT",
     "-i",
     "*",
+    "-x",
+    "",
     "-b",
     "*",
     "-d",
