@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -12,10 +13,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::{ConfigSnapshot, ConfigStore};
 use crate::debug::{self, DebugState};
-use crate::registry::{spawn_registry, RegistryHandle};
+use crate::registry::workloads::{StateError, STATE_FILE};
+use crate::registry::{spawn_registry, RegistryHandle, Workloads};
 use crate::watch::{watch_config, ConfigWatcher, Debounce, WatchError};
 use crate::xds::server::AdsService;
 use crate::xds::status::SyncStatus;
+
+pub use crate::registry::workloads::DEFAULT_GRACE_PERIOD;
 
 /// What the control plane needs to start.
 #[derive(Clone, Debug)]
@@ -30,6 +34,12 @@ pub struct Options {
     pub cluster_domain: String,
     /// Debounce of config reloads and of registry changes.
     pub debounce: Debounce,
+    /// How long an auto-registered workload stays an endpoint after its proxy disconnects
+    /// ([`DEFAULT_GRACE_PERIOD`], Istio's `PILOT_WORKLOAD_ENTRY_GRACE_PERIOD`).
+    pub workload_grace: Duration,
+    /// Where state is kept across restarts (the auto-registered workloads, in
+    /// [`STATE_FILE`]); created if missing. `None`: nothing is kept.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Errors starting the control plane.
@@ -51,6 +61,17 @@ pub enum StartError {
     /// The config directory cannot be watched.
     #[error(transparent)]
     Watch(#[from] WatchError),
+    /// The state directory cannot be created.
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The saved state cannot be read.
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// A running control plane.
@@ -112,7 +133,29 @@ impl ControlPlane {
             tracing::warn!("{e}");
         }
         let (config, watcher) = watch_config(store, options.debounce)?;
-        let registry = spawn_registry(config.clone(), options.cluster_domain, options.debounce);
+        let workloads = match &options.state_dir {
+            None => Workloads::in_memory(options.workload_grace),
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| StartError::StateDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let workloads =
+                    Workloads::persistent(options.workload_grace, dir.join(STATE_FILE))?;
+                tracing::info!(
+                    state_dir = %dir.display(),
+                    workloads = workloads.all().count(),
+                    "registered workloads restored"
+                );
+                workloads
+            }
+        };
+        let registry = spawn_registry(
+            config.clone(),
+            options.cluster_domain,
+            options.debounce,
+            workloads,
+        );
         let status = Arc::new(SyncStatus::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
 

@@ -39,6 +39,15 @@ struct Args {
     /// Sidecar injection webhook (HTTPS). Accepted for forward compatibility; NOT served yet.
     #[arg(long, default_value = "0.0.0.0:15017")]
     webhook_addr: SocketAddr,
+    /// Directory for state kept across restarts (the auto-registered workloads, so that a
+    /// restarted control plane still knows every endpoint while the proxies reconnect).
+    /// Created if missing. Without it nothing is kept.
+    #[arg(long, env = "MESH_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// How long a workload stays an endpoint after its proxy disconnects (Istio's
+    /// PILOT_WORKLOAD_ENTRY_GRACE_PERIOD), e.g. `10s`.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    workload_grace_period: Duration,
 }
 
 #[tokio::main]
@@ -66,6 +75,8 @@ async fn main() -> anyhow::Result<()> {
         debug_addr: args.debug_addr,
         cluster_domain: args.cluster_domain,
         debounce: Debounce::default(),
+        workload_grace: args.workload_grace_period,
+        state_dir: args.state_dir,
     })
     .await
     .context("starting the control plane")?;

@@ -12,9 +12,12 @@
 //!   every Service in its namespace whose selector matches its labels (numeric target ports
 //!   only: a named target port needs the pod's container ports, which a node does not carry).
 //!   Endpoints are deduplicated by address, config objects first.
+//! - A proxy stays registered for a grace period after its connection ends, and optionally
+//!   across restarts of the control plane ([`workloads`]).
 
 pub mod model;
 pub mod proxy;
+pub mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -28,6 +31,7 @@ use crate::watch::{sleep_until, Debounce, Debouncer};
 
 pub use model::{Endpoint, EndpointSource, Locality, Protocol, Service, ServiceKey, ServicePort};
 pub use proxy::ProxyInfo;
+pub use workloads::Workloads;
 
 /// A connection of a proxy to the control plane (unique per stream).
 pub type ConnectionId = u64;
@@ -239,18 +243,22 @@ impl RegistryHandle {
     }
 }
 
-/// Starts the registry's writer task on the current Tokio runtime. It ends when every
-/// [`RegistryHandle`] is dropped.
+/// Starts the registry's writer task on the current Tokio runtime, with the workloads
+/// registered so far (see [`Workloads`]). It ends when every [`RegistryHandle`] is dropped.
 pub fn spawn_registry(
     mut config: watch::Receiver<Arc<ConfigSnapshot>>,
     cluster_domain: String,
     timing: Debounce,
+    mut workloads: Workloads,
 ) -> RegistryHandle {
-    let first = MeshSnapshot::build(&config.borrow_and_update(), [], &cluster_domain);
+    let first = MeshSnapshot::build(
+        &config.borrow_and_update(),
+        workloads.all(),
+        &cluster_domain,
+    );
     let (tx, rx) = watch::channel(Arc::new(first));
     let (events_tx, mut events) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut proxies: BTreeMap<ConnectionId, Arc<ProxyInfo>> = BTreeMap::new();
         let mut debouncer = Debouncer::new(timing);
         let mut config_open = true;
         loop {
@@ -261,12 +269,19 @@ pub fn spawn_registry(
                 }
                 ev = events.recv() => {
                     match ev {
-                        Some(Event::Connected(id, info)) => { proxies.insert(id, info); }
-                        Some(Event::Disconnected(id)) => { proxies.remove(&id); }
+                        Some(Event::Connected(id, info)) => workloads.connect(id, info),
+                        Some(Event::Disconnected(id)) => workloads.disconnect(id, Instant::now()),
                         None => return,
                     }
+                    save(&workloads);
                     debouncer.event(Instant::now());
                     false
+                }
+                _ = sleep_until(workloads.next_expiry()) => {
+                    if workloads.expire(Instant::now()) {
+                        save(&workloads);
+                    }
+                    true
                 }
                 _ = sleep_until(debouncer.deadline()) => true,
             };
@@ -275,8 +290,7 @@ pub fn spawn_registry(
             }
             debouncer.reset();
             let cfg = config.borrow_and_update().clone();
-            let mut next =
-                MeshSnapshot::build(&cfg, proxies.values().map(|p| &**p), &cluster_domain);
+            let mut next = MeshSnapshot::build(&cfg, workloads.all(), &cluster_domain);
             let current = tx.borrow().clone();
             if next.same_content(&current) {
                 continue;
@@ -295,6 +309,14 @@ pub fn spawn_registry(
     RegistryHandle {
         events: events_tx,
         snapshots: rx,
+    }
+}
+
+/// Writes the registrations to the state file; a failure is logged (the registry itself
+/// goes on: only the memory across restarts is lost).
+fn save(workloads: &Workloads) {
+    if let Err(e) = workloads.save() {
+        tracing::warn!(error = %e, "cannot save the registered workloads");
     }
 }
 

@@ -11,12 +11,12 @@ use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{value::Kind as ValueKind, Struct};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::model::Locality;
 
 /// A connected proxy's identity and placement.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyInfo {
     /// The node id as sent (may be empty).
     pub id: String,

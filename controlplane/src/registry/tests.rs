@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{value::Kind as VK, Struct, Value};
@@ -217,7 +218,12 @@ async fn registry_publishes_proxy_changes_after_debounce() {
         quiet: std::time::Duration::from_millis(20),
         max: std::time::Duration::from_secs(1),
     };
-    let handle = spawn_registry(rx, "cluster.local".into(), timing);
+    let handle = spawn_registry(
+        rx,
+        "cluster.local".into(),
+        timing,
+        Workloads::in_memory(Duration::ZERO),
+    );
     let mut snaps = handle.subscribe();
     let key = ServiceKey {
         namespace: "shop".into(),
@@ -240,4 +246,117 @@ async fn registry_publishes_proxy_changes_after_debounce() {
     let snap = snaps.borrow_and_update().clone();
     assert_eq!(snap.endpoints_of(&key, 9080).len(), 3);
     assert_eq!(snap.version, 2);
+}
+
+fn workload(pod: &str, ip: &str) -> Arc<ProxyInfo> {
+    Arc::new(ProxyInfo::from_node(Some(&node(
+        &format!("sidecar~{ip}~{pod}.shop~shop.svc.cluster.local"),
+        &[
+            ("NAMESPACE", s("shop")),
+            ("INSTANCE_IPS", s(ip)),
+            ("LABELS", labels(&[("app", "reviews")])),
+        ],
+    ))))
+}
+
+fn pods(w: &Workloads) -> Vec<String> {
+    w.all().filter_map(|p| p.pod.clone()).collect()
+}
+
+#[test]
+fn a_departed_workload_counts_until_its_grace_period_ends() {
+    let grace = Duration::from_secs(10);
+    let mut w = Workloads::in_memory(grace);
+    let t0 = Instant::now();
+    w.connect(1, workload("reviews-1", "10.0.0.7"));
+    w.connect(2, workload("reviews-2", "10.0.0.8"));
+    w.disconnect(1, t0);
+    assert_eq!(pods(&w), ["reviews-2", "reviews-1"]);
+    assert_eq!(w.next_expiry(), Some(t0 + grace));
+    assert!(!w.expire(t0 + grace - Duration::from_millis(1)));
+    assert!(w.expire(t0 + grace));
+    assert_eq!(pods(&w), ["reviews-2"]);
+    assert_eq!(w.next_expiry(), None);
+    // Without a grace period a disconnect takes effect at once.
+    let mut w = Workloads::in_memory(Duration::ZERO);
+    w.connect(1, workload("reviews-1", "10.0.0.7"));
+    w.disconnect(1, t0);
+    assert!(pods(&w).is_empty());
+}
+
+#[test]
+fn a_reconnecting_proxy_replaces_its_departed_registration() {
+    let mut w = Workloads::in_memory(Duration::from_secs(10));
+    w.connect(1, workload("reviews-1", "10.0.0.7"));
+    w.disconnect(1, Instant::now());
+    w.connect(2, workload("reviews-1", "10.0.0.7"));
+    assert_eq!(pods(&w), ["reviews-1"]);
+    assert_eq!(w.next_expiry(), None);
+    // A stale stream of a node that is connected again does not make it depart.
+    w.connect(3, workload("reviews-1", "10.0.0.7"));
+    w.disconnect(2, Instant::now());
+    assert_eq!(w.next_expiry(), None);
+}
+
+#[test]
+fn registrations_survive_a_restart_through_the_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(workloads::STATE_FILE);
+    let grace = Duration::from_secs(10);
+    let mut w = Workloads::persistent(grace, file.clone()).unwrap();
+    assert!(pods(&w).is_empty(), "no file yet");
+    w.connect(1, workload("reviews-1", "10.0.0.7"));
+    w.connect(2, workload("reviews-2", "10.0.0.8"));
+    w.disconnect(2, Instant::now());
+    w.save().unwrap();
+    // The next control plane starts with both, as departed workloads.
+    let started = Instant::now();
+    let mut again = Workloads::persistent(grace, file.clone()).unwrap();
+    assert_eq!(pods(&again), ["reviews-1", "reviews-2"]);
+    assert!(again.next_expiry().is_some_and(|t| t >= started + grace));
+    assert_eq!(
+        again.all().next(),
+        Some(&*workload("reviews-1", "10.0.0.7"))
+    );
+    again.connect(7, workload("reviews-1", "10.0.0.7"));
+    assert_eq!(pods(&again), ["reviews-1", "reviews-2"]);
+    assert!(again.expire(started + grace + Duration::from_secs(1)));
+    assert_eq!(pods(&again), ["reviews-1"]);
+    // A file that is not a list of workloads is an error naming it.
+    std::fs::write(&file, "{not json").unwrap();
+    let e = Workloads::persistent(grace, file.clone()).unwrap_err();
+    assert!(e.to_string().contains("workloads.json"), "{e}");
+}
+
+#[tokio::test]
+async fn a_disconnected_proxy_stays_an_endpoint_for_the_grace_period() {
+    let (_tx, rx) = watch::channel(config());
+    let timing = Debounce {
+        quiet: Duration::from_millis(10),
+        max: Duration::from_secs(1),
+    };
+    let grace = Duration::from_millis(300);
+    let handle = spawn_registry(
+        rx,
+        "cluster.local".into(),
+        timing,
+        Workloads::in_memory(grace),
+    );
+    let mut snaps = handle.subscribe();
+    let key = ServiceKey {
+        namespace: "shop".into(),
+        name: "reviews".into(),
+    };
+    handle.connect(1, workload("reviews-1", "10.0.0.7"));
+    snaps.changed().await.unwrap();
+    assert_eq!(snaps.borrow_and_update().endpoints_of(&key, 9080).len(), 4);
+    let gone = Instant::now();
+    handle.disconnect(1);
+    snaps.changed().await.unwrap();
+    assert!(
+        gone.elapsed() >= grace,
+        "removed after {:?}",
+        gone.elapsed()
+    );
+    assert_eq!(snaps.borrow_and_update().endpoints_of(&key, 9080).len(), 3);
 }
