@@ -103,7 +103,9 @@ impl ControlPlane {
     /// Starts `mesh-controlplane --config-dir DIR --xds-addr H:15010 --debug-addr H:8080`
     /// (`H` the bridge address), plus `--xds-tls-addr`, `--monitoring-addr` and
     /// `--webhook-addr` on `H` for those of them its `--help` lists (listeners that default
-    /// to `0.0.0.0` would collide between parallel topologies), then `extra_args`, as process
+    /// to `0.0.0.0` would collide between parallel topologies) and `--state-dir` in the
+    /// topology's state directory if listed (so that a restart keeps the registered
+    /// workloads, as istiod's WorkloadEntries survive it), then `extra_args`, as process
     /// `host/controlplane`. Does not wait; see [`ControlPlane::wait_ready`]. If one is running
     /// already it is stopped first.
     pub fn start(&self, extra_args: &[&str]) -> Result<Process> {
@@ -126,6 +128,11 @@ impl ControlPlane {
                 argv.push(flag.into());
                 argv.push(format!("{h}:{port}").into());
             }
+        }
+        if help.contains("--state-dir") {
+            // Kept across restarts of this control plane, removed with the topology.
+            argv.push("--state-dir".into());
+            argv.push(self.topo.state_dir.join("controlplane").into());
         }
         argv.extend(extra_args.iter().map(OsString::from));
         let launch = Launch {

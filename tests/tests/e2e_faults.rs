@@ -1,0 +1,277 @@
+//! The mesh around its control plane: proxies started before it, a control plane killed and
+//! restarted under traffic, config changes pushed while everything runs, and a proxy whose
+//! control plane is unreachable for a while.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use common::{config_dump, curl, readiness, s, wait_for, Mesh, Traffic, HTTP_PORT};
+use mesh_tests::harness::{Pod, ServiceSpec};
+use serde_json::Value;
+
+/// The proxies `/debug/syncz` lists with every type acked at the version last sent, each
+/// with its connection's start time.
+fn synced_proxies(syncz: &str) -> Result<Vec<(String, String)>> {
+    let all: Vec<Value> = serde_json::from_str(syncz).context("syncz is not JSON")?;
+    Ok(all
+        .iter()
+        .filter(|p| {
+            ["cds", "eds", "lds", "rds"].iter().all(|t| {
+                let t = &p["types"][*t];
+                !t["sent_version"].is_null() && t["acked_version"] == t["sent_version"]
+            })
+        })
+        .map(|p| (s(p, "pod").to_owned(), s(p, "connected_at").to_owned()))
+        .collect())
+}
+
+/// The `xds_status` of a sidecar's `/config_dump`.
+fn xds_status(pod: &Pod) -> Result<Value> {
+    Ok(config_dump(pod)?["xds_status"].clone())
+}
+
+#[test]
+fn proxies_started_before_the_control_plane_wait_then_serve() -> Result<()> {
+    mesh_tests::skip_unless_netns!();
+    let mesh = Mesh::new("proxies_started_before_the_control_plane_wait_then_serve")?;
+    let server = mesh.reviews_pod("v1")?;
+    let client = mesh.client_pod()?;
+    mesh.check(|| {
+        // Up, answering, and not ready: no config yet.
+        for pod in [&client, &server] {
+            wait_for("the readiness port", Duration::from_secs(10), || {
+                Ok(readiness(pod).is_ok())
+            })?;
+        }
+        let deadline = Instant::now() + Duration::from_millis(800);
+        while Instant::now() < deadline {
+            for pod in [&client, &server] {
+                ensure!(
+                    readiness(pod)? == 503,
+                    "{} ready without config",
+                    pod.name()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let admin = client.curl(&["http://127.0.0.1:15000/ready"])?;
+        ensure!(admin.stdout.trim() == "PRE_INITIALIZING", "{admin:?}");
+        // Without config the sidecar fails closed: the app's connection is refused service.
+        let early = client.curl(&["--max-time", "3", &format!("http://reviews:{HTTP_PORT}/")])?;
+        ensure!(!early.success(), "served without config: {early:?}");
+
+        mesh.topo.start_control_plane()?;
+        let started = Instant::now();
+        mesh.wait_converged(&client, std::slice::from_ref(&server))?;
+        let took = started.elapsed();
+        ensure!(
+            took < Duration::from_secs(10),
+            "ready {took:?} after the control plane"
+        );
+        for pod in [&client, &server] {
+            ensure!(readiness(pod)? == 200, "{}", pod.name());
+        }
+        let reply = curl(&client, &[&format!("http://reviews:{HTTP_PORT}/late")])?;
+        ensure!(
+            reply.status == 200 && reply.json()?["name"] == "reviews",
+            "{reply:?}"
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn control_plane_killed_and_restarted_under_traffic() -> Result<()> {
+    mesh_tests::skip_unless_netns!();
+    let test = "control_plane_killed_and_restarted_under_traffic";
+    let (mesh, client, servers) = Mesh::standard(test, &["v1"])?;
+    mesh.check(|| {
+        let pods = [client.name().to_owned(), servers[0].name().to_owned()];
+        let before = synced_proxies(&mesh.cp.syncz()?)?;
+        ensure!(before.len() == 2, "{before:?}");
+        let traffic = Traffic::start(&client, &format!("http://reviews:{HTTP_PORT}/loop"), 5);
+        std::thread::sleep(Duration::from_millis(500));
+
+        // A crash: the proxies lose their stream and keep serving their last config.
+        mesh.cp.kill();
+        let killed = Instant::now();
+        for pod in [&client, &servers[0]] {
+            wait_for(
+                "the sidecar to see the control plane gone",
+                Duration::from_secs(5),
+                || Ok(xds_status(pod)?["connected"] == false),
+            )?;
+            ensure!(
+                readiness(pod)? == 200,
+                "{} stays ready without its control plane",
+                pod.name()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(700));
+        mesh.cp.start_again()?;
+        let restarted = Instant::now();
+        let reconnected = |what: &str| -> Result<()> {
+            wait_for(what, Duration::from_secs(15), || {
+                let synced = synced_proxies(&mesh.cp.syncz()?)?;
+                Ok(pods.iter().all(|p| synced.iter().any(|(pod, _)| pod == p)))
+            })
+        };
+        reconnected("both proxies to reconnect and ack everything")?;
+
+        // A graceful restart too.
+        mesh.cp.restart()?;
+        reconnected("both proxies to reconnect after a graceful restart")?;
+        std::thread::sleep(Duration::from_millis(500));
+        let report = traffic.stop()?;
+
+        ensure!(
+            report.failures.is_empty(),
+            "failed requests: {:#?}",
+            report.failures
+        );
+        let during = report
+            .ok_times
+            .iter()
+            .filter(|t| **t > killed && **t < restarted)
+            .count();
+        ensure!(
+            during > 0,
+            "no request completed while the control plane was down"
+        );
+        ensure!(report.ok >= 50, "only {} requests", report.ok);
+        for pod in [&client, &servers[0]] {
+            let status = xds_status(pod)?;
+            ensure!(
+                status["connected"] == true && status["connects"].as_u64() >= Some(3),
+                "{}: {status}",
+                pod.name()
+            );
+        }
+        eprintln!(
+            "e2e: {} requests, {during} while the control plane was down, none failed",
+            report.ok
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn config_changes_are_pushed_without_restarts() -> Result<()> {
+    mesh_tests::skip_unless_netns!();
+    let (mesh, client, servers) =
+        Mesh::standard("config_changes_are_pushed_without_restarts", &["v1"])?;
+    mesh.check(|| {
+        let pids: Vec<Option<u32>> = [&client, &servers[0]]
+            .iter()
+            .map(|p| p.proxy().and_then(|p| p.pid()))
+            .collect();
+        // A new Service, written while everything runs.
+        let ratings = ServiceSpec::new("ratings", common::NS)
+            .port("http", 9081, HTTP_PORT)
+            .selector("app", "reviews");
+        let ip = mesh.topo.add_service(&ratings)?;
+        let url = "http://ratings:9081/rated";
+        let added = Instant::now();
+        wait_for("ratings to route", Duration::from_secs(10), || {
+            Ok(client.curl(&["--max-time", "1", "-f", url])?.success())
+        })?;
+        let took = added.elapsed();
+        ensure!(
+            took < Duration::from_secs(5),
+            "ratings routed after {took:?}"
+        );
+        let reply = curl(&client, &[url])?;
+        let echo = reply.json()?;
+        ensure!(
+            reply.status == 200 && echo["name"] == "reviews" && s(&echo, "host") == "ratings:9081",
+            "{reply:?}"
+        );
+        ensure!(reply.remote.ip() == std::net::IpAddr::V4(ip), "{reply:?}");
+
+        // Removing its file removes it from every proxy; the name no longer routes.
+        mesh.topo.remove_config("service-default-ratings.yaml")?;
+        let cluster = "outbound|9081||ratings.default.svc.cluster.local";
+        wait_for(
+            "ratings to leave the client's config",
+            Duration::from_secs(10),
+            || {
+                let dump = config_dump(&client)?;
+                Ok(dump["config"]["clusters"].get(cluster).is_none()
+                    && dump["config"]["routes"].get("9081").is_none())
+            },
+        )?;
+        let gone = client.curl(&["--max-time", "5", url])?;
+        ensure!(!gone.success(), "ratings still answers: {gone:?}");
+        let entry = common::wait_log(&client, "the request to the removed ratings", |e| {
+            s(e, "downstream_local_address") == format!("{ip}:9081") && e["request_id"].is_null()
+        })?;
+        ensure!(
+            s(&entry, "upstream_cluster") == "PassthroughCluster",
+            "{entry}"
+        );
+        // reviews is untouched, and no proxy restarted.
+        let still = curl(&client, &[&format!("http://reviews:{HTTP_PORT}/")])?;
+        ensure!(still.status == 200, "{still:?}");
+        let now: Vec<Option<u32>> = [&client, &servers[0]]
+            .iter()
+            .map(|p| p.proxy().and_then(|p| p.pid()))
+            .collect();
+        ensure!(
+            now == pids && pids.iter().all(Option::is_some),
+            "{pids:?} -> {now:?}"
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn a_proxy_retries_an_unreachable_control_plane_until_one_appears() -> Result<()> {
+    mesh_tests::skip_unless_netns!();
+    let mesh = Mesh::new("a_proxy_retries_an_unreachable_control_plane_until_one_appears")?;
+    let client = mesh.client_pod()?;
+    mesh.check(|| {
+        let proxy = client.proxy().context("sidecar")?;
+        wait_for("the readiness port", Duration::from_secs(10), || {
+            Ok(readiness(&client).is_ok())
+        })?;
+        let attempts = |status: &Value| status["failed_attempts"].as_u64().unwrap_or(0);
+        wait_for("three failed attempts", Duration::from_secs(10), || {
+            Ok(attempts(&xds_status(&client)?) >= 3)
+        })?;
+        let first = xds_status(&client)?;
+        ensure!(first["connected"] == false, "{first}");
+        ensure!(
+            s(&first, "last_error").contains("Connection refused"),
+            "names the cause: {first}"
+        );
+        ensure!(readiness(&client)? == 503, "ready without a control plane");
+        let stats = client.admin("/stats")?;
+        ensure!(stats.contains("xds.failed_attempts: "), "{stats}");
+        // Still retrying a moment later, and the log says so.
+        wait_for("more attempts", Duration::from_secs(10), || {
+            Ok(attempts(&xds_status(&client)?) > attempts(&first))
+        })?;
+        ensure!(proxy
+            .stderr()
+            .contains("cannot reach the control plane; retrying"));
+        ensure!(proxy.is_running(), "the proxy gave up");
+
+        // A control plane at that address: the proxy connects on its next attempt.
+        mesh.topo.start_control_plane()?;
+        let started = Instant::now();
+        client.wait_proxy_ready(Duration::from_secs(20))?;
+        eprintln!(
+            "e2e: ready {:?} after the control plane, after {} failed attempts",
+            started.elapsed(),
+            attempts(&xds_status(&client)?)
+        );
+        let status = xds_status(&client)?;
+        ensure!(
+            status["connected"] == true && status["connects"] == 1,
+            "{status}"
+        );
+        Ok(())
+    })
+}
