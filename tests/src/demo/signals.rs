@@ -3,6 +3,9 @@
 //! leaving the rest to the slot's guardian, which removes whatever the topology held when its
 //! process is gone.
 
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::AsFd as _;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::Mutex;
 
@@ -36,6 +39,14 @@ impl Signals {
                 signal(SignalKind::terminate()).map_err(DemoError::Signals)?,
             )
         };
+        // The terminal's stderr, kept for the second signal's message: the teardown sends fd 2
+        // to its log file meanwhile.
+        let mut stderr = File::from(
+            std::io::stderr()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(DemoError::Signals)?,
+        );
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("mesh-demo-signals".to_owned())
@@ -49,7 +60,9 @@ impl Signals {
                         };
                         seen += 1;
                         if seen > 1 {
-                            eprintln!(
+                            // Nothing more can be done if the terminal is gone.
+                            let _ = writeln!(
+                                stderr,
                                 "mesh-demo: second {name}: exiting now; the slot's guardian \
                                  removes what is left"
                             );
