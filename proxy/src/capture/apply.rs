@@ -8,11 +8,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
-use super::config::{InterceptionMode, Settings};
 use super::model::{is_built_in, Family, Rule, RuleSet};
 use super::render::{cleanup_args, restore_input};
 use super::rules;
 use super::saved::Saved;
+use super::settings::{InterceptionMode, Settings};
 
 /// Seconds iptables waits for the xtables lock.
 const LOCK_WAIT_SECONDS: &str = "30";

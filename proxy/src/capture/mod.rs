@@ -13,6 +13,7 @@ pub mod model;
 pub mod render;
 pub mod rules;
 mod saved;
+pub mod settings;
 mod values;
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
 //! The capture rules for given settings: which rule goes into which table and chain, per IP
 //! version, in the order Istio's `istio-iptables` adds them.
 
-use super::config::{InboundPorts, InterceptionMode, IpRanges, OwnerGroups, Settings};
 use super::model::{
     Family, Position, Rule, RuleSet, Table, DNS_CAPTURE_PORT, ISTIO_DIVERT, ISTIO_DROP,
     ISTIO_INBOUND, ISTIO_IN_REDIRECT, ISTIO_OUTPUT, ISTIO_OUTPUT_DNS, ISTIO_REDIRECT, ISTIO_TPROXY,
     OUTBOUND_MARK,
 };
+use super::settings::{InboundPorts, InterceptionMode, IpRanges, OwnerGroups, Settings};
 
 /// Collects rules for both versions, as Istio's rule builder does. Rules are written as
 /// iptables argument text (values never contain whitespace: `config` validates them).

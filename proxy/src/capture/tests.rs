@@ -4,11 +4,12 @@ use std::collections::{BTreeSet, HashMap};
 
 use clap::Parser;
 
-use super::config::{self, ConfigError, InboundPorts, InterceptionMode, Settings};
+use super::config::{self, ConfigError};
 use super::env::Environment;
 use super::golden;
 use super::model::{self, Family, Position, Table};
 use super::rules;
+use super::settings::{InboundPorts, InterceptionMode, Settings};
 use super::{render, InitArgs, InitFlags};
 
 /// A machine with a fixed environment, no resolv.conf servers and IPv4 addresses only.

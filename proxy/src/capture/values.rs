@@ -5,11 +5,11 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::config::{
-    ConfigError, InterceptionMode, IpRanges, Origin, OwnerGroups, Settings,
-    MAX_OWNER_GROUPS_INCLUDE,
-};
+use super::config::{ConfigError, Origin};
 use super::env::Environment;
+use super::settings::{
+    InterceptionMode, IpRanges, OwnerGroups, Settings, MAX_OWNER_GROUPS_INCLUDE,
+};
 
 /// One raw setting: its value and where it came from.
 pub(super) struct Raw {
