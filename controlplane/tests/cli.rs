@@ -28,7 +28,7 @@ fn analyze_prints_every_error_and_exits_1() {
         stdout,
         format!(
             "Error: {file}: Service default/ratings: spec.ports[0].port: must be 1-65535 (got 70000)\n\
-             Error: {file}: DestinationRule default/dr: networking.istio.io/v1 is not supported yet\n"
+             Error: {file}: DestinationRule default/dr: spec.host: required\n"
         )
     );
     assert!(String::from_utf8(out.stderr)

@@ -13,13 +13,13 @@ use serde_norway::Value;
 
 use super::objects::{Kind, Object, ObjectKey};
 use super::validate::{self, FieldProblem, Problems};
-use super::{ConfigError, ObjectRef, UnsupportedReason};
+use super::{istio, ConfigError, ConfigWarning, ObjectRef, UnsupportedReason};
 
 /// What one document became.
 #[derive(Debug)]
 pub(crate) enum DocOutcome {
-    /// A valid object.
-    Valid(Object),
+    /// A valid object, and the warnings Istio would report about it.
+    Valid(Object, Vec<ConfigWarning>),
     /// A rejected document: its key when the header named a supported kind, and the errors.
     Rejected(Option<ObjectKey>, Vec<ConfigError>),
 }
@@ -183,7 +183,10 @@ fn parse_document(file: &Path, doc: usize, value: Value) -> DocOutcome {
             object
                 .namespace
                 .get_or_insert_with(|| "default".to_string());
-            UnsupportedReason::NotYet
+            match Kind::istio(group, &object.kind) {
+                Some(k) => UnsupportedReason::Version(k.istio_versions()),
+                None => UnsupportedReason::NotYet,
+            }
         } else {
             UnsupportedReason::Unknown
         };
@@ -232,13 +235,44 @@ fn parse_document(file: &Path, doc: usize, value: Value) -> DocOutcome {
         Kind::EndpointSlice => decode(value).and_then(|raw| {
             validate::endpoint_slice(&namespace, &name, raw).map(Object::EndpointSlice)
         }),
+        _ => return istio_document(file, &object, key, kind, value, problems),
     };
     match result {
-        Ok(o) if problems.0.is_empty() => DocOutcome::Valid(o),
+        Ok(o) if problems.0.is_empty() => DocOutcome::Valid(o, Vec::new()),
         Ok(_) => DocOutcome::Rejected(Some(key), invalid(file, &object, problems)),
         Err(more) => {
             problems.0.extend(more.0);
             DocOutcome::Rejected(Some(key), invalid(file, &object, problems))
+        }
+    }
+}
+
+/// A document of one of Istio's kinds.
+fn istio_document(
+    file: &Path,
+    object: &ObjectRef,
+    key: ObjectKey,
+    kind: Kind,
+    value: Value,
+    mut problems: Problems,
+) -> DocOutcome {
+    match istio::parse(kind, object, value) {
+        Ok((o, warnings)) if problems.0.is_empty() => {
+            let warnings = warnings
+                .into_iter()
+                .map(|(field, problem)| ConfigWarning {
+                    file: file.to_path_buf(),
+                    object: Box::new(object.clone()),
+                    field,
+                    problem,
+                })
+                .collect();
+            DocOutcome::Valid(o, warnings)
+        }
+        Ok(_) => DocOutcome::Rejected(Some(key), invalid(file, object, problems)),
+        Err(more) => {
+            problems.0.extend(more.0);
+            DocOutcome::Rejected(Some(key), invalid(file, object, problems))
         }
     }
 }

@@ -9,10 +9,13 @@
 //!   never stops the others.
 //! - Kinds that are not supported (yet) are reported as [`ConfigError::Unsupported`], never
 //!   silently ignored.
+//! - Istio's kinds ([`istio`]) are typed and validated as Istio validates them; what Istio
+//!   reports as a warning (the object is accepted) is a [`ConfigWarning`].
 //! - On reload, an object that became invalid (or whose file became unreadable or malformed)
 //!   keeps its last valid version, marked [`StoredObject::kept`]; an object that disappeared
 //!   from the files is removed.
 
+pub mod istio;
 mod load;
 pub mod objects;
 mod raw;
@@ -56,19 +59,41 @@ impl fmt::Display for ObjectRef {
 /// Why a kind is not accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnsupportedReason {
-    /// An Istio kind the control plane does not implement yet.
+    /// An Istio kind the control plane does not implement (yet).
     NotYet,
+    /// A supported Istio kind in a version the store does not accept.
+    Version(&'static [&'static str]),
     /// A kind the control plane does not know.
     Unknown,
 }
 
 impl fmt::Display for UnsupportedReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            UnsupportedReason::NotYet => "is not supported yet",
-            UnsupportedReason::Unknown => "is not a supported kind",
-        })
+        match self {
+            UnsupportedReason::NotYet => f.write_str("is not supported yet"),
+            UnsupportedReason::Version(v) => write!(
+                f,
+                "is not a supported version of this kind (supported: {})",
+                v.join(", ")
+            ),
+            UnsupportedReason::Unknown => f.write_str("is not a supported kind"),
+        }
     }
+}
+
+/// Something Istio reports about a valid object without rejecting it (a deprecated field, a
+/// selector without labels, a rule that can never match...).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{}: {object}: {field}: {problem}", file.display())]
+pub struct ConfigWarning {
+    /// The file.
+    pub file: PathBuf,
+    /// The object.
+    pub object: Box<ObjectRef>,
+    /// The field path.
+    pub field: String,
+    /// What Istio says.
+    pub problem: istio::IstioProblem,
 }
 
 /// A problem found while loading the config directory.
@@ -201,6 +226,8 @@ pub struct ConfigSnapshot {
     pub objects: BTreeMap<ObjectKey, StoredObject>,
     /// Every problem found by this load, in file order.
     pub errors: Vec<ConfigError>,
+    /// Warnings about objects in force (not about kept ones), in file order.
+    pub warnings: Vec<ConfigWarning>,
     /// Load counter: 1 for the first load, incremented on every reload.
     pub generation: u64,
 }
@@ -270,7 +297,8 @@ impl ConfigStore {
         for outcome in outcomes {
             for doc in outcome.docs {
                 match doc {
-                    DocOutcome::Valid(object) => {
+                    DocOutcome::Valid(object, warnings) => {
+                        next.warnings.extend(warnings);
                         let key = object.key();
                         if let Some(first) = next.objects.get(&key) {
                             next.errors.push(ConfigError::Duplicate {
@@ -314,6 +342,36 @@ impl ConfigStore {
         self.current = Arc::new(next);
         self.current.clone()
     }
+}
+
+/// What the documents of one text became: the valid objects (duplicates included, in order),
+/// the errors and the warnings, as [`ConfigStore`] would report them for a file `file` holding
+/// `text`.
+#[derive(Debug, Default)]
+pub struct ParsedText {
+    /// Valid objects, in document order.
+    pub objects: Vec<Object>,
+    /// Errors, in document order.
+    pub errors: Vec<ConfigError>,
+    /// Warnings about the valid objects.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// Parses and validates `text` as the content of `file` (which is not read).
+pub fn parse_str(file: &Path, text: &str) -> ParsedText {
+    let outcome = load::parse_text(file, text);
+    let mut out = ParsedText::default();
+    for doc in outcome.docs {
+        match doc {
+            DocOutcome::Valid(o, w) => {
+                out.objects.push(o);
+                out.warnings.extend(w);
+            }
+            DocOutcome::Rejected(_, e) => out.errors.extend(e),
+        }
+    }
+    out.errors.extend(outcome.broken);
+    out
 }
 
 #[cfg(test)]

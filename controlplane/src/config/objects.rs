@@ -10,6 +10,16 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use super::istio::{
+    AuthorizationPolicy, DestinationRule, Gateway, IstioConfig, PeerAuthentication, ServiceEntry,
+    Sidecar, VirtualService, WorkloadEntry,
+};
+
+/// API versions of `networking.istio.io` the store accepts.
+pub const NETWORKING_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
+/// API versions of `security.istio.io` the store accepts.
+pub const SECURITY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
+
 /// The kinds of object the store understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Kind {
@@ -21,6 +31,22 @@ pub enum Kind {
     Endpoints,
     /// `discovery.k8s.io/v1` EndpointSlice.
     EndpointSlice,
+    /// `networking.istio.io` VirtualService.
+    VirtualService,
+    /// `networking.istio.io` DestinationRule.
+    DestinationRule,
+    /// `networking.istio.io` Gateway.
+    Gateway,
+    /// `networking.istio.io` ServiceEntry.
+    ServiceEntry,
+    /// `networking.istio.io` WorkloadEntry.
+    WorkloadEntry,
+    /// `networking.istio.io` Sidecar.
+    Sidecar,
+    /// `security.istio.io` PeerAuthentication.
+    PeerAuthentication,
+    /// `security.istio.io` AuthorizationPolicy.
+    AuthorizationPolicy,
 }
 
 impl Kind {
@@ -31,6 +57,45 @@ impl Kind {
             Kind::Service => "Service",
             Kind::Endpoints => "Endpoints",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::Gateway => "Gateway",
+            Kind::ServiceEntry => "ServiceEntry",
+            Kind::WorkloadEntry => "WorkloadEntry",
+            Kind::Sidecar => "Sidecar",
+            Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+        }
+    }
+
+    /// Whether the kind is one of Istio's.
+    pub fn is_istio(self) -> bool {
+        !matches!(
+            self,
+            Kind::Namespace | Kind::Service | Kind::Endpoints | Kind::EndpointSlice
+        )
+    }
+
+    /// The Istio kind of an API group and kind name, whatever the version.
+    pub fn istio(group: &str, kind: &str) -> Option<Kind> {
+        match (group, kind) {
+            ("networking.istio.io", "VirtualService") => Some(Kind::VirtualService),
+            ("networking.istio.io", "DestinationRule") => Some(Kind::DestinationRule),
+            ("networking.istio.io", "Gateway") => Some(Kind::Gateway),
+            ("networking.istio.io", "ServiceEntry") => Some(Kind::ServiceEntry),
+            ("networking.istio.io", "WorkloadEntry") => Some(Kind::WorkloadEntry),
+            ("networking.istio.io", "Sidecar") => Some(Kind::Sidecar),
+            ("security.istio.io", "PeerAuthentication") => Some(Kind::PeerAuthentication),
+            ("security.istio.io", "AuthorizationPolicy") => Some(Kind::AuthorizationPolicy),
+            _ => None,
+        }
+    }
+
+    /// The API versions the store accepts for an Istio kind.
+    pub fn istio_versions(self) -> &'static [&'static str] {
+        match self {
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy => &SECURITY_VERSIONS,
+            _ => &NETWORKING_VERSIONS,
         }
     }
 
@@ -46,7 +111,11 @@ impl Kind {
             ("v1", "Service") => Some(Kind::Service),
             ("v1", "Endpoints") => Some(Kind::Endpoints),
             ("discovery.k8s.io/v1", "EndpointSlice") => Some(Kind::EndpointSlice),
-            _ => None,
+            _ => {
+                let (group, version) = api_version.split_once('/')?;
+                let k = Kind::istio(group, kind)?;
+                k.istio_versions().contains(&version).then_some(k)
+            }
         }
     }
 }
@@ -91,6 +160,22 @@ pub enum Object {
     Endpoints(Endpoints),
     /// An EndpointSlice.
     EndpointSlice(EndpointSlice),
+    /// A VirtualService.
+    VirtualService(Box<IstioConfig<VirtualService>>),
+    /// A DestinationRule.
+    DestinationRule(Box<IstioConfig<DestinationRule>>),
+    /// A Gateway.
+    Gateway(Box<IstioConfig<Gateway>>),
+    /// A ServiceEntry.
+    ServiceEntry(Box<IstioConfig<ServiceEntry>>),
+    /// A WorkloadEntry.
+    WorkloadEntry(Box<IstioConfig<WorkloadEntry>>),
+    /// A Sidecar.
+    Sidecar(Box<IstioConfig<Sidecar>>),
+    /// A PeerAuthentication.
+    PeerAuthentication(Box<IstioConfig<PeerAuthentication>>),
+    /// An AuthorizationPolicy.
+    AuthorizationPolicy(Box<IstioConfig<AuthorizationPolicy>>),
 }
 
 impl Object {
@@ -101,6 +186,40 @@ impl Object {
             Object::Service(_) => Kind::Service,
             Object::Endpoints(_) => Kind::Endpoints,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::VirtualService(_) => Kind::VirtualService,
+            Object::DestinationRule(_) => Kind::DestinationRule,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::ServiceEntry(_) => Kind::ServiceEntry,
+            Object::WorkloadEntry(_) => Kind::WorkloadEntry,
+            Object::Sidecar(_) => Kind::Sidecar,
+            Object::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+        }
+    }
+
+    /// The Istio metadata (namespace, name, labels, annotations) of an Istio object.
+    pub fn istio_meta(&self) -> Option<IstioMeta<'_>> {
+        fn m<S>(o: &IstioConfig<S>) -> IstioMeta<'_> {
+            IstioMeta {
+                namespace: &o.namespace,
+                name: &o.name,
+                labels: &o.labels,
+                annotations: &o.annotations,
+            }
+        }
+        match self {
+            Object::VirtualService(o) => Some(m(o)),
+            Object::DestinationRule(o) => Some(m(o)),
+            Object::Gateway(o) => Some(m(o)),
+            Object::ServiceEntry(o) => Some(m(o)),
+            Object::WorkloadEntry(o) => Some(m(o)),
+            Object::Sidecar(o) => Some(m(o)),
+            Object::PeerAuthentication(o) => Some(m(o)),
+            Object::AuthorizationPolicy(o) => Some(m(o)),
+            Object::Namespace(_)
+            | Object::Service(_)
+            | Object::Endpoints(_)
+            | Object::EndpointSlice(_) => None,
         }
     }
 
@@ -111,6 +230,10 @@ impl Object {
             Object::Service(o) => (o.namespace.clone(), o.name.clone()),
             Object::Endpoints(o) => (o.namespace.clone(), o.name.clone()),
             Object::EndpointSlice(o) => (o.namespace.clone(), o.name.clone()),
+            other => match other.istio_meta() {
+                Some(m) => (m.namespace.to_string(), m.name.to_string()),
+                None => (String::new(), String::new()),
+            },
         };
         ObjectKey {
             kind: self.kind(),
@@ -118,6 +241,19 @@ impl Object {
             name,
         }
     }
+}
+
+/// The metadata of an Istio object, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub struct IstioMeta<'a> {
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// `metadata.labels`.
+    pub labels: &'a BTreeMap<String, String>,
+    /// `metadata.annotations`.
+    pub annotations: &'a BTreeMap<String, String>,
 }
 
 /// A Namespace.

@@ -75,6 +75,11 @@ kind: VirtualService
 metadata: {name: reviews-route, namespace: default}
 spec: {}
 ---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: ef}
+spec: {}
+---
 apiVersion: v1
 kind: Pod
 metadata: {name: p}
@@ -106,7 +111,12 @@ spec:
             f("a-bad.yaml")
         ),
         format!(
-            "{}: VirtualService default/reviews-route: networking.istio.io/v1 is not supported yet",
+            "{}: VirtualService default/reviews-route: spec: http, tcp or tls must be provided in \
+             virtual service",
+            f("a-bad.yaml")
+        ),
+        format!(
+            "{}: EnvoyFilter default/ef: networking.istio.io/v1alpha3 is not supported yet",
             f("a-bad.yaml")
         ),
         format!("{}: Pod p: v1 is not a supported kind", f("a-bad.yaml")),
@@ -127,7 +137,7 @@ spec:
         .find(|m| m.contains("c-broken.yaml"))
         .expect("yaml error");
     assert!(broken.contains("document 1: invalid YAML"), "{broken}");
-    assert_eq!(msgs.len(), 6, "{msgs:#?}");
+    assert_eq!(msgs.len(), 7, "{msgs:#?}");
     // The valid object of another file is in force.
     assert_eq!(snap.objects.len(), 1);
     assert!(snap
@@ -188,7 +198,7 @@ fn header_problems_and_validation_rules() {
             .iter()
             .flat_map(|d| match d {
                 DocOutcome::Rejected(_, errs) => errs.iter().map(|e| e.to_string()).collect(),
-                DocOutcome::Valid(_) => Vec::new(),
+                DocOutcome::Valid(..) => Vec::new(),
             })
             .collect();
         assert!(

@@ -19,7 +19,7 @@ use super::raw::{
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// What is wrong with one field.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum FieldProblem {
     /// The field must be given.
     #[error("required")]
@@ -66,6 +66,9 @@ pub enum FieldProblem {
     /// The YAML does not have the field's type (the decoder's message).
     #[error("{0}")]
     Decode(String),
+    /// A rule of Istio's validation (webhook or CRD schema) is broken.
+    #[error(transparent)]
+    Istio(Box<super::istio::IstioProblem>),
 }
 
 /// Naming rules of Kubernetes.

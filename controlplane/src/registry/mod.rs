@@ -140,7 +140,8 @@ impl MeshSnapshot {
                         }
                     }
                 }
-                Object::Namespace(_) | Object::Service(_) => {}
+                // Istio kinds are validated and stored; their translation is later work.
+                _ => {}
             }
         }
         for proxy in proxies {
