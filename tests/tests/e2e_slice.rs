@@ -128,6 +128,20 @@ fn http_by_service_name_and_by_cluster_ip_through_both_sidecars() -> Result<()> 
             let echo = curl(&client, &[&format!("http://{name}:{HTTP_PORT}/")])?.json()?;
             ensure!(echo["name"] == "reviews", "{name}: {echo}");
         }
+        // A request body reaches the app whole, and both sidecars count it.
+        let body = "x".repeat(100_000);
+        let url = format!("http://reviews:{HTTP_PORT}/upload");
+        let reply = curl(&client, &["-X", "POST", "--data-binary", &body, &url])?;
+        let echo = reply.json()?;
+        ensure!(
+            reply.status == 200 && echo["method"] == "POST" && echo["body_len"] == body.len(),
+            "{echo}"
+        );
+        let id = seen_header(&echo, "x-request-id").context("x-request-id")?;
+        for (pod, side) in [(&client, "outbound|"), (&servers[0], "inbound|")] {
+            let e = request_log(pod, id, side)?;
+            ensure!(e["bytes_received"] == body.len(), "{side}: {e}");
+        }
         Ok(())
     })
 }
