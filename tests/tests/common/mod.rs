@@ -430,10 +430,10 @@ pub struct TrafficReport {
 }
 
 /// A loop of `mesh-echo client http URL --count N` runs in a pod (a new connection per run)
-/// until [`Traffic::stop`].
+/// until [`Traffic::stop`] (or until dropped, when a test fails first).
 pub struct Traffic {
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<TrafficReport>,
+    handle: Option<JoinHandle<TrafficReport>>,
 }
 
 impl Traffic {
@@ -475,14 +475,25 @@ impl Traffic {
             }
             report
         });
-        Traffic { stop, handle }
+        Traffic {
+            stop,
+            handle: Some(handle),
+        }
     }
 
     /// Stops the loop after its current run and returns what it saw.
-    pub fn stop(self) -> Result<TrafficReport> {
+    pub fn stop(mut self) -> Result<TrafficReport> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle
+            .take()
+            .context("stopped twice")?
             .join()
             .map_err(|_| anyhow!("the traffic loop panicked"))
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
