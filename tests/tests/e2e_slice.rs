@@ -21,8 +21,9 @@ use serde_json::Value;
 /// The address inbound sidecars deliver from (Envoy's `upstream_bind_config` in Istio).
 const INBOUND_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
 
-/// Request headers an Istio sidecar pair may add on the way to the app (plaintext, no mTLS):
-/// the request id, Envoy's forwarding headers, tracing headers and Istio's metadata exchange.
+/// Request headers an Istio sidecar pair may add on the way to the app: the request id,
+/// Envoy's forwarding and retry headers, tracing headers (when tracing is on) and, with mTLS,
+/// the client certificate.
 const ISTIO_REQUEST_HEADERS: &[&str] = &[
     "x-request-id",
     "x-forwarded-proto",
