@@ -153,3 +153,6 @@ pub(crate) fn idx(base: &str, i: usize) -> String {
 pub(crate) fn key(base: &str, k: &str) -> String {
     format!("{base}[{k}]")
 }
+
+#[cfg(test)]
+mod tests;
