@@ -27,8 +27,8 @@ fn analyze_prints_every_error_and_exits_1() {
     assert_eq!(
         stdout,
         format!(
-            "Error: {file}: Service default/ratings: spec.ports[0].port: must be 1-65535 (got 70000)\n\
-             Error: {file}: DestinationRule default/dr: spec.host: required\n"
+            "Error [IST0106] (Service default/ratings) {file}: spec.ports[0].port: must be 1-65535 (got 70000)\n\
+             Error [IST0106] (DestinationRule default/dr) {file}: spec.host: required\n"
         )
     );
     assert!(String::from_utf8(out.stderr)
@@ -51,6 +51,48 @@ fn analyze_prints_every_error_and_exits_1() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn analyze_warnings_exit_0_and_cross_object_errors_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("good.yaml"), GOOD).unwrap();
+    let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+                  metadata: {name: nobody}\nspec: {selector: {matchLabels: {app: nothing}}}\n";
+    std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
+    let meshctl = || {
+        Command::new(env!("CARGO_BIN_EXE_meshctl"))
+            .arg("analyze")
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = meshctl();
+    assert_eq!(out.status.code(), Some(0));
+    let file = dir.path().join("policy.yaml").display().to_string();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!(
+            "Warning [IST0127] (AuthorizationPolicy default/nobody) {file}: No matching workloads \
+             for this resource with the following labels: app=nothing\n"
+        )
+    );
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("0 error(s), 1 warning(s)"));
+
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+              metadata: {name: reviews}\nspec: {hosts: [reviews], http: [{route: [{destination: {host: reviews, subset: v9}}]}]}\n";
+    std::fs::write(dir.path().join("vs.yaml"), vs).unwrap();
+    let out = meshctl();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("Error [IST0101] (VirtualService default/reviews) ",)
+            && stdout
+                .contains("Referenced host+subset in destinationrule not found: \"reviews+v9\""),
+        "{stdout}"
+    );
 }
 
 fn get(addr: &str, path: &str) -> String {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use controlplane::analyze::{self, Level};
 use controlplane::config::ConfigStore;
 
 /// Command-line tool of the mesh.
@@ -17,44 +18,62 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validates a config directory as the control plane loads it: prints every error (file,
-    /// object, field) and exits 1 if there is any.
+    /// Validates a config directory as the control plane loads it and analyzes the objects
+    /// together (references, conflicts, selectors), printing every finding with Istio's
+    /// message codes; exits 1 if there is any error (warnings are printed, exit 0).
     Analyze {
         /// The config directory.
         dir: PathBuf,
+        /// Cluster domain of Service host names.
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
     },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
-        Command::Analyze { dir } => analyze(dir),
+        Command::Analyze {
+            dir,
+            cluster_domain,
+        } => run_analyze(dir, &cluster_domain),
     }
 }
 
-fn analyze(dir: PathBuf) -> ExitCode {
+fn run_analyze(dir: PathBuf, cluster_domain: &str) -> ExitCode {
     if !dir.is_dir() {
         eprintln!("Error: {}: not a directory", dir.display());
         return ExitCode::FAILURE;
     }
     let snapshot = ConfigStore::load(&dir).current();
-    for e in &snapshot.errors {
+    let report = analyze::analyze(&snapshot, cluster_domain);
+    for e in &report.store_errors {
         println!("Error: {e}");
     }
-    if snapshot.errors.is_empty() {
+    for m in &report.messages {
+        println!("{m}");
+    }
+    let (errors, warnings, infos) = (
+        report.count(Level::Error),
+        report.count(Level::Warning),
+        report.count(Level::Info),
+    );
+    if errors + warnings + infos == 0 {
         println!(
             "No validation issues found when analyzing {} ({} objects).",
             dir.display(),
             snapshot.objects.len()
         );
-        ExitCode::SUCCESS
     } else {
         eprintln!(
-            "{} error(s) in {} ({} valid objects).",
-            snapshot.errors.len(),
+            "{errors} error(s), {warnings} warning(s), {infos} info(s) in {} ({} valid objects).",
             dir.display(),
             snapshot.objects.len()
         );
+    }
+    if report.has_errors() {
         ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
