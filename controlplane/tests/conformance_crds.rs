@@ -318,3 +318,39 @@ fn istio_crd_testdata() {
     assert!(t.valid.1 > 0 && t.invalid.1 > 0 && t.unsupported.1 > 0);
     assert!(t.failures.is_empty(), "{:#?}", t.failures);
 }
+
+/// The Bookinfo sample's Gateway, VirtualService, DestinationRule and ServiceEntry files: each
+/// loads without an error or a warning (the directory as a whole holds alternatives of the
+/// same objects, so files are checked one by one).
+#[test]
+fn istio_bookinfo_samples_load() {
+    let Some(dir) = conformance_dir() else {
+        println!("SKIPPED: istio_bookinfo_samples_load: Istio's conformance material not found");
+        return;
+    };
+    let samples = dir.join("samples/bookinfo/networking");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&samples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    let mut objects = 0;
+    for file in &files {
+        let parsed = parse_str(file, &std::fs::read_to_string(file).unwrap());
+        let errors: Vec<String> = parsed.errors.iter().map(|e| e.to_string()).collect();
+        let warnings: Vec<String> = parsed.warnings.iter().map(|w| w.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:#?}");
+        assert!(
+            warnings.is_empty() || file.ends_with("fault-injection-details-v1.yaml"),
+            "{warnings:#?}"
+        );
+        assert!(!parsed.objects.is_empty(), "{}", file.display());
+        objects += parsed.objects.len();
+    }
+    println!(
+        "bookinfo samples: {} files, {objects} objects, all valid",
+        files.len()
+    );
+}

@@ -183,6 +183,8 @@ pub fn analyze(snapshot: &ConfigSnapshot, cluster_domain: &str) -> Report {
     hosts::check(&idx, &mut found);
     workloads::check(&idx, &mut found);
     found.sort_by(|a, b| (&a.object, a.code.code).cmp(&(&b.object, b.code.code)));
+    // One message per finding, even when a host is referenced by several routes.
+    found.dedup_by(|a, b| a.object == b.object && a.code == b.code && a.text == b.text);
     report.messages.extend(found);
     report
 }
