@@ -31,9 +31,9 @@ pub struct ServiceEntry {
     /// How endpoints are resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolution: Option<Resolution>,
-    /// Endpoints (exclusive with `workloadSelector`).
-    #[serde(default)]
-    pub endpoints: Vec<WorkloadEntry>,
+    /// Endpoints (exclusive with `workloadSelector`; `[]` counts as set, as in the CRD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<WorkloadEntry>>,
     /// Workloads backing the service (exclusive with `endpoints`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<WorkloadLabels>,
@@ -46,6 +46,11 @@ pub struct ServiceEntry {
 }
 
 impl ServiceEntry {
+    /// The endpoints (none when absent).
+    pub fn endpoints(&self) -> &[WorkloadEntry] {
+        self.endpoints.as_deref().unwrap_or_default()
+    }
+
     /// The resolution, NONE by default.
     pub fn resolution(&self) -> Resolution {
         self.resolution.unwrap_or(Resolution::None)
@@ -221,7 +226,7 @@ pub(crate) fn check(c: &mut Checker, se: &ServiceEntry) {
         if let Some(w) = c.warnings.last_mut().filter(|(p, _)| p == path) {
             w.1 = Problem::SelectorWithoutLabels.into();
         }
-        if !se.endpoints.is_empty() {
+        if se.endpoints.is_some() {
             c.err("spec", Problem::SelectorAndEndpoints);
         }
     }
@@ -275,7 +280,7 @@ pub(crate) fn check(c: &mut Checker, se: &ServiceEntry) {
     }
     match resolution {
         Resolution::None => {
-            if !se.endpoints.is_empty() {
+            if se.endpoints.is_some() {
                 c.err("spec.endpoints", Problem::NoneWithEndpoints);
             }
             if se.workload_selector.is_some() {
@@ -286,13 +291,13 @@ pub(crate) fn check(c: &mut Checker, se: &ServiceEntry) {
             }
         }
         Resolution::Static => {
-            for (i, ep) in se.endpoints.iter().enumerate() {
+            for (i, ep) in se.endpoints().iter().enumerate() {
                 check_workload_entry(c, &idx("spec.endpoints", i), ep, Some(&port_names), false);
             }
         }
         Resolution::Dns | Resolution::DnsRoundRobin => check_dns(c, se, &port_names),
         Resolution::DynamicDns => {
-            if !se.endpoints.is_empty() {
+            if !se.endpoints().is_empty() {
                 c.warn("spec.endpoints", Problem::DynamicDnsEndpoints);
             }
         }
@@ -311,17 +316,17 @@ pub(crate) fn check(c: &mut Checker, se: &ServiceEntry) {
 
 fn check_dns(c: &mut Checker, se: &ServiceEntry, port_names: &BTreeSet<String>) {
     let resolution = se.resolution();
-    if se.endpoints.is_empty() {
+    if se.endpoints().is_empty() {
         for (i, h) in se.hosts.iter().enumerate() {
             if names::validate_fqdn(h).is_err() {
                 c.err(idx("spec.hosts", i), Problem::DnsHosts(resolution.name()));
             }
         }
     }
-    if resolution == Resolution::DnsRoundRobin && se.endpoints.len() > 1 {
+    if resolution == Resolution::DnsRoundRobin && se.endpoints().len() > 1 {
         c.err("spec.endpoints", Problem::RoundRobinEndpoints);
     }
-    for (i, ep) in se.endpoints.iter().enumerate() {
+    for (i, ep) in se.endpoints().iter().enumerate() {
         let path = idx("spec.endpoints", i);
         if values::validate_ip(&ep.address).is_err() && names::validate_fqdn(&ep.address).is_err() {
             c.err(

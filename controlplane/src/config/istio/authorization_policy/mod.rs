@@ -28,9 +28,10 @@ pub struct AuthorizationPolicy {
     /// Several targets.
     #[serde(default)]
     pub target_refs: Vec<PolicyTargetReference>,
-    /// Rules; a request matching any rule triggers the action.
-    #[serde(default)]
-    pub rules: Vec<Rule>,
+    /// Rules; a request matching any rule triggers the action. Absent and `[]` differ: a DENY
+    /// or CUSTOM policy without the field is an error, with `[]` it matches nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<Rule>>,
     /// ALLOW (default), DENY, AUDIT or CUSTOM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<Action>,
@@ -357,21 +358,21 @@ pub(crate) fn check(c: &mut Checker, ap: &AuthorizationPolicy) {
             Problem::ProviderWithoutCustom(action.name()),
         );
     }
-    if action == Action::Deny && ap.rules.is_empty() {
+    if action == Action::Deny && ap.rules.is_none() {
         c.err("spec.rules", Problem::DenyWithoutRules);
     }
-    for (i, rule) in ap.rules.iter().enumerate() {
+    for (i, rule) in ap.rules.iter().flatten().enumerate() {
         check_rule(c, &idx("spec.rules", i), i, rule, action);
     }
 }
 
 fn check_custom(c: &mut Checker, ap: &AuthorizationPolicy) {
-    if ap.rules.is_empty() {
+    if ap.rules.is_none() {
         c.err("spec.rules", Problem::CustomWithoutRules);
     } else if ap.provider.as_ref().is_none_or(|p| p.name.is_empty()) {
         c.err("spec.provider.name", Problem::ProviderName);
     }
-    for (i, rule) in ap.rules.iter().enumerate() {
+    for (i, rule) in ap.rules.iter().flatten().enumerate() {
         let rp = idx("spec.rules", i);
         for (j, from) in rule.from.iter().flatten().enumerate() {
             let Some(src) = &from.source else { continue };

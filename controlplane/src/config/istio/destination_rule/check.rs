@@ -197,7 +197,7 @@ fn check_traffic_policy(c: &mut Checker, path: &str, tp: &TrafficPolicy) {
         && tp.connection_pool.is_none()
         && tp.load_balancer.is_none()
         && tp.tls.is_none()
-        && tp.port_level_settings.as_ref().is_none_or(Vec::is_empty)
+        && tp.port_level_settings.is_none()
         && tp.tunnel.is_none()
         && tp.proxy_protocol.is_none()
         && tp.retry_budget.is_none();

@@ -92,6 +92,7 @@ fn invalid_destination_rules() {
         ("no host", "{}", Want::Err("spec.host", "required")),
         ("bad host", "{host: 'a b'}", Want::Err("spec.host", "invalid")),
         ("empty policy", "{host: a, trafficPolicy: {}}", Want::Err(tp, "traffic policy must have at least one field")),
+        ("empty port list", "{host: a, trafficPolicy: {portLevelSettings: []}}", Want::Ok),
         ("tunnel and proxy protocol", "{host: a, trafficPolicy: {tunnel: {targetHost: a.com, targetPort: 80}, proxyProtocol: {}}}", Want::Err(tp, "tunnel and proxyProtocol must not be set together")),
         ("tunnel protocol", "{host: a, trafficPolicy: {tunnel: {protocol: GET, targetHost: a.com, targetPort: 80}}}", Want::Err("spec.trafficPolicy.tunnel.protocol", "\"CONNECT\" or \"POST\"")),
         ("tunnel host", "{host: a, trafficPolicy: {tunnel: {targetHost: 'a b', targetPort: 80}}}", Want::Err("spec.trafficPolicy.tunnel.targetHost", "valid FQDN or IP address")),

@@ -55,6 +55,7 @@ rules:
         ("target ref", "{targetRef: {kind: Service, name: reviews}, rules: [{}]}", Want::Ok),
         ("target refs", "{targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}], rules: [{}]}", Want::Ok),
         ("deny without rules", "{action: DENY}", Want::Err("spec.rules", "DENY action without `rules` is meaningless")),
+        ("deny with an empty list", "{action: DENY, rules: []}", Want::Ok),
         ("custom without rules", "{action: CUSTOM, provider: {name: x}}", Want::Err("spec.rules", "CUSTOM action without `rules`")),
         ("custom without provider", "{action: CUSTOM, rules: [{}]}", Want::Err("spec.provider.name", "`provider.name` must not be empty")),
         ("custom with principals", "{action: CUSTOM, provider: {name: x}, rules: [{from: [{source: {principals: [a]}}]}]}", Want::Err("spec.rules[0].from[0].source.principals", "From.Principals is currently not supported with CUSTOM action")),

@@ -27,6 +27,7 @@ fn service_entries() {
         ("bad port name", "{hosts: [a.com], ports: [{number: 80, name: Bad_Name}]}", Want::Err("spec.ports[0].name", "invalid port name: Bad_Name")),
         ("bad protocol", "{hosts: [a.com], ports: [{number: 80, name: a, protocol: SMTP}]}", Want::Err("spec.ports[0].protocol", "unsupported protocol: SMTP")),
         ("none with endpoints", "{hosts: [a.com], endpoints: [{address: 1.1.1.1}]}", Want::Err("spec.endpoints", "NONE mode cannot set endpoints")),
+        ("none with an empty list", "{hosts: [a.com], endpoints: []}", Want::Err("spec.endpoints", "NONE mode cannot set endpoints")),
         ("none with selector", "{hosts: [a.com], workloadSelector: {labels: {app: a}}}", Want::Warn("spec.workloadSelector", "workloadSelector should not be set when resolution mode is NONE")),
         ("selector and endpoints", "{hosts: [a.com], resolution: STATIC, workloadSelector: {labels: {app: a}}, endpoints: [{address: 1.1.1.1}]}", Want::Err("spec", "only one of WorkloadSelector or Endpoints can be set")),
         ("static fqdn endpoint", "{hosts: [a.com], resolution: STATIC, endpoints: [{address: b.com}]}", Want::Err("spec.endpoints[0].address", "is not a valid IP address")),

@@ -189,6 +189,7 @@ fn invalid_virtual_services() {
         ("delegate with gateways", "{gateways: [gw], http: [{route: [{destination: {host: a}}]}]}", Want::Err("spec.gateways", "delegate virtual service must have no gateways")),
         ("delegate with tcp", "{tcp: [{route: [{destination: {host: a}}]}]}", Want::Err("spec.tcp", "must have no tcp route")),
         ("root with route", "{hosts: [a], http: [{delegate: {name: d}, route: [{destination: {host: a}}]}]}", Want::Err("spec.http[0].route", "root HTTP route  must not specify route")),
+        ("root with empty route", "{hosts: [a], http: [{delegate: {name: d}, route: []}]}", Want::Err("spec.http[0].route", "must not specify route")),
         ("delegate delegating", "{http: [{delegate: {name: d}}]}", Want::Err("spec.http[0].delegate", "delegate HTTP route cannot contain delegate")),
         ("tcp without route", "{hosts: [a], tcp: [{match: [{port: 80}]}]}", Want::Err("spec.tcp[0].route", "TCP route is required")),
         ("tcp bad subnet", "{hosts: [a], tcp: [{match: [{destinationSubnets: [10.0.0.0/33]}], route: [{destination: {host: a}}]}]}", Want::Err("spec.tcp[0].match[0].destinationSubnets[0]", "not a valid CIDR block")),

@@ -281,7 +281,8 @@ fn check_conflicts(c: &mut Checker, path: &str, r: &HttpRoute, route_type: &Rout
         if r.redirect.is_some() {
             c.err(at(path, "redirect"), Problem::RootRedirect(r.name.clone()));
         }
-        if has_route {
+        // `route: []` counts as specified, as `http.Route != nil` does in Istio.
+        if r.route.is_some() {
             c.err(at(path, "route"), Problem::RootRoute(r.name.clone()));
         }
         return;
