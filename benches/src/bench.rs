@@ -350,7 +350,8 @@ pub fn run(s: &Settings) -> Result<RunResults, Error> {
     }
     notes.push("mesh-proxy writes one JSON access-log line per request (to a file); the control plane configures no access log for Envoy".to_owned());
     notes.push("nginx, HAProxy and Pingora are explicit proxies on 127.0.0.1 of the client pod; mesh-proxy and Envoy are reached through iptables capture".to_owned());
-    notes.push("idle RSS: after readiness probes and 1 s of quiet; peak RSS: VmHWM over each run (reset before it)".to_owned());
+    notes.push("RSS and CPU are of all the path's proxy processes (both halves of a pair); idle RSS: after readiness probes and 1 s of quiet; peak RSS: VmHWM over each run (reset before it)".to_owned());
+    notes.push("maximum throughput: wrk -t1 (HTTP/1.1) or h2load -t1 -m1 (HTTP/2, gRPC) on the load core, same connections; the S0 figure is the ceiling of that core (client and upstream share it)".to_owned());
     let targets = results::targets(&paths);
     Ok(RunResults {
         started_at,

@@ -84,17 +84,28 @@ fn draw_latency(path: &PathResult, peers: &[&PeerResult], file: &Path) -> DrawRe
             )
         })
         .collect();
+    // A log scale: the tail is often 10-100 times the median on a shared machine.
     let top = series
         .iter()
         .flat_map(|(_, v)| v.iter().copied())
-        .fold(1.0f64, f64::max)
-        * 1.15;
+        .fold(10.0f64, f64::max)
+        * 1.5;
+    let smallest = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .filter(|v| *v >= 1.0)
+        .fold(f64::MAX, f64::min);
+    let bottom = if smallest == f64::MAX {
+        1.0
+    } else {
+        10f64.powf((smallest / 2.0).log10().floor()).max(1.0)
+    };
     let root = SVGBackend::new(file, (900, 520)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
-                "{}: latency added over direct (µs, median of repetitions)",
+                "{}: latency added over direct (µs, log scale, median of repetitions)",
                 path.id
             ),
             ("sans-serif", 20),
@@ -102,7 +113,7 @@ fn draw_latency(path: &PathResult, peers: &[&PeerResult], file: &Path) -> DrawRe
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((0..3usize).into_segmented(), 0.0..top)?;
+        .build_cartesian_2d((0..3usize).into_segmented(), (bottom..top).log_scale())?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -118,7 +129,7 @@ fn draw_latency(path: &PathResult, peers: &[&PeerResult], file: &Path) -> DrawRe
         let points: Vec<_> = values
             .iter()
             .enumerate()
-            .map(|(i, v)| (SegmentValue::CenterOf(i), *v))
+            .map(|(i, v)| (SegmentValue::CenterOf(i), v.max(bottom)))
             .collect();
         chart
             .draw_series(LineSeries::new(points.clone(), c.stroke_width(3)))?

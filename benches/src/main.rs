@@ -136,6 +136,9 @@ struct RunArgs {
     /// Every path and peer for a few seconds, one repetition (the test suite's run).
     #[arg(long)]
     smoke: bool,
+    /// Measure nothing: print the table and redraw the charts of an earlier results.json.
+    #[arg(long, value_name = "RESULTS_JSON")]
+    report: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -162,7 +165,7 @@ fn main() -> anyhow::Result<()> {
                         body_size: a.body_size,
                         warmup_s: a.warmup.as_secs_f64(),
                         duration_s: a.duration.as_secs_f64(),
-                        max_warmup_s: 0.5,
+                        max_warmup_s: 0.0,
                         max_duration_s: a.max_duration.max(1),
                     },
                     repetitions: a.repetitions.max(1),
@@ -174,7 +177,15 @@ fn main() -> anyhow::Result<()> {
             let out = a
                 .out
                 .unwrap_or_else(|| mesh_tests::harness::target_dir().join("mesh-bench"));
-            let results = bench::run(&settings).context("mesh-bench failed")?;
+            let results = match &a.report {
+                Some(file) => {
+                    let text = std::fs::read_to_string(file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not mesh-bench's JSON", file.display()))?
+                }
+                None => bench::run(&settings).context("mesh-bench failed")?,
+            };
             let text = table::render(&results);
             print!("{text}");
             let files = bench::write_outputs(&results, &text, &out)
