@@ -34,6 +34,10 @@ pub struct ProxyInfo {
     pub cluster_id: Option<String>,
     /// `ISTIO_VERSION` (the proxy's version string).
     pub version: Option<String>,
+    /// `GENERATOR`: the xDS generator the node asks for (`grpc` for proxyless gRPC clients);
+    /// `None` for sidecars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<String>,
 }
 
 /// The parts of an Istio node id.
@@ -115,6 +119,7 @@ impl ProxyInfo {
             service_account: string_field(meta, "SERVICE_ACCOUNT"),
             cluster_id: string_field(meta, "CLUSTER_ID"),
             version: string_field(meta, "ISTIO_VERSION"),
+            generator: string_field(meta, "GENERATOR"),
         }
     }
 
@@ -122,6 +127,12 @@ impl ProxyInfo {
     /// proxy gets inbound config and can become an endpoint.
     pub fn workload(&self) -> Option<(&str, IpAddr)> {
         Some((self.namespace.as_deref()?, *self.ips.first()?))
+    }
+
+    /// A proxyless gRPC client (metadata `GENERATOR: grpc`, as istiod decides), which is
+    /// served by [`crate::xds::grpcgen`] and asks for every type by name.
+    pub fn is_proxyless_grpc(&self) -> bool {
+        self.generator.as_deref() == Some("grpc")
     }
 
     /// Locality from the well-known topology labels.

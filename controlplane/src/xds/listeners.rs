@@ -1,10 +1,14 @@
 //! LDS: the full set of listeners for a proxy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
-use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{
+    listener_filter_chain_match_predicate::{MatchSet, Rule},
+    FilterChain, FilterChainMatch, Listener, ListenerFilterChainMatchPredicate,
+};
+use envoy_types::pb::envoy::r#type::v3::Int32Range;
 
 use super::build::{self, Routes};
 use super::clusters::{BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH};
@@ -80,6 +84,52 @@ fn sniffing(mut listener: Listener) -> Listener {
     listener.listener_filters_timeout = Some(build::seconds(DETECTION_TIMEOUT_S));
     listener.continue_on_listener_filters_timeout = true;
     listener
+}
+
+/// Turns the HTTP inspector of a finished listener off for the destination ports where no
+/// chain matches on an HTTP application protocol, as istiod does (`filter_disabled`, one
+/// `[port, port+1)` range per port, OR-ed): a connection to a declared TCP or HTTP port is
+/// never sniffed. Sniffing it would make Envoy wait for the client's bytes (a server-first
+/// protocol waits for the detection timeout) and close a client that half-closes before the
+/// inspector is done (`downstream_listener_filter_remote_close`).
+fn inspect_only_where_needed(listener: &mut Listener) {
+    let mut needs_http: BTreeMap<u32, bool> = BTreeMap::new();
+    for chain in &listener.filter_chains {
+        let m = chain.filter_chain_match.clone().unwrap_or_default();
+        let port = m.destination_port.map_or(0, |p| p.value);
+        let http = m
+            .application_protocols
+            .iter()
+            .any(|p| HTTP_PROTOCOLS.contains(&p.as_str()));
+        *needs_http.entry(port).or_default() |= http;
+    }
+    let off: BTreeSet<u32> = needs_http
+        .into_iter()
+        .filter(|(_, http)| !http)
+        .map(|(port, _)| port)
+        .collect();
+    let mut ranges: Vec<ListenerFilterChainMatchPredicate> = off
+        .into_iter()
+        .map(|p| ListenerFilterChainMatchPredicate {
+            rule: Some(Rule::DestinationPortRange(Int32Range {
+                start: i32::try_from(p).unwrap_or(i32::MAX),
+                end: i32::try_from(p + 1).unwrap_or(i32::MAX),
+            })),
+        })
+        .collect();
+    let predicate = match ranges.len() {
+        0 => return,
+        1 => ranges.remove(0),
+        _ => ListenerFilterChainMatchPredicate {
+            rule: Some(Rule::OrMatch(MatchSet { rules: ranges })),
+        },
+    };
+    let inspector = build::http_inspector().name;
+    for f in &mut listener.listener_filters {
+        if f.name == inspector {
+            f.filter_disabled = Some(predicate.clone());
+        }
+    }
 }
 
 /// `virtualOutbound`: 0.0.0.0:15001, hands connections to the listener of their original
@@ -176,6 +226,7 @@ pub fn virtual_inbound(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Listener {
         ..Default::default()
     });
     listener.listener_filters.insert(0, build::original_dst());
+    inspect_only_where_needed(&mut listener);
     listener
 }
 

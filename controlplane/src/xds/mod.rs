@@ -11,6 +11,7 @@
 pub mod build;
 pub mod clusters;
 pub mod endpoints;
+pub mod grpcgen;
 pub mod listeners;
 pub mod render;
 pub mod routes;
@@ -79,6 +80,12 @@ impl ResourceType {
     /// LDS and CDS always carry the full set; EDS and RDS the names asked for.
     pub fn is_full_set(self) -> bool {
         matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+
+    /// [`ResourceType::is_full_set`] for `proxy`: a proxyless gRPC client asks for every
+    /// type by name.
+    pub fn is_full_set_for(self, proxy: Option<&ProxyInfo>) -> bool {
+        self.is_full_set() && !proxy.is_some_and(ProxyInfo::is_proxyless_grpc)
     }
 }
 
@@ -168,13 +175,17 @@ pub fn dump(
 }
 
 /// The resources of one type for a proxy, packed, with their names, in order. `names` are
-/// the requested names (used by EDS and RDS only).
+/// the requested names (used by EDS and RDS only, and by every type for proxyless gRPC
+/// clients, which [`grpcgen`] serves).
 pub fn resources(
     kind: ResourceType,
     mesh: &MeshSnapshot,
     proxy: &ProxyInfo,
     names: &BTreeSet<String>,
 ) -> Vec<(String, Any)> {
+    if proxy.is_proxyless_grpc() {
+        return grpcgen::resources(kind, mesh, proxy, names);
+    }
     match kind {
         ResourceType::Cluster => clusters::clusters(mesh, proxy)
             .into_iter()

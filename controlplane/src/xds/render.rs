@@ -23,12 +23,15 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
-    filter, listener_filter, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+    filter, listener_filter, listener_filter_chain_match_predicate as predicate, ApiListener,
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+    ListenerFilterChainMatchPredicate,
 };
 use envoy_types::pb::envoy::config::route::v3::{
     route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, Route, RouteAction,
     RouteConfiguration, RouteMatch, VirtualHost,
 };
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
@@ -194,6 +197,8 @@ pub fn any(any: Any) -> R {
         http_protocol_options(decode(&any)?)?
     } else if url == Router::type_url() {
         Obj::default().done(decode::<Router>(&any)?, "Router")?
+    } else if url == HttpFault::type_url() {
+        Obj::default().done(decode::<HttpFault>(&any)?, "HttpFault")?
     } else if url == HttpInspector::type_url() {
         Obj::default().done(decode::<HttpInspector>(&any)?, "HttpInspector")?
     } else if url == OriginalDst::type_url() {
@@ -435,6 +440,29 @@ fn filter_chain(mut c: FilterChain) -> R {
     o.done(c, "FilterChain")
 }
 
+fn match_predicate(mut p: ListenerFilterChainMatchPredicate) -> R {
+    fn rules(mut set: predicate::MatchSet) -> R {
+        let mut o = Obj::default();
+        o.list("rules", take(&mut set.rules), match_predicate)?;
+        o.done(set, "MatchSet")
+    }
+    let mut o = Obj::default();
+    match p.rule.take() {
+        Some(predicate::Rule::OrMatch(set)) => {
+            o.msg("or_match", Some(set), rules)?;
+        }
+        Some(predicate::Rule::NotMatch(inner)) => {
+            o.msg("not_match", Some(*inner), match_predicate)?;
+        }
+        Some(predicate::Rule::DestinationPortRange(r)) => {
+            let range = serde_json::json!({"start": r.start, "end": r.end});
+            o.val("destination_port_range", Some(range));
+        }
+        other => p.rule = other,
+    }
+    o.done(p, "ListenerFilterChainMatchPredicate")
+}
+
 fn listener_filter_json(mut f: ListenerFilter) -> R {
     let mut o = Obj::default();
     o.str("name", take(&mut f.name));
@@ -444,6 +472,7 @@ fn listener_filter_json(mut f: ListenerFilter) -> R {
         }
         other => f.config_type = other,
     }
+    o.msg("filter_disabled", f.filter_disabled.take(), match_predicate)?;
     o.done(f, "ListenerFilter")
 }
 
@@ -481,6 +510,15 @@ pub fn listener(mut m: Listener) -> R {
         "default_filter_chain",
         m.default_filter_chain.take(),
         filter_chain,
+    )?;
+    o.msg(
+        "api_listener",
+        m.api_listener.take(),
+        |mut a: ApiListener| {
+            let mut o = Obj::default();
+            o.msg("api_listener", a.api_listener.take(), any)?;
+            o.done(a, "ApiListener")
+        },
     )?;
     o.done(m, "Listener")
 }

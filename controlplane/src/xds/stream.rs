@@ -112,6 +112,7 @@ impl StreamState {
             return (RequestKind::UnknownType, Vec::new());
         };
         let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+        let full_set = kind.is_full_set_for(self.proxy.as_deref());
         let state = self.types.entry(kind).or_default();
         let meaning = if req.response_nonce.is_empty() {
             RequestKind::Initial
@@ -139,8 +140,8 @@ impl StreamState {
             });
             RequestKind::Ack
         };
-        let names_changed = !kind.is_full_set() && names != state.names;
-        if !kind.is_full_set() {
+        let names_changed = !full_set && names != state.names;
+        if !full_set {
             state.names = names;
             let shown = state.names.clone();
             self.status
@@ -172,7 +173,7 @@ impl StreamState {
     ) -> Option<DiscoveryResponse> {
         let proxy = self.proxy.clone().unwrap_or_default();
         let state = self.types.get_mut(&kind)?;
-        if !kind.is_full_set() && state.names.is_empty() {
+        if !kind.is_full_set_for(Some(&proxy)) && state.names.is_empty() {
             return None;
         }
         let resources = resources(kind, mesh, &proxy, &state.names);

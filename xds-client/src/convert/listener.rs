@@ -3,7 +3,11 @@
 //! Listener filters: `original_dst`, `tls_inspector` and `http_inspector` are accepted, since the
 //! proxy always recovers the original destination on its capture listeners and sniffs the
 //! transport and application protocol whenever a filter chain match needs them; any other
-//! listener filter is rejected.
+//! listener filter is rejected. An inspector's `filter_disabled` (istiod turns the HTTP
+//! inspector off for the ports whose chains do not match on an application protocol) is
+//! accepted and ignored: the proxy sniffs a connection only when a candidate chain for it
+//! needs the protocol, which is what that predicate expresses. On `original_dst` it is
+//! rejected (the proxy always restores the original destination).
 //!
 //! Ignored fields: `Listener.{stat_prefix, stats_matcher, metadata, drain_type,
 //! listener_filters_timeout, continue_on_listener_filters_timeout,
@@ -114,7 +118,12 @@ const LISTENER_FILTERS: [&str; 3] = [
 
 /// Accept the listener filters whose work the proxy does natively.
 fn listener_filter(proto: &pb::ListenerFilter) -> Result<(), ConvertError> {
-    reject_set!(proto, filter_disabled);
+    let original_dst = proto.name == LISTENER_FILTERS[0]
+        || matches!(&proto.config_type, Some(listener_filter::ConfigType::TypedConfig(any))
+            if type_name(&any.type_url) == OriginalDst::full_name());
+    if original_dst {
+        reject_set!(proto, filter_disabled);
+    }
     let unsupported = |name: &str| ConvertError::UnsupportedListenerFilter {
         at: Location::default(),
         name: name.to_string(),

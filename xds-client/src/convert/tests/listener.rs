@@ -31,6 +31,18 @@ fn listener(name: &str, addr: Address, chains: Vec<lis::FilterChain>) -> lis::Li
     }
 }
 
+fn port_range_predicate(port: i32) -> lis::ListenerFilterChainMatchPredicate {
+    use lis::listener_filter_chain_match_predicate::Rule;
+    lis::ListenerFilterChainMatchPredicate {
+        rule: Some(Rule::DestinationPortRange(
+            envoy_types::pb::envoy::r#type::v3::Int32Range {
+                start: port,
+                end: port + 1,
+            },
+        )),
+    }
+}
+
 fn port_match(port: u32) -> Option<lis::FilterChainMatch> {
     Some(lis::FilterChainMatch {
         destination_port: u32v(port),
@@ -179,9 +191,14 @@ fn virtual_inbound_with_inline_routes_and_listener_filters() {
             config_type: Some(lis::listener_filter::ConfigType::TypedConfig(pack_any(
                 HttpInspector {},
             ))),
-            ..Default::default()
+            // As istiod sends it: no sniffing on ports whose chains need no protocol.
+            filter_disabled: Some(port_range_predicate(9080)),
         },
     ];
+    let mut bad = l.clone();
+    bad.listener_filters[0].filter_disabled = Some(port_range_predicate(9080));
+    let err = convert(bad).unwrap_err().to_string();
+    assert!(err.contains("filter_disabled"), "{err}");
     let l = convert(l).unwrap();
     assert_eq!(l.direction, Direction::Inbound);
     let chain = &l.filter_chains[0];
