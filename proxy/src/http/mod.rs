@@ -8,7 +8,8 @@
 //!    (404 `NR`, 503 `NC`/`UH`).
 //! 3. `upstream_peer` — pick the endpoint (round robin over healthy endpoints, or the original
 //!    destination), bind address, HTTP version, pool group and timeouts.
-//! 4. `upstream_request_filter` — add the generated `x-request-id`.
+//! 4. `upstream_request_filter` — add the generated `x-request-id`, and `x-forwarded-proto`
+//!    (the downstream scheme) when the request has none, as Envoy's connection manager does.
 //! 5. `upstream_response_body_filter` — end a response still streaming when the route's
 //!    timeout expires (`UT`).
 //! 6. `fail_to_connect` / `fail_to_proxy` — Envoy's local replies (503 `UF`, 504 `UT`, ...).
@@ -77,6 +78,9 @@ pub struct RequestCtx {
     /// `x-request-id` (received or generated).
     pub request_id: Option<String>,
     generated_request_id: bool,
+    /// `x-forwarded-proto` to add (`http` or `https`, the downstream's scheme) when the
+    /// request came without one.
+    forwarded_proto: Option<&'static str>,
     /// The router's decision.
     pub route: Option<RouteDecision>,
     /// The upstream endpoint chosen.
@@ -101,6 +105,7 @@ impl RequestCtx {
             authority: None,
             request_id: None,
             generated_request_id: false,
+            forwarded_proto: None,
             route: None,
             upstream: None,
             deadline: None,
@@ -215,6 +220,13 @@ impl ProxyHttp for MeshHttp {
             ctx.request_id = Some(new_request_id());
             ctx.generated_request_id = true;
         }
+        if req.headers.get("x-forwarded-proto").is_none() {
+            let tls = session
+                .as_downstream()
+                .digest()
+                .is_some_and(|d| d.ssl_digest.is_some());
+            ctx.forwarded_proto = Some(if tls { "https" } else { "http" });
+        }
         let Some(conn) = ctx.conn.clone() else {
             return self.local_reply(session, ctx, LocalReply::Internal).await;
         };
@@ -297,6 +309,9 @@ impl ProxyHttp for MeshHttp {
             if let Some(id) = &ctx.request_id {
                 upstream_request.insert_header("x-request-id", id.as_str())?;
             }
+        }
+        if let Some(proto) = ctx.forwarded_proto {
+            upstream_request.insert_header("x-forwarded-proto", proto)?;
         }
         Ok(())
     }
