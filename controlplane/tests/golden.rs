@@ -3,6 +3,9 @@
 //! as an object), the other connected proxies (`peers.json`), and the expected resources
 //! (`expected.json`: clusters, endpoints, listeners, routes in Envoy's proto3 JSON form).
 //! EDS and RDS are asked for every name the clusters and listeners reference, as Envoy does.
+//! A proxyless gRPC node (metadata `GENERATOR: grpc`) asks as gRPC does instead: the listeners
+//! named in `proxy.json`'s `listener_names`, then the routes they reference, the clusters the
+//! routes reference, and the load assignments of those clusters.
 //! `REFRESH_GOLDEN=1` rewrites the expected files.
 
 use std::collections::{BTreeSet, HashMap};
@@ -86,7 +89,8 @@ fn run_case(dir: &Path) {
         dir.display(),
         config.errors
     );
-    let proxy = ProxyInfo::from_node(Some(&node(&read_json(&dir.join("proxy.json")))));
+    let proxy_json = read_json(&dir.join("proxy.json"));
+    let proxy = ProxyInfo::from_node(Some(&node(&proxy_json)));
     let peers: Vec<ProxyInfo> = read_json(&dir.join("peers.json"))
         .as_array()
         .unwrap()
@@ -99,8 +103,38 @@ fn run_case(dir: &Path) {
         "cluster.local",
     );
     let none = BTreeSet::new();
-    let clusters = render_type(ResourceType::Cluster, &mesh, &proxy, &none);
-    let listeners = render_type(ResourceType::Listener, &mesh, &proxy, &none);
+    let (clusters, listeners) = if proxy.is_proxyless_grpc() {
+        let asked: BTreeSet<String> = proxy_json["listener_names"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let listeners = render_type(ResourceType::Listener, &mesh, &proxy, &asked);
+        assert_eq!(
+            listeners.len(),
+            asked.len(),
+            "every listener asked for exists"
+        );
+        let mut rds = BTreeSet::new();
+        collect(
+            &Value::Array(listeners.clone()),
+            "route_config_name",
+            &mut rds,
+        );
+        let routes = render_type(ResourceType::Route, &mesh, &proxy, &rds);
+        let mut cds = BTreeSet::new();
+        collect(&Value::Array(routes), "cluster", &mut cds);
+        let clusters = render_type(ResourceType::Cluster, &mesh, &proxy, &cds);
+        (clusters, listeners)
+    } else {
+        (
+            render_type(ResourceType::Cluster, &mesh, &proxy, &none),
+            render_type(ResourceType::Listener, &mesh, &proxy, &none),
+        )
+    };
     let mut eds_names = BTreeSet::new();
     collect(
         &Value::Array(clusters.clone()),
