@@ -8,18 +8,21 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use common::{
-    curl, echo_client, wait_endpoints, wait_for, Mesh, BANNER_PORT, GRPC_PORT, HTTP_PORT, NS,
-    READY_TIMEOUT, REVIEWS_HOST, TCP_PORT, WEB_PORT,
+    curl, echo_client, wait_endpoints, wait_for, Mesh, BANNER_PORT, GRPC_PORT, HTTP_PORT,
+    LEGACY_PORT, NS, READY_TIMEOUT, REVIEWS_HOST, TCP_PORT, WEB_PORT,
 };
 use mesh_tests::harness::{EchoSpec, Peer, Pod, ServiceSpec};
 use serde_json::Value;
 
 /// Where inbound sidecars (both kinds) deliver from.
 const INBOUND_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
+/// How soon a server-first banner on a sniffed port must arrive (the detection timeout the
+/// control plane sends is 100 ms).
+const BANNER_DEADLINE: Duration = Duration::from_secs(1);
 /// `ratings`' FQDN: the Service served by the Envoy-injected pod.
 const RATINGS_HOST: &str = "ratings.default.svc.cluster.local";
 
@@ -323,6 +326,27 @@ fn envoy_client_sidecar_to_mesh_proxy_server() -> Result<()> {
         let web = http_answer(envoy, "web", WEB_PORT, "/sniffed")?;
         let base = http_answer(&pm.client, "web", WEB_PORT, "/sniffed")?;
         ensure!(web == base && web["status"] == 200, "{web} vs {base}");
+        // A server-first protocol on a sniffed port (`legacy`, unnamed): both client sidecars
+        // give up sniffing after the configured detection timeout and pass it as TCP.
+        for client in [envoy, &pm.client] {
+            let started = Instant::now();
+            let target = format!("legacy:{LEGACY_PORT}");
+            let r = echo_client(
+                client,
+                &["tcp", &target, "--expect-banner", "--data", "after\n"],
+            )?;
+            let took = started.elapsed();
+            ensure!(
+                r[0]["ok"] == true && r[0]["banner"] == "mesh-echo reviews v1",
+                "{} -> {target}: {r:?}",
+                client.name()
+            );
+            ensure!(
+                took < BANNER_DEADLINE,
+                "{} -> {target}: the banner took {took:?}",
+                client.name()
+            );
+        }
         all_acked(&pm.mesh)?;
         Ok(())
     })

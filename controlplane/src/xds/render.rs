@@ -156,8 +156,13 @@ fn enum_name<E: TryFrom<i32>>(
 
 fn duration(d: Duration) -> R {
     let Duration { seconds, nanos } = d;
+    // Proto3 JSON: 0, 3, 6 or 9 fractional digits.
     Ok(Value::String(if nanos == 0 {
         format!("{seconds}s")
+    } else if nanos % 1_000_000 == 0 {
+        format!("{seconds}.{:03}s", nanos / 1_000_000)
+    } else if nanos % 1_000 == 0 {
+        format!("{seconds}.{:06}s", nanos / 1_000)
     } else {
         format!("{seconds}.{nanos:09}s")
     }))
