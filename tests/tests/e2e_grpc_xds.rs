@@ -27,6 +27,7 @@ fn target() -> String {
 struct Proxyless {
     mesh: Mesh,
     servers: Vec<Pod>,
+    echoes: Vec<Process>,
     client: Pod,
 }
 
@@ -34,6 +35,7 @@ impl Proxyless {
     fn new(test: &str) -> Result<Proxyless> {
         let mesh = Mesh::new(test)?;
         let mut servers = Vec::new();
+        let mut echoes = Vec::new();
         for version in ["v1", "v2"] {
             let pod = mesh.topo.pod(
                 &format!("reviews-{version}"),
@@ -43,6 +45,7 @@ impl Proxyless {
             let echo = pod.spawn_echo(&EchoSpec::new("reviews", version).grpc(GRPC_PORT))?;
             echo.wait_for_log("\"event\":\"listening\"", Duration::from_secs(10))?;
             servers.push(pod);
+            echoes.push(echo);
         }
         let this = Proxyless {
             client: mesh
@@ -50,6 +53,7 @@ impl Proxyless {
                 .pod("grpc-client", NS, &[("app", "grpc-client")])?,
             mesh,
             servers,
+            echoes,
         };
         this.set_endpoints(&this.servers)?;
         this.mesh.topo.start_control_plane()?;
@@ -206,6 +210,17 @@ fn proxyless_grpc_follows_an_endpoint_change() -> Result<()> {
             },
         )?;
         eprintln!("endpoint change followed within {:?}", changed.elapsed());
+        // Then the pod goes away for good: nothing of the client's notices.
+        p.echoes[1].stop();
+        let seen = client_lines(&client).len();
+        wait_for(
+            "10 more calls after reviews-v2 stopped",
+            Duration::from_secs(10),
+            || {
+                client.check_running()?;
+                Ok(client_lines(&client).len() >= seen + 10)
+            },
+        )?;
         let lines = client_lines(&client);
         let failed: Vec<&Value> = lines.iter().filter(|l| l["ok"] != true).collect();
         if !failed.is_empty() {
