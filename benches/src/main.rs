@@ -103,7 +103,7 @@ struct RunArgs {
     /// Paths to run: S0..S6, comma separated, or `all` (S5 is config scale).
     #[arg(long, default_value = "S0,S1,S2", value_parser = parse_paths)]
     paths: std::vec::Vec<PathId>,
-    /// Peers beside mesh-proxy: mesh-proxy, envoy, nginx, haproxy, pingora, or `all`.
+    /// Peers to run: mesh-proxy, envoy, nginx, haproxy, pingora (comma separated), or `all`.
     #[arg(long, default_value = "all", value_parser = parse_peers)]
     peers: std::vec::Vec<Peer>,
     /// Requests per second of the latency runs.
