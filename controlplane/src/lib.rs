@@ -10,6 +10,7 @@ pub mod analyze;
 pub mod app;
 pub mod config;
 pub mod debug;
+pub mod networking;
 pub mod registry;
 pub mod watch;
 pub mod xds;

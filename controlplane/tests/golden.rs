@@ -7,10 +7,17 @@
 //! named in `proxy.json`'s `listener_names`, then the routes they reference, the clusters the
 //! routes reference, and the load assignments of those clusters.
 //! `REFRESH_GOLDEN=1` rewrites the expected files.
+//!
+//! `bookinfo_samples` applies every file of Istio's `samples/bookinfo/networking/` (from
+//! `../shared/conformance/istio` or `$MESH_CONFORMANCE_DIR`) over the demo's Bookinfo
+//! services (`conf/demo/`), with `destination-rule-all.yaml` beside each file that defines no
+//! DestinationRule of its own (as Istio's task pages apply them), and compares the resources
+//! of productpage's sidecar with `tests/golden/bookinfo-samples/<file>.json`. Without the
+//! samples it prints SKIPPED.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use controlplane::config::ConfigStore;
 use controlplane::registry::{MeshSnapshot, ProxyInfo};
@@ -82,16 +89,23 @@ fn render_type(
 }
 
 fn run_case(dir: &Path) {
-    let config = ConfigStore::load(dir.join("config")).current();
+    let text = translate(&dir.join("config"), dir, dir);
+    compare(&dir.join("expected.json"), &dir.join("actual.json"), &text);
+}
+
+/// The resources of the proxy of `nodes/proxy.json` (with the peers of `nodes/peers.json`)
+/// for the config directory `config`, as pretty JSON.
+fn translate(config_dir: &Path, nodes: &Path, dir: &Path) -> String {
+    let config = ConfigStore::load(config_dir).current();
     assert!(
         config.errors.is_empty(),
         "{}: {:?}",
         dir.display(),
         config.errors
     );
-    let proxy_json = read_json(&dir.join("proxy.json"));
+    let proxy_json = read_json(&nodes.join("proxy.json"));
     let proxy = ProxyInfo::from_node(Some(&node(&proxy_json)));
-    let peers: Vec<ProxyInfo> = read_json(&dir.join("peers.json"))
+    let peers: Vec<ProxyInfo> = read_json(&nodes.join("peers.json"))
         .as_array()
         .unwrap()
         .iter()
@@ -181,21 +195,25 @@ fn run_case(dir: &Path) {
         "listeners": listeners,
         "routes": routes,
     });
-    let text = serde_json::to_string_pretty(&actual).unwrap() + "\n";
-    let expected_path = dir.join("expected.json");
+    serde_json::to_string_pretty(&actual).unwrap() + "\n"
+}
+
+/// Compares `text` with the file `expected_path` (rewritten under `REFRESH_GOLDEN=1`); on a
+/// difference, writes `actual_path` and fails.
+fn compare(expected_path: &Path, actual_path: &Path, text: &str) {
     if std::env::var_os("REFRESH_GOLDEN").is_some() {
-        fs::write(&expected_path, &text).unwrap();
+        fs::write(expected_path, text).unwrap();
+        let _ = fs::remove_file(actual_path);
         return;
     }
-    let expected = fs::read_to_string(&expected_path).unwrap_or_else(|e| {
+    let expected = fs::read_to_string(expected_path).unwrap_or_else(|e| {
         panic!(
             "{}: {e} (run with REFRESH_GOLDEN=1 to create it)",
             expected_path.display()
         )
     });
     if expected != text {
-        let actual_path = dir.join("actual.json");
-        fs::write(&actual_path, &text).unwrap();
+        fs::write(actual_path, text).unwrap();
         panic!(
             "{} differs from the translation; actual output written to {} \
              (REFRESH_GOLDEN=1 accepts it)",
@@ -213,6 +231,7 @@ fn golden_translations() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.is_dir())
         .collect();
+    cases.retain(|p| p.join("config").is_dir());
     cases.sort();
     assert!(
         cases.len() >= 3,
@@ -238,5 +257,57 @@ fn translation_is_deterministic() {
         let a = resources(kind, &mesh, &proxy, &names);
         let b = resources(kind, &mesh, &proxy, &names);
         assert_eq!(a, b, "{kind:?}");
+    }
+}
+
+fn samples_dir() -> Option<PathBuf> {
+    const SAMPLES: &str = "samples/bookinfo/networking";
+    let candidates: Vec<PathBuf> = match std::env::var_os("MESH_CONFORMANCE_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            vec![d.join(SAMPLES), d.join("istio").join(SAMPLES)]
+        }
+        None => vec![Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/conformance/istio")
+            .join(SAMPLES)],
+    };
+    candidates.into_iter().find(|d| d.is_dir())
+}
+
+#[test]
+fn bookinfo_samples() {
+    let Some(samples) = samples_dir() else {
+        println!("SKIPPED: Istio's samples/bookinfo/networking not found");
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let golden = root.join("tests/golden/bookinfo-samples");
+    let demo = root.join("../conf/demo");
+    let mut files: Vec<PathBuf> = fs::read_dir(&samples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 20, "{}: samples missing", samples.display());
+    let dr_all = samples.join("destination-rule-all.yaml");
+    for file in files {
+        let tmp = tempfile::tempdir().unwrap();
+        for entry in fs::read_dir(&demo).unwrap() {
+            let p = entry.unwrap().path();
+            fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+        }
+        let text = fs::read_to_string(&file).unwrap();
+        fs::write(tmp.path().join("sample.yaml"), &text).unwrap();
+        if !text.contains("kind: DestinationRule") {
+            fs::copy(&dr_all, tmp.path().join("destination-rule-all.yaml")).unwrap();
+        }
+        let stem = file.file_stem().unwrap().to_string_lossy().to_string();
+        let out = translate(tmp.path(), &golden, &golden.join(&stem));
+        compare(
+            &golden.join(format!("{stem}.json")),
+            &golden.join(format!("{stem}.actual.json")),
+            &out,
+        );
     }
 }

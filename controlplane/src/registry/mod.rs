@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::config::objects::{EndpointPort, TargetPort};
 use crate::config::{ConfigSnapshot, Object};
+use crate::networking::Rules;
 use crate::watch::{sleep_until, Debounce, Debouncer};
 
 pub use model::{Endpoint, EndpointSource, Locality, Protocol, Service, ServiceKey, ServicePort};
@@ -36,8 +38,8 @@ pub use workloads::Workloads;
 /// A connection of a proxy to the control plane (unique per stream).
 pub type ConnectionId = u64;
 
-/// Services and endpoints at one moment.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Services and endpoints at one moment, with the traffic rules that apply to them.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct MeshSnapshot {
     /// Cluster DNS domain (`cluster.local`).
     pub cluster_domain: String,
@@ -45,6 +47,8 @@ pub struct MeshSnapshot {
     pub services: BTreeMap<ServiceKey, Arc<Service>>,
     /// Endpoints of each Service port, by key and service port, sorted, unique by address.
     pub endpoints: BTreeMap<(ServiceKey, u16), Vec<Endpoint>>,
+    /// Istio's traffic rules (VirtualServices, DestinationRules), resolved.
+    pub networking: Arc<Rules>,
     /// Publication counter (0 for the first snapshot).
     pub version: u64,
 }
@@ -101,6 +105,7 @@ impl MeshSnapshot {
                                         port: ep_port.port,
                                         healthy,
                                         source: EndpointSource::Config,
+                                        labels: BTreeMap::new(),
                                     },
                                 );
                             }
@@ -134,17 +139,19 @@ impl MeshSnapshot {
                                         port: ep_port.port,
                                         healthy: ep.ready,
                                         source: EndpointSource::Config,
+                                        labels: BTreeMap::new(),
                                     },
                                 );
                             }
                         }
                     }
                 }
-                // Istio kinds are validated and stored; their translation is later work.
+                // Istio's traffic rules are read by `Rules::build`.
                 _ => {}
             }
         }
-        for proxy in proxies {
+        let proxies: Vec<&ProxyInfo> = proxies.into_iter().collect();
+        for proxy in &proxies {
             let Some((namespace, _)) = proxy.workload() else {
                 continue;
             };
@@ -169,21 +176,41 @@ impl MeshSnapshot {
                                 port: target,
                                 healthy: true,
                                 source: EndpointSource::Proxy(proxy.id.clone()),
+                                labels: proxy.labels.clone(),
                             },
                         );
                     }
                 }
             }
         }
-        for list in endpoints.values_mut() {
+        // Addresses of Endpoints/EndpointSlice objects carry no labels: take those of the
+        // connected proxy with that IP in the Service's namespace.
+        let mut proxy_labels: BTreeMap<(&str, IpAddr), &BTreeMap<String, String>> = BTreeMap::new();
+        for proxy in &proxies {
+            if let Some(ns) = proxy.namespace.as_deref() {
+                for ip in &proxy.ips {
+                    proxy_labels.entry((ns, *ip)).or_insert(&proxy.labels);
+                }
+            }
+        }
+        for ((key, _), list) in endpoints.iter_mut() {
             let mut seen = BTreeSet::new();
             list.retain(|e| seen.insert((e.ip, e.port)));
+            for ep in list
+                .iter_mut()
+                .filter(|e| e.source == EndpointSource::Config)
+            {
+                if let Some(labels) = proxy_labels.get(&(key.namespace.as_str(), ep.ip)) {
+                    ep.labels = (*labels).clone();
+                }
+            }
             list.sort();
         }
         MeshSnapshot {
             cluster_domain: cluster_domain.to_string(),
             services,
             endpoints,
+            networking: Arc::new(Rules::build(config, cluster_domain)),
             version: 0,
         }
     }
@@ -196,7 +223,9 @@ impl MeshSnapshot {
     }
 
     fn same_content(&self, other: &MeshSnapshot) -> bool {
-        self.services == other.services && self.endpoints == other.endpoints
+        self.services == other.services
+            && self.endpoints == other.endpoints
+            && self.networking == other.networking
     }
 }
 

@@ -212,4 +212,8 @@ pub struct Endpoint {
     pub healthy: bool,
     /// Origin.
     pub source: EndpointSource,
+    /// The workload's labels (what DestinationRule subsets select on): a connected proxy's
+    /// own; for an Endpoints or EndpointSlice address, those of the connected proxy of the
+    /// Service's namespace with that IP, if any (pods are not in the config).
+    pub labels: BTreeMap<String, String>,
 }

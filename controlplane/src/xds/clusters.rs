@@ -1,4 +1,5 @@
-//! CDS: the full set of clusters for a proxy.
+//! CDS: the full set of clusters for a proxy: per Service port `outbound|PORT||HOST` and one
+//! `outbound|PORT|SUBSET|HOST` per subset of the DestinationRule that applies to the proxy.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +10,9 @@ use envoy_types::pb::envoy::config::cluster::v3::{
 use envoy_types::pb::envoy::config::core::v3::BindConfig;
 
 use super::build::{self, INBOUND_SOURCE};
-use super::{inbound_cluster_name, inbound_ports, outbound_cluster_name, outbound_ports};
+use super::{
+    inbound_cluster_name, inbound_ports, outbound_cluster_name, outbound_ports, subset_cluster_name,
+};
 use crate::registry::{MeshSnapshot, Protocol, ProxyInfo};
 
 /// `PassthroughCluster`: the original destination, for traffic to unknown destinations.
@@ -74,6 +77,14 @@ pub fn clusters(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Cluster> {
         let name = outbound_cluster_name(port.port, &svc.hostname);
         out.entry(name.clone())
             .or_insert_with(|| outbound(&name, port.protocol));
+        let rule = mesh
+            .networking
+            .destination_rule(proxy, &svc.hostname, &svc.namespace);
+        for subset in rule.iter().flat_map(|r| &r.subsets) {
+            let name = subset_cluster_name(port.port, &subset.name, &svc.hostname);
+            out.entry(name.clone())
+                .or_insert_with(|| outbound(&name, port.protocol));
+        }
     }
     for port in inbound_ports(mesh, proxy) {
         out.insert(

@@ -1,4 +1,5 @@
-//! EDS: one `ClusterLoadAssignment` per requested outbound cluster.
+//! EDS: one `ClusterLoadAssignment` per requested outbound cluster (Service port, or subset
+//! of it).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,8 +9,8 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     LocalityLbEndpoints,
 };
 
-use super::{build, outbound_cluster_name, outbound_ports};
-use crate::registry::{Endpoint, Locality, MeshSnapshot};
+use super::{build, outbound_ports, parse_outbound_cluster_name};
+use crate::registry::{Endpoint, Locality, MeshSnapshot, ProxyInfo, Service, ServiceKey};
 
 /// The load assignment of one cluster: endpoints grouped by locality (always set, possibly
 /// empty strings, since gRPC rejects an unset one), in locality order.
@@ -57,19 +58,53 @@ pub fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssi
     }
 }
 
-/// The load assignments of the requested clusters that exist, in name order.
-pub fn endpoints(mesh: &MeshSnapshot, names: &BTreeSet<String>) -> Vec<ClusterLoadAssignment> {
-    let mut out = BTreeMap::new();
-    for (svc, port) in outbound_ports(mesh) {
-        let name = outbound_cluster_name(port.port, &svc.hostname);
-        if names.contains(&name) && !out.contains_key(&name) {
-            let key = crate::registry::ServiceKey {
-                namespace: svc.namespace.clone(),
-                name: svc.name.clone(),
-            };
-            let cla = load_assignment(&name, mesh.endpoints_of(&key, port.port));
-            out.insert(name, cla);
+/// The load assignments of the requested clusters that exist, in name order: for
+/// `outbound|PORT||HOST` every endpoint of the Service port, for `outbound|PORT|SUBSET|HOST`
+/// those whose labels include the subset's (from the DestinationRule that applies to the
+/// proxy).
+pub fn endpoints(
+    mesh: &MeshSnapshot,
+    proxy: &ProxyInfo,
+    names: &BTreeSet<String>,
+) -> Vec<ClusterLoadAssignment> {
+    let by_host: BTreeMap<&str, &Service> = mesh
+        .services
+        .values()
+        .map(|s| (s.hostname.as_str(), &**s))
+        .collect();
+    let mut out = Vec::new();
+    for name in names {
+        let Some((port, subset, host)) = parse_outbound_cluster_name(name) else {
+            continue;
+        };
+        let Some(svc) = by_host.get(host) else {
+            continue;
+        };
+        if !outbound_ports(mesh).any(|(s, p)| s.hostname == svc.hostname && p.port == port) {
+            continue;
         }
+        let key = ServiceKey {
+            namespace: svc.namespace.clone(),
+            name: svc.name.clone(),
+        };
+        let all = mesh.endpoints_of(&key, port);
+        if subset.is_empty() {
+            out.push(load_assignment(name, all));
+            continue;
+        }
+        let Some(labels) = mesh
+            .networking
+            .destination_rule(proxy, host, &svc.namespace)
+            .and_then(|r| r.subset(subset).map(|s| s.labels.clone()))
+        else {
+            continue;
+        };
+        let selected: Vec<Endpoint> = all
+            .iter()
+            .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            .cloned()
+            .collect();
+        out.push(load_assignment(name, &selected));
     }
-    out.into_values().collect()
+    out
 }

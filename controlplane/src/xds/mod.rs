@@ -12,6 +12,7 @@ pub mod build;
 pub mod clusters;
 pub mod endpoints;
 pub mod grpcgen;
+pub mod http_routes;
 pub mod listeners;
 pub mod render;
 pub mod routes;
@@ -92,6 +93,23 @@ impl ResourceType {
 /// `outbound|PORT||HOST`.
 pub fn outbound_cluster_name(port: u16, hostname: &str) -> String {
     format!("outbound|{port}||{hostname}")
+}
+
+/// `outbound|PORT|SUBSET|HOST` (Istio's `BuildSubsetKey`; the subset may be empty).
+pub fn subset_cluster_name(port: u16, subset: &str, hostname: &str) -> String {
+    format!("outbound|{port}|{subset}|{hostname}")
+}
+
+/// The parts of an `outbound|PORT|SUBSET|HOST` name.
+pub fn parse_outbound_cluster_name(name: &str) -> Option<(u16, &str, &str)> {
+    let mut parts = name.split('|');
+    if parts.next()? != "outbound" {
+        return None;
+    }
+    let port = parts.next()?.parse().ok()?;
+    let subset = parts.next()?;
+    let host = parts.next()?;
+    parts.next().is_none().then_some((port, subset, host))
 }
 
 /// `inbound|PORT||`.
@@ -191,7 +209,7 @@ pub fn resources(
             .into_iter()
             .map(|c| (c.name.clone(), pack_any(c)))
             .collect(),
-        ResourceType::Endpoint => endpoints::endpoints(mesh, names)
+        ResourceType::Endpoint => endpoints::endpoints(mesh, proxy, names)
             .into_iter()
             .map(|c| (c.cluster_name.clone(), pack_any(c)))
             .collect(),

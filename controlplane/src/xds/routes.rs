@@ -3,14 +3,23 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::route::v3::{
-    route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, Route, RouteAction,
-    RouteConfiguration, RouteMatch, VirtualHost,
+    route::Action,
+    route_action::{ClusterSpecifier, HashPolicy},
+    route_match::PathSpecifier,
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 
 use super::build;
 use super::clusters::PASSTHROUGH;
+use super::http_routes::{action, virtual_service_routes, RouteCtx};
 use super::outbound_cluster_name;
-use crate::registry::{MeshSnapshot, Protocol, ProxyInfo, Service};
+use crate::config::istio::names::hosts_match;
+use crate::networking::VirtualServiceRule;
+use crate::registry::{MeshSnapshot, Protocol, ProxyInfo, Service, ServicePort};
+
+/// Istio's `max_direct_response_body_size_bytes` on outbound route configurations (1 MiB, the
+/// limit its validation puts on direct response bodies).
+pub const MAX_DIRECT_RESPONSE_BODY: u32 = 1024 * 1024;
 
 /// A route for every path (prefix `/`) to `cluster`, without timeout.
 pub fn route_to(name: &str, cluster: &str) -> Route {
@@ -46,37 +55,164 @@ pub fn domains(svc: &Service, port: u16, proxy_ns: Option<&str>) -> Vec<String> 
         .collect()
 }
 
-/// The outbound route configuration for `port`: a virtual host `HOST:PORT` per Service with
-/// an HTTP or sniffed port `port`, then `allow_any` (`*`) to the passthrough cluster. A
-/// domain already taken by an earlier virtual host is left out (Envoy rejects duplicates).
+/// A virtual host before domain deduplication.
+struct Planned {
+    name: String,
+    domains: Vec<String>,
+    routes: Vec<Route>,
+}
+
+/// The hash policy of a Service's DestinationRule for its default route (Istio's
+/// `hashForService`: the rule's consistent hash, or its port-level one for `port`).
+fn service_hash(ctx: &RouteCtx<'_>, svc: &Service, port: u16) -> Option<HashPolicy> {
+    let rule = ctx
+        .mesh
+        .networking
+        .destination_rule(ctx.proxy, &svc.hostname, &svc.namespace)?;
+    let policy = rule.traffic_policy.as_ref()?;
+    let port_level = policy
+        .port_level_settings
+        .iter()
+        .flatten()
+        .find(|s| s.port.map(|p| p.number) == Some(u32::from(port)))
+        .and_then(|s| s.load_balancer.as_ref()?.consistent_hash.as_ref());
+    let hash = port_level.or(policy.load_balancer.as_ref()?.consistent_hash.as_ref())?;
+    action::hash_policy(hash)
+}
+
+/// The VirtualService whose wildcard host is the most specific match of each Service host
+/// (Istio's `MostSpecificWildcardVirtualServiceIndex`), by index in `vses`.
+fn wildcard_owners<'a>(
+    vses: &[&VirtualServiceRule],
+    services: &[(&'a Service, &'a ServicePort)],
+) -> BTreeMap<&'a str, usize> {
+    let mut out: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for (svc, _) in services {
+        for (i, vs) in vses.iter().enumerate() {
+            for h in vs.spec.hosts.iter().filter(|h| h.starts_with('*')) {
+                if !hosts_match(h, &svc.hostname) {
+                    continue;
+                }
+                let better = out
+                    .get(svc.hostname.as_str())
+                    .is_none_or(|(len, _)| h.len() > *len);
+                if better {
+                    out.insert(&svc.hostname, (h.len(), i));
+                }
+            }
+        }
+    }
+    out.into_iter().map(|(k, (_, i))| (k, i)).collect()
+}
+
+/// The outbound route configuration for `port`, as istiod builds a sidecar's: a virtual host
+/// `HOST:PORT` per Service with an HTTP or sniffed port `port`, whose routes come from the
+/// first VirtualService of the proxy that applies to the Service on this port, or else one
+/// default route to `outbound|PORT||HOST`; VirtualService hosts that are not Services get
+/// their own virtual host (on port 80, or beside the VirtualService's Services). Virtual hosts
+/// are sorted by name, a domain already taken is left out (Envoy rejects duplicates), and
+/// `allow_any` (`*`, the passthrough cluster) comes last.
 pub fn outbound_route(mesh: &MeshSnapshot, proxy: &ProxyInfo, port: u16) -> RouteConfiguration {
+    let ctx = RouteCtx::new(mesh, proxy, port);
+    let proxy_ns = proxy.namespace.as_deref();
+    let on_port: Vec<(&Service, &ServicePort)> = mesh
+        .services
+        .values()
+        .filter_map(|svc| {
+            svc.ports
+                .iter()
+                .find(|p| p.port == port && (p.protocol.is_http() || p.protocol == Protocol::Auto))
+                .map(|p| (&**svc, p))
+        })
+        .collect();
+    let vses = mesh.networking.virtual_services_for(proxy);
+    let owners = wildcard_owners(&vses, &on_port);
+    let mut planned = Vec::new();
+    let mut claimed = BTreeSet::new();
+    for (i, vs) in vses.iter().enumerate() {
+        let mut services = Vec::new();
+        let mut other_hosts = Vec::new();
+        for h in &vs.spec.hosts {
+            if h.starts_with('*') {
+                let matching: Vec<_> = on_port
+                    .iter()
+                    .filter(|(s, _)| hosts_match(h, &s.hostname))
+                    .collect();
+                if matching.is_empty() {
+                    other_hosts.push(h.clone());
+                }
+                services.extend(
+                    matching
+                        .into_iter()
+                        .filter(|(s, _)| owners.get(s.hostname.as_str()) == Some(&i))
+                        .copied(),
+                );
+            } else if let Some(found) = on_port.iter().find(|(s, _)| s.hostname == *h) {
+                services.push(*found);
+            } else {
+                other_hosts.push(h.clone());
+            }
+        }
+        if services.is_empty() && port != 80 {
+            continue;
+        }
+        let routes = virtual_service_routes(&ctx, vs);
+        if routes.is_empty() {
+            continue;
+        }
+        for h in other_hosts {
+            planned.push(Planned {
+                name: format!("{h}:{port}"),
+                domains: vec![h.clone(), format!("{h}:{port}")],
+                routes: routes.clone(),
+            });
+        }
+        for (svc, sp) in services {
+            claimed.insert(svc.hostname.as_str());
+            planned.push(Planned {
+                name: format!("{}:{}", svc.hostname, port),
+                domains: domains(svc, sp.port, proxy_ns),
+                routes: routes.clone(),
+            });
+        }
+    }
+    for (svc, sp) in &on_port {
+        if claimed.contains(svc.hostname.as_str()) {
+            continue;
+        }
+        let mut route = route_to("default", &outbound_cluster_name(port, &svc.hostname));
+        if let Some(Action::Route(a)) = &mut route.action {
+            a.hash_policy.extend(service_hash(&ctx, svc, sp.port));
+        }
+        planned.push(Planned {
+            name: format!("{}:{}", svc.hostname, port),
+            domains: domains(svc, sp.port, proxy_ns),
+            routes: vec![route],
+        });
+    }
+    let mut names = BTreeSet::new();
     let mut taken = BTreeSet::new();
     let mut virtual_hosts = Vec::new();
-    for svc in mesh.services.values() {
-        let Some(sp) = svc
-            .ports
-            .iter()
-            .find(|p| p.port == port && (p.protocol.is_http() || p.protocol == Protocol::Auto))
-        else {
+    for p in planned {
+        if !names.insert(p.name.clone()) {
             continue;
-        };
-        let domains: Vec<String> = domains(svc, sp.port, proxy.namespace.as_deref())
+        }
+        let domains: Vec<String> = p
+            .domains
             .into_iter()
-            .filter(|d| taken.insert(d.clone()))
+            .filter(|d| taken.insert(d.to_ascii_lowercase()))
             .collect();
         if domains.is_empty() {
             continue;
         }
         virtual_hosts.push(VirtualHost {
-            name: format!("{}:{}", svc.hostname, port),
+            name: p.name,
             domains,
-            routes: vec![route_to(
-                "default",
-                &outbound_cluster_name(port, &svc.hostname),
-            )],
+            routes: p.routes,
             ..Default::default()
         });
     }
+    virtual_hosts.sort_by(|a, b| a.name.cmp(&b.name));
     virtual_hosts.push(VirtualHost {
         name: "allow_any".to_string(),
         domains: vec!["*".to_string()],
@@ -87,6 +223,7 @@ pub fn outbound_route(mesh: &MeshSnapshot, proxy: &ProxyInfo, port: u16) -> Rout
         name: port.to_string(),
         virtual_hosts,
         validate_clusters: build::bool_value(false),
+        max_direct_response_body_size_bytes: build::u32_value(MAX_DIRECT_RESPONSE_BODY),
         ..Default::default()
     }
 }

@@ -63,7 +63,7 @@ pub fn resources(
             .into_iter()
             .map(|c| (c.name.clone(), pack_any(c)))
             .collect(),
-        ResourceType::Endpoint => endpoints::endpoints(mesh, names)
+        ResourceType::Endpoint => endpoints::endpoints(mesh, proxy, names)
             .into_iter()
             .map(|c| (c.cluster_name.clone(), pack_any(c)))
             .collect(),

@@ -74,6 +74,7 @@ fn mesh() -> MeshSnapshot {
         port: 7070,
         healthy: true,
         source: EndpointSource::Config,
+        labels: Default::default(),
     };
     m.endpoints
         .insert((key, 7070), vec![ep("10.211.0.2"), ep("10.211.0.3")]);

@@ -19,7 +19,7 @@ const CORS_METHODS: [&str; 10] = [
 ];
 
 /// gRPC status names.
-const GRPC_STATUS: [&str; 17] = [
+pub(crate) const GRPC_STATUS: [&str; 17] = [
     "OK",
     "CANCELLED",
     "UNKNOWN",

@@ -27,10 +27,8 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
     ListenerFilterChainMatchPredicate,
 };
-use envoy_types::pb::envoy::config::route::v3::{
-    route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, Route, RouteAction,
-    RouteConfiguration, RouteMatch, VirtualHost,
-};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::{Cors, CorsPolicy};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
@@ -39,6 +37,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::{
         explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
@@ -49,6 +49,10 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 use prost::{Message, Name};
 use serde_json::{Map, Value};
+
+mod route;
+
+pub use route::route_configuration;
 
 /// Why a resource could not be rendered.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +187,20 @@ fn decode<T: Message + Default>(any: &Any) -> Result<T, RenderError> {
     })
 }
 
+/// Renders a map of `Any`s (typed configs by name) sorted by key; `None` when empty.
+fn any_map(m: std::collections::HashMap<String, Any>) -> Result<Option<Value>, RenderError> {
+    if m.is_empty() {
+        return Ok(None);
+    }
+    let mut entries: Vec<_> = m.into_iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut map = Map::new();
+    for (k, v) in entries {
+        map.insert(k, any(v)?);
+    }
+    Ok(Some(Value::Object(map)))
+}
+
 /// Renders an `Any` of a type the translation uses, with `@type` first.
 pub fn any(any: Any) -> R {
     let url = any.type_url.as_str();
@@ -202,12 +220,29 @@ pub fn any(any: Any) -> R {
         http_protocol_options(decode(&any)?)?
     } else if url == Router::type_url() {
         Obj::default().done(decode::<Router>(&any)?, "Router")?
-    } else if url == HttpFault::type_url() {
-        Obj::default().done(decode::<HttpFault>(&any)?, "HttpFault")?
     } else if url == HttpInspector::type_url() {
         Obj::default().done(decode::<HttpInspector>(&any)?, "HttpInspector")?
     } else if url == OriginalDst::type_url() {
         Obj::default().done(decode::<OriginalDst>(&any)?, "OriginalDst")?
+    } else if url == HttpFault::type_url() {
+        route::http_fault(decode(&any)?)?
+    } else if url == CorsPolicy::type_url() {
+        route::cors_policy(decode(&any)?)?
+    } else if url == Cors::type_url() {
+        Obj::default().done(decode::<Cors>(&any)?, "Cors")?
+    } else if url == PreviousHostsPredicate::type_url() {
+        Obj::default().done(
+            decode::<PreviousHostsPredicate>(&any)?,
+            "PreviousHostsPredicate",
+        )?
+    } else if url == PreviousPrioritiesConfig::type_url() {
+        let mut m: PreviousPrioritiesConfig = decode(&any)?;
+        let mut o = Obj::default();
+        o.val(
+            "update_frequency",
+            Some(Value::from(std::mem::take(&mut m.update_frequency))),
+        );
+        o.done(m, "PreviousPrioritiesConfig")?
     } else {
         return Err(RenderError::UnknownAny(any.type_url));
     };
@@ -568,55 +603,4 @@ fn hcm(mut m: HttpConnectionManager) -> R {
     }
     o.list("http_filters", take(&mut m.http_filters), http_filter_json)?;
     o.done(m, "HttpConnectionManager")
-}
-
-fn route_json(mut r: Route) -> R {
-    let mut o = Obj::default();
-    o.str("name", take(&mut r.name));
-    o.msg("match", r.r#match.take(), |mut m: RouteMatch| {
-        let mut o = Obj::default();
-        match m.path_specifier.take() {
-            Some(PathSpecifier::Prefix(p)) => {
-                o.val("prefix", Some(Value::String(p)));
-            }
-            other => m.path_specifier = other,
-        }
-        o.done(m, "RouteMatch")
-    })?;
-    match r.action.take() {
-        Some(Action::Route(mut a)) => {
-            let mut inner = Obj::default();
-            match a.cluster_specifier.take() {
-                Some(ClusterSpecifier::Cluster(c)) => {
-                    inner.str("cluster", c);
-                }
-                other => a.cluster_specifier = other,
-            }
-            inner.msg("timeout", a.timeout.take(), duration)?;
-            o.val("route", Some(inner.done::<RouteAction>(a, "RouteAction")?));
-        }
-        other => r.action = other,
-    }
-    o.done(r, "Route")
-}
-
-fn virtual_host(mut v: VirtualHost) -> R {
-    let mut o = Obj::default();
-    o.str("name", take(&mut v.name));
-    o.strs("domains", take(&mut v.domains));
-    o.list("routes", take(&mut v.routes), route_json)?;
-    o.done(v, "VirtualHost")
-}
-
-/// Renders a route configuration.
-pub fn route_configuration(mut m: RouteConfiguration) -> R {
-    let mut o = Obj::default();
-    o.str("name", take(&mut m.name));
-    o.list("virtual_hosts", take(&mut m.virtual_hosts), virtual_host)?;
-    o.msg(
-        "validate_clusters",
-        m.validate_clusters.take(),
-        wrapped_bool,
-    )?;
-    o.done(m, "RouteConfiguration")
 }
