@@ -1,5 +1,6 @@
-//! The control plane assembled: config store and watcher, registry, ADS server and debug
-//! server, started together and stopped together.
+//! The control plane assembled: config store and watcher, registry, certificate authority,
+//! the gRPC servers (ADS and CA in plaintext on the xDS address, the same over TLS on the
+//! xDS TLS address) and the debug server, started together and stopped together.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +12,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::ca::metrics::CaMetrics;
+use crate::ca::service::{CaService, CertPolicy};
+use crate::ca::tls::{TlsError, TlsServing};
+use crate::ca::{Authority, CaError};
 use crate::config::{ConfigSnapshot, ConfigStore};
 use crate::debug::{self, DebugState};
 use crate::registry::workloads::{StateError, STATE_FILE};
@@ -38,8 +43,37 @@ pub struct Options {
     /// ([`DEFAULT_GRACE_PERIOD`], Istio's `PILOT_WORKLOAD_ENTRY_GRACE_PERIOD`).
     pub workload_grace: Duration,
     /// Where state is kept across restarts (the auto-registered workloads, in
-    /// [`STATE_FILE`]); created if missing. `None`: nothing is kept.
+    /// [`STATE_FILE`]; a generated CA, in `ca/`); created if missing. `None`: workloads are
+    /// not kept, and a generated CA lives in [`crate::ca::store::default_state_dir`].
     pub state_dir: Option<PathBuf>,
+    /// xDS and CA over TLS (15012); `None`: not served.
+    pub xds_tls_addr: Option<SocketAddr>,
+    /// The CA's files in Istio's `cacerts` layout; `None`: a root generated on first start
+    /// and kept in the state directory.
+    pub ca_dir: Option<PathBuf>,
+    /// Lifetimes of workload certificates.
+    pub cert_policy: CertPolicy,
+}
+
+impl Options {
+    /// Options for `config_dir` with the design's defaults on loopback ports chosen by the
+    /// kernel (for tests and tools): no TLS port, no state kept, a generated CA in
+    /// `state_dir` when set.
+    pub fn new(config_dir: PathBuf) -> Options {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Options {
+            config_dir,
+            xds_addr: any,
+            debug_addr: any,
+            cluster_domain: "cluster.local".to_string(),
+            debounce: Debounce::default(),
+            workload_grace: DEFAULT_GRACE_PERIOD,
+            state_dir: None,
+            xds_tls_addr: None,
+            ca_dir: None,
+            cert_policy: CertPolicy::default(),
+        }
+    }
 }
 
 /// Errors starting the control plane.
@@ -72,6 +106,12 @@ pub enum StartError {
     /// The saved state cannot be read.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The certificate authority cannot be loaded or created.
+    #[error("certificate authority: {0}")]
+    Ca(#[from] CaError),
+    /// The TLS server cannot be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A running control plane.
@@ -81,6 +121,12 @@ pub struct ControlPlane {
     pub xds_addr: SocketAddr,
     /// The bound debug address.
     pub debug_addr: SocketAddr,
+    /// The bound xDS/CA TLS address, when served.
+    pub xds_tls_addr: Option<SocketAddr>,
+    /// The certificate authority.
+    pub ca: Arc<Authority>,
+    /// The CA's metrics (register them with the monitoring registry).
+    pub ca_metrics: CaMetrics,
     /// The registry.
     pub registry: RegistryHandle,
     /// Connected proxies' sync status.
@@ -98,6 +144,16 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
         .map_err(|source| StartError::Bind { addr, what, source })
 }
 
+fn local_addr(
+    listener: &TcpListener,
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, what, source })
+}
+
 impl ControlPlane {
     /// Loads the config, binds the listeners and starts every server on the current runtime.
     pub async fn start(options: Options) -> Result<ControlPlane, StartError> {
@@ -106,20 +162,30 @@ impl ControlPlane {
         }
         let xds_listener = bind(options.xds_addr, "xDS").await?;
         let debug_listener = bind(options.debug_addr, "debug").await?;
-        let xds_addr = xds_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: options.xds_addr,
-                what: "xDS",
-                source,
-            })?;
-        let debug_addr = debug_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: options.debug_addr,
-                what: "debug",
-                source,
-            })?;
+        let xds_addr = local_addr(&xds_listener, options.xds_addr, "xDS")?;
+        let debug_addr = local_addr(&debug_listener, options.debug_addr, "debug")?;
+        let tls_listener = match options.xds_tls_addr {
+            Some(addr) => Some(bind(addr, "xDS/CA over TLS").await?),
+            None => None,
+        };
+        let xds_tls_addr = match (&tls_listener, options.xds_tls_addr) {
+            (Some(l), Some(addr)) => Some(local_addr(l, addr, "xDS/CA over TLS")?),
+            _ => None,
+        };
+        let ca = Arc::new(Authority::load_or_create(
+            options.ca_dir.as_deref(),
+            options.state_dir.as_deref(),
+            &options.cluster_domain,
+        )?);
+        tracing::info!(
+            dir = %ca.dir().display(),
+            origin = ?ca.origin(),
+            trust_domain = ca.trust_domain(),
+            "certificate authority ready"
+        );
+        let ca_metrics = CaMetrics::new();
+        ca_metrics.root_expiry.set(ca.expires());
+        let ca_service = CaService::new(ca.clone(), options.cert_policy, ca_metrics.clone());
 
         let store = ConfigStore::load(&options.config_dir);
         let first = store.current();
@@ -160,10 +226,29 @@ impl ControlPlane {
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let ads = AdsService::new(registry.clone(), status.clone(), shutdown_rx.clone());
+        let mut tasks = Vec::new();
+        if let Some(listener) = tls_listener {
+            let serving = Arc::new(TlsServing::new(ca.clone())?);
+            let (ads, ca_service) = (ads.clone(), ca_service.clone());
+            let mut down = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let served = tonic::transport::Server::builder()
+                    .add_service(ads.into_server())
+                    .add_service(ca_service.into_server())
+                    .serve_with_incoming_shutdown(serving.incoming(listener), async move {
+                        let _ = down.wait_for(|down| *down).await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "xDS/CA TLS server failed");
+                }
+            }));
+        }
         let mut xds_shutdown = shutdown_rx.clone();
-        let xds_task = tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(ads.into_server())
+                .add_service(ca_service.into_server())
                 .serve_with_incoming_shutdown(TcpListenerStream::new(xds_listener), async move {
                     let _ = xds_shutdown.wait_for(|down| *down).await;
                 })
@@ -171,22 +256,29 @@ impl ControlPlane {
             if let Err(e) = served {
                 tracing::error!(error = %e, "xDS server failed");
             }
-        });
+        }));
         let debug_state = DebugState {
             registry: registry.clone(),
             status: status.clone(),
             config: config.clone(),
         };
-        let debug_task = tokio::spawn(debug::serve(debug_listener, debug_state, shutdown_rx));
-        tracing::info!(%xds_addr, %debug_addr, "control plane serving");
+        tasks.push(tokio::spawn(debug::serve(
+            debug_listener,
+            debug_state,
+            shutdown_rx,
+        )));
+        tracing::info!(%xds_addr, ?xds_tls_addr, %debug_addr, "control plane serving");
         Ok(ControlPlane {
             xds_addr,
             debug_addr,
+            xds_tls_addr,
+            ca,
+            ca_metrics,
             registry,
             status,
             config,
             shutdown,
-            tasks: vec![xds_task, debug_task],
+            tasks,
             _watcher: watcher,
         })
     }

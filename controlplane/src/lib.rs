@@ -2,12 +2,14 @@
 //! from a directory ([`config`]), keeps a service registry of Services, their endpoints and
 //! the proxies connected to it ([`registry`]), translates it into Envoy v3 resources shaped
 //! the way istiod shapes a sidecar's ([`xds`]), serves them over the aggregated discovery
-//! service, and shows its state on debug endpoints ([`debug`]).
+//! service, signs workload certificates ([`ca`]), and shows its state on debug endpoints
+//! ([`debug`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod analyze;
 pub mod app;
+pub mod ca;
 pub mod config;
 pub mod debug;
 pub mod networking;

@@ -106,11 +106,15 @@ fn get(addr: &str, path: &str) -> String {
 fn run_until_signal(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("svc.yaml"), GOOD).unwrap();
+    let state = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-controlplane"))
         .arg("--config-dir")
         .arg(dir.path())
         .args(["--xds-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
+        .args(["--xds-tls-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
+        // The generated CA goes to the default state directory, here a temporary one.
+        .env("XDG_STATE_HOME", state.path())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -125,6 +129,10 @@ fn run_until_signal(signal: &str) {
         }
     };
     assert!(get(&debug_addr, "/ready").starts_with("HTTP/1.0 200"));
+    assert!(
+        state.path().join("mesh/ca/ca-key.pem").is_file(),
+        "the CA was not generated in the default state directory"
+    );
     let configz = get(&debug_addr, "/debug/configz");
     assert!(configz.contains("Service default/reviews"), "{configz}");
     let status = Command::new("kill")
@@ -170,4 +178,106 @@ fn controlplane_refuses_a_missing_config_dir() {
     assert!(String::from_utf8(out.stderr)
         .unwrap()
         .contains("not a directory"));
+}
+
+#[test]
+fn meshctl_token_create_signs_with_the_ca_it_finds() {
+    use controlplane::ca::{store, token, Authority};
+    let state = tempfile::tempdir().unwrap();
+    let ca_dir = state.path().join("ca");
+    store::generate(&ca_dir, "cluster.local").unwrap();
+    let ca = Authority::load(&ca_dir, "cluster.local").unwrap();
+    let meshctl = |args: &[&str], xdg: Option<&std::path::Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshctl"));
+        cmd.args(["token", "create"]).args(args);
+        cmd.env_remove("MESH_CA_DIR").env_remove("MESH_STATE_DIR");
+        if let Some(x) = xdg {
+            cmd.env("XDG_STATE_HOME", x);
+        }
+        cmd.output().unwrap()
+    };
+    let ca_arg = ca_dir.to_str().unwrap();
+    let state_arg = state.path().to_str().unwrap();
+    for args in [
+        vec![
+            "--namespace",
+            "payments",
+            "--service-account",
+            "orders",
+            "--ca-dir",
+            ca_arg,
+        ],
+        vec![
+            "--namespace",
+            "payments",
+            "--service-account",
+            "orders",
+            "--state-dir",
+            state_arg,
+            "--ttl",
+            "5m",
+        ],
+    ] {
+        let out = meshctl(&args, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let t = String::from_utf8(out.stdout).unwrap();
+        let id = token::verify(ca.public_key(), t.trim()).unwrap();
+        assert_eq!(
+            (id.namespace.as_str(), id.service_account.as_str()),
+            ("payments", "orders")
+        );
+    }
+    // The default state directory: $XDG_STATE_HOME/mesh/ca.
+    let xdg = tempfile::tempdir().unwrap();
+    store::generate(&xdg.path().join("mesh/ca"), "cluster.local").unwrap();
+    let out = meshctl(
+        &["--namespace", "a", "--service-account", "b"],
+        Some(xdg.path()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // No CA there, a bad name, a TTL over the maximum: clear errors.
+    let empty = tempfile::tempdir().unwrap();
+    let out = meshctl(
+        &["--namespace", "a", "--service-account", "b"],
+        Some(empty.path()),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no CA in"));
+    let out = meshctl(
+        &[
+            "--namespace",
+            "A_B",
+            "--service-account",
+            "b",
+            "--ca-dir",
+            ca_arg,
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("namespace"));
+    let out = meshctl(
+        &[
+            "--namespace",
+            "a",
+            "--service-account",
+            "b",
+            "--ca-dir",
+            ca_arg,
+            "--ttl",
+            "48h",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TTL"));
 }

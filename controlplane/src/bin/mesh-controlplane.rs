@@ -1,5 +1,6 @@
 //! `mesh-controlplane`: the istiod-like control plane. Reads the config directory, serves
-//! ADS on `--xds-addr` and the debug endpoints on `--debug-addr`; SIGTERM or SIGINT stops it.
+//! ADS and the CA on `--xds-addr` (plaintext) and `--xds-tls-addr` (TLS), the debug endpoints
+//! on `--debug-addr`; SIGTERM or SIGINT stops it.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -9,6 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use controlplane::app::{ControlPlane, Options};
+use controlplane::ca::service::CertPolicy;
+use controlplane::ca::MIN_WORKLOAD_TTL;
 use controlplane::watch::Debounce;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -29,10 +32,23 @@ struct Args {
     /// Cluster DNS domain of Service host names (NAME.NS.svc.DOMAIN).
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
-    /// xDS and CA over TLS. Accepted for forward compatibility; NOT served yet (the TLS
-    /// server and the CA come in a later version).
+    /// xDS and CA over TLS, with the control plane's certificate (SAN
+    /// istiod.istio-system.svc) signed by the CA; clients may authenticate with their workload
+    /// certificate (certificate renewals).
     #[arg(long, default_value = "0.0.0.0:15012")]
     xds_tls_addr: SocketAddr,
+    /// The CA's certificates and key in Istio's `cacerts` layout (ca-cert.pem, ca-key.pem,
+    /// root-cert.pem, cert-chain.pem). Without it, a root CA is generated on first start and
+    /// kept in `ca/` of the state directory.
+    #[arg(long, env = "MESH_CA_DIR")]
+    ca_dir: Option<PathBuf>,
+    /// Lifetime of workload certificates when the request asks for none (Istio's
+    /// DEFAULT_WORKLOAD_CERT_TTL), e.g. `24h`, `10m`.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    workload_cert_ttl: Duration,
+    /// Longest lifetime a workload may ask for (Istio's MAX_WORKLOAD_CERT_TTL).
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+    max_workload_cert_ttl: Duration,
     /// Prometheus metrics at /metrics. Accepted for forward compatibility; NOT served yet.
     #[arg(long, default_value = "0.0.0.0:15014")]
     monitoring_addr: SocketAddr,
@@ -40,8 +56,10 @@ struct Args {
     #[arg(long, default_value = "0.0.0.0:15017")]
     webhook_addr: SocketAddr,
     /// Directory for state kept across restarts (the auto-registered workloads, so that a
-    /// restarted control plane still knows every endpoint while the proxies reconnect).
-    /// Created if missing. Without it nothing is kept.
+    /// restarted control plane still knows every endpoint while the proxies reconnect; the
+    /// generated CA, in `ca/`). Created if missing. Without it, workloads are not kept and a
+    /// generated CA lives in $XDG_STATE_HOME/mesh/ca (else ~/.local/state/mesh/ca), where
+    /// `meshctl token create` finds it too.
     #[arg(long, env = "MESH_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// How long a workload stays an endpoint after its proxy disconnects (Istio's
@@ -62,11 +80,19 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     tracing::info!(
-        xds_tls_addr = %args.xds_tls_addr,
         monitoring_addr = %args.monitoring_addr,
         webhook_addr = %args.webhook_addr,
-        "TLS xDS/CA, monitoring and webhook servers are not implemented yet: not listening there"
+        "monitoring and webhook servers are not implemented yet: not listening there"
     );
+    if args.workload_cert_ttl < MIN_WORKLOAD_TTL
+        || args.workload_cert_ttl > args.max_workload_cert_ttl
+    {
+        anyhow::bail!(
+            "--workload-cert-ttl must be between {} and --max-workload-cert-ttl ({})",
+            humantime::format_duration(MIN_WORKLOAD_TTL),
+            humantime::format_duration(args.max_workload_cert_ttl)
+        );
+    }
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let cp = ControlPlane::start(Options {
@@ -77,6 +103,12 @@ async fn main() -> anyhow::Result<()> {
         debounce: Debounce::default(),
         workload_grace: args.workload_grace_period,
         state_dir: args.state_dir,
+        xds_tls_addr: Some(args.xds_tls_addr),
+        ca_dir: args.ca_dir,
+        cert_policy: CertPolicy {
+            default_ttl: args.workload_cert_ttl,
+            max_ttl: args.max_workload_cert_ttl,
+        },
     })
     .await
     .context("starting the control plane")?;

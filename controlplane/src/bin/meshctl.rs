@@ -1,11 +1,13 @@
-//! `meshctl`: the mesh's command-line tool. For now: `analyze DIR`.
+//! `meshctl`: the mesh's command-line tool: `analyze DIR`, `token create`.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use controlplane::analyze::{self, Level};
+use controlplane::ca::{store, token, Authority};
 use controlplane::config::ConfigStore;
 
 /// Command-line tool of the mesh.
@@ -28,6 +30,37 @@ enum Command {
         #[arg(long, default_value = "cluster.local")]
         cluster_domain: String,
     },
+    /// Bootstrap tokens for proxies.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Prints a short-lived token, signed with the CA key, that proves NAMESPACE and
+    /// SERVICE-ACCOUNT to the CA for a proxy's first certificate (give it to `mesh-proxy run
+    /// --token-file`). A JWT (ES256 or RS256, after the CA key), audience `istio-ca`.
+    Create {
+        /// The workload's namespace.
+        #[arg(long)]
+        namespace: String,
+        /// The workload's service account.
+        #[arg(long)]
+        service_account: String,
+        /// The CA directory the control plane runs with (`--ca-dir`); default: `ca/` in the
+        /// state directory.
+        #[arg(long, env = "MESH_CA_DIR")]
+        ca_dir: Option<PathBuf>,
+        /// The control plane's state directory, where a generated CA is kept; default
+        /// $XDG_STATE_HOME/mesh (else ~/.local/state/mesh).
+        #[arg(long, env = "MESH_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// How long the token is valid (at most 24h).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,7 +70,55 @@ fn main() -> ExitCode {
             dir,
             cluster_domain,
         } => run_analyze(dir, &cluster_domain),
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    namespace,
+                    service_account,
+                    ca_dir,
+                    state_dir,
+                    ttl,
+                },
+        } => {
+            let dir = store::ca_dir(ca_dir.as_deref(), state_dir.as_deref());
+            match create_token(&dir, &namespace, &service_account, ttl) {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+fn create_token(
+    dir: &std::path::Path,
+    namespace: &str,
+    service_account: &str,
+    ttl: Duration,
+) -> Result<String, String> {
+    controlplane::ca::SpiffeId::new("cluster.local", namespace, service_account)
+        .map_err(|e| e.to_string())?;
+    if !store::exists(dir) {
+        return Err(format!(
+            "no CA in {}: start the control plane first (it generates one), or pass the --ca-dir it runs with",
+            dir.display()
+        ));
+    }
+    // The trust domain does not enter the token.
+    let ca = Authority::load(dir, "cluster.local").map_err(|e| e.to_string())?;
+    token::create(
+        ca.signing_key(),
+        ca.public_key(),
+        namespace,
+        service_account,
+        ttl,
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn run_analyze(dir: PathBuf, cluster_domain: &str) -> ExitCode {

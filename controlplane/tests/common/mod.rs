@@ -60,8 +60,13 @@ pub const REVIEWS: &str = "outbound|9080||reviews.default.svc.cluster.local";
 pub const RATINGS: &str = "outbound|9080||ratings.default.svc.cluster.local";
 
 /// The control plane's options for tests: config `dir`, ports chosen by the kernel, short
-/// debounce, disconnected workloads dropped at once, no state kept.
+/// debounce, disconnected workloads dropped at once, no state kept, a CA generated in
+/// `dir/.ca` (hidden: the config loader skips it).
 pub fn options(dir: &Path) -> Options {
+    let ca_dir = dir.join(".ca");
+    if !controlplane::ca::store::exists(&ca_dir) {
+        controlplane::ca::store::generate(&ca_dir, "cluster.local").expect("test CA");
+    }
     Options {
         config_dir: dir.to_path_buf(),
         xds_addr: "127.0.0.1:0".parse().unwrap(),
@@ -73,6 +78,9 @@ pub fn options(dir: &Path) -> Options {
         },
         workload_grace: Duration::ZERO,
         state_dir: None,
+        xds_tls_addr: None,
+        ca_dir: Some(ca_dir),
+        cert_policy: Default::default(),
     }
 }
 

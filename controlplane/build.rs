@@ -1,0 +1,11 @@
+//! Compiles Istio's CA API (`../proto/istioca.proto`, package `istio.v1.auth`) with protoc:
+//! the server for the control plane, the client for tests and tools.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=../proto/istioca.proto");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_protos(&["../proto/istioca.proto"], &["../proto"])?;
+    Ok(())
+}
