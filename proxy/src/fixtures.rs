@@ -16,6 +16,7 @@ pub fn tcp_chain(name: &str, matcher: FilterChainMatch, cluster: &str) -> Filter
     FilterChain {
         name: name.into(),
         matcher,
+        rbac: Vec::new(),
         filter: NetworkFilter::Tcp(TcpProxy {
             stat_prefix: cluster.into(),
             cluster: cluster.into(),
@@ -29,10 +30,12 @@ pub fn http_chain(name: &str, matcher: FilterChainMatch, routes: RouteSource) ->
     FilterChain {
         name: name.into(),
         matcher,
+        rbac: Vec::new(),
         filter: NetworkFilter::Http(HttpConnectionManager {
             stat_prefix: name.into(),
             routes,
             http_filters: vec![HttpFilter::Router],
+            path_normalization: PathNormalization::default(),
         }),
     }
 }

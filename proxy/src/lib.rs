@@ -9,6 +9,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod capture;
 #[cfg(test)]
 mod fixtures;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
+use xds_client::model::PathNormalization;
 
 use crate::accesslog::AccessLog;
 use crate::snapshot::SnapshotCell;
@@ -23,16 +24,21 @@ pub struct Shared {
     pub stats: Stats,
     /// Draining state and quit requests.
     pub lifecycle: Lifecycle,
+    /// Path normalization forced on every HTTP chain (`--path-normalization`); `None`: each
+    /// chain's own.
+    pub path_normalization: Option<PathNormalization>,
 }
 
 impl Shared {
     /// Shared state with an empty snapshot.
     pub fn new(access_log: Arc<AccessLog>) -> Shared {
+        let stats = Stats::default();
         Shared {
-            snapshot: SnapshotCell::new(),
+            snapshot: SnapshotCell::with_counters(stats.counters.clone()),
             access_log,
-            stats: Stats::default(),
+            stats,
             lifecycle: Lifecycle::default(),
+            path_normalization: None,
         }
     }
 }

@@ -3,8 +3,35 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Counters named at configuration time (per filter, per listener...): each name maps to one
+/// counter for the life of the process, so a filter rebuilt by a new configuration keeps
+/// counting where the previous one stopped. Lookups happen when a snapshot is built, never
+/// per request: filters hold their `Arc`s.
+#[derive(Debug, Default)]
+pub struct Counters {
+    by_name: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+}
+
+impl Counters {
+    /// The counter named `name`, created at zero the first time.
+    pub fn counter(&self, name: &str) -> Arc<AtomicU64> {
+        let mut map = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Every counter's name and value, sorted by name.
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        let map = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
+        map.iter()
+            .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
 
 /// Counters of the capture listeners. All updates are relaxed atomics: totals only grow, the
 /// one gauge (`downstream_cx_active`) is kept exact by [`ActiveConnection`].
@@ -28,6 +55,8 @@ pub struct Stats {
     pub tcp_sessions_total: AtomicU64,
     /// TCP proxy sessions whose upstream connection failed.
     pub tcp_connect_fail: AtomicU64,
+    /// Counters named by the configuration (RBAC filters' `allowed`, `denied`...).
+    pub counters: Arc<Counters>,
 }
 
 impl Stats {
@@ -71,6 +100,9 @@ impl Stats {
             let _ = writeln!(out, "{name}: {}", value.load(Ordering::Relaxed));
         }
         for (name, value) in extra {
+            let _ = writeln!(out, "{name}: {value}");
+        }
+        for (name, value) in self.counters.snapshot() {
             let _ = writeln!(out, "{name}: {value}");
         }
         out

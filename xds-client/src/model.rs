@@ -17,6 +17,11 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Serialize;
 
+pub mod matcher;
+pub mod rbac;
+
+pub use rbac::Rbac;
+
 /// The four resource types of the slice, in the order a control plane should send them
 /// (make-before-break: clusters and their endpoints before the listeners and routes that
 /// reference them).
@@ -134,6 +139,9 @@ pub struct FilterChain {
     pub name: String,
     /// When this chain applies.
     pub matcher: FilterChainMatch,
+    /// `envoy.filters.network.rbac` filters placed before the terminal filter, in order:
+    /// evaluated once per connection, before anything is sent upstream.
+    pub rbac: Vec<Rbac>,
     /// The terminal network filter of the chain.
     pub filter: NetworkFilter,
 }
@@ -171,6 +179,36 @@ pub struct HttpConnectionManager {
     pub routes: RouteSource,
     /// HTTP filters in order; the last is the router.
     pub http_filters: Vec<HttpFilter>,
+    /// How the request path is normalized before any filter or route sees it (and is
+    /// forwarded so).
+    pub path_normalization: PathNormalization,
+}
+
+/// The connection manager's path normalization: `normalize_path`, `merge_slashes`,
+/// `path_with_escaped_slashes_action` (istiod sets them from the mesh's `pathNormalization`:
+/// BASE is `normalize`, MERGE_SLASHES adds `merge_slashes`, DECODE_AND_MERGE_SLASHES adds
+/// unescaping of `%2F` and `%5C`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PathNormalization {
+    /// RFC 3986 normalization: dot segments removed, percent-encoded unreserved characters
+    /// decoded, backslashes made slashes.
+    pub normalize: bool,
+    /// Consecutive slashes merged into one.
+    pub merge_slashes: bool,
+    /// What to do with `%2F` and `%5C` (case-insensitive) in the path.
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// Envoy's `path_with_escaped_slashes_action`, the supported values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum EscapedSlashes {
+    /// Leave them encoded (Envoy's default).
+    #[default]
+    Keep,
+    /// Refuse the request with 400.
+    Reject,
+    /// Decode them before the other normalization steps, and forward the result.
+    UnescapeAndForward,
 }
 
 /// Where an HTTP connection manager finds its routes.
@@ -185,6 +223,8 @@ pub enum RouteSource {
 /// An HTTP filter of the connection manager.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum HttpFilter {
+    /// `envoy.filters.http.rbac`.
+    Rbac(Box<Rbac>),
     /// `envoy.filters.http.router`.
     Router,
 }

@@ -76,6 +76,45 @@ impl Serialize for ResponseFlag {
     }
 }
 
+/// A text field set by the data path: a constant, or a string built once with the
+/// configuration and shared (no allocation per request).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// A constant.
+    Static(&'static str),
+    /// A shared string (e.g. `rbac_access_denied_matched_policy[NAME]`).
+    Shared(Arc<str>),
+}
+
+impl std::ops::Deref for Detail {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Detail::Static(s) => s,
+            Detail::Shared(s) => s,
+        }
+    }
+}
+
+impl From<&'static str> for Detail {
+    fn from(s: &'static str) -> Detail {
+        Detail::Static(s)
+    }
+}
+
+impl From<Arc<str>> for Detail {
+    fn from(s: Arc<str>) -> Detail {
+        Detail::Shared(s)
+    }
+}
+
+impl Serialize for Detail {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self)
+    }
+}
+
 /// One access-log line. Field names are Istio's JSON access log names; absent values are
 /// written as `null` (Istio's `-`).
 #[derive(Clone, Debug, Serialize)]
@@ -94,7 +133,18 @@ pub struct AccessLogEntry {
     /// Envoy response flag.
     pub response_flags: ResponseFlag,
     /// Why this response code (Envoy's `%RESPONSE_CODE_DETAILS%`).
-    pub response_code_details: Option<&'static str>,
+    pub response_code_details: Option<Detail>,
+    /// Why the proxy closed the connection (Envoy's `%CONNECTION_TERMINATION_DETAILS%`,
+    /// e.g. a TCP connection denied by RBAC).
+    pub connection_termination_details: Option<Detail>,
+    /// What the dry-run (shadow) authorization rules decided: `allowed` or `denied` (Envoy's
+    /// `shadow_engine_result` metadata); `null` when no dry-run rule applies.
+    pub shadow_engine_result: Option<&'static str>,
+    /// The dry-run policy that matched (Envoy's `shadow_effective_policy_id`).
+    pub shadow_effective_policy_id: Option<Detail>,
+    /// Set when an AUDIT authorization rule applies: whether it matched (Envoy's
+    /// `access_log_hint`).
+    pub access_log_hint: Option<bool>,
     /// The request's authority (`Host` or `:authority`).
     pub authority: Option<String>,
     /// `x-request-id`.
@@ -132,6 +182,10 @@ impl AccessLogEntry {
             response_code: 0,
             response_flags: ResponseFlag::None,
             response_code_details: None,
+            connection_termination_details: None,
+            shadow_engine_result: None,
+            shadow_effective_policy_id: None,
+            access_log_hint: None,
             authority: None,
             request_id: None,
             user_agent: None,

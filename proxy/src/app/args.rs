@@ -5,6 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use xds_client::model::{EscapedSlashes, PathNormalization};
+
 use super::Error;
 
 /// Longest accepted drain duration.
@@ -65,6 +67,36 @@ pub struct RunArgs {
     /// exits (whole seconds, rounded up). The proxy exits earlier once none is left.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_duration: Duration,
+    /// Path normalization of every HTTP chain, overriding what the control plane sets
+    /// (Istio's `meshConfig.pathNormalization`): `NONE`, `BASE`, `MERGE_SLASHES` or
+    /// `DECODE_AND_MERGE_SLASHES`. Without it, each chain follows its connection manager's
+    /// `normalize_path`, `merge_slashes` and `path_with_escaped_slashes_action`.
+    #[arg(long, env = "MESH_PATH_NORMALIZATION", value_parser = parse_path_normalization)]
+    pub path_normalization: Option<PathNormalization>,
+}
+
+/// Parse one of Istio's `pathNormalization` modes.
+pub fn parse_path_normalization(s: &str) -> Result<PathNormalization, String> {
+    let base = PathNormalization {
+        normalize: true,
+        ..PathNormalization::default()
+    };
+    match s.to_ascii_uppercase().as_str() {
+        "NONE" => Ok(PathNormalization::default()),
+        "BASE" | "DEFAULT" => Ok(base),
+        "MERGE_SLASHES" => Ok(PathNormalization {
+            merge_slashes: true,
+            ..base
+        }),
+        "DECODE_AND_MERGE_SLASHES" => Ok(PathNormalization {
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::UnescapeAndForward,
+            ..base
+        }),
+        _ => Err(format!(
+            "`{s}`: expected NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES"
+        )),
+    }
 }
 
 /// Workload labels.

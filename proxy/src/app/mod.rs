@@ -110,7 +110,9 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         max_backoff: XDS_MAX_BACKOFF,
     });
     let access_log = AccessLog::stdout(ACCESS_LOG_QUEUE)?;
-    let shared = Arc::new(Shared::new(access_log.clone()));
+    let mut shared = Shared::new(access_log.clone());
+    shared.path_normalization = a.path_normalization;
+    let shared = Arc::new(shared);
     let admin = Arc::new(AdminState {
         shared: shared.clone(),
         xds,

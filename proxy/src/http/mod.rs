@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod filters;
+pub mod normalize;
 pub mod reply;
 pub mod route;
 
@@ -41,7 +42,8 @@ use xds_client::model::UpstreamProtocol;
 
 use self::filters::Verdict;
 use self::reply::{LocalReply, Outcome};
-use crate::accesslog::{AccessLogEntry, ResponseFlag};
+use crate::accesslog::{AccessLogEntry, Detail, ResponseFlag};
+use crate::authz::ShadowOutcome;
 use crate::listener::conn::ConnContext;
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
@@ -92,7 +94,11 @@ pub struct RequestCtx {
     /// Response flag for the access log.
     pub flag: ResponseFlag,
     /// Response code details for the access log.
-    pub details: Option<&'static str>,
+    pub details: Option<Detail>,
+    /// What the dry-run authorization rules decided, if any applied.
+    pub shadow: Option<ShadowOutcome>,
+    /// Whether an AUDIT rule matched, if any applied.
+    pub audit: Option<bool>,
 }
 
 impl RequestCtx {
@@ -112,12 +118,17 @@ impl RequestCtx {
             failure: None,
             flag: ResponseFlag::None,
             details: None,
+            shadow: None,
+            audit: None,
         }
     }
 
     fn record(&mut self, reply: LocalReply) {
         self.flag = reply.flag();
-        self.details = Some(reply.details());
+        // An RBAC denial names its policy (set by the filter); keep that.
+        if !(reply == LocalReply::RbacDenied && self.details.is_some()) {
+            self.details = Some(reply.details().into());
+        }
     }
 }
 
@@ -155,6 +166,50 @@ pub fn authority(req: &RequestHeader) -> Option<String> {
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
+}
+
+/// Normalizes the request's path as the chain says (the same path is then checked, routed
+/// and forwarded), and joins repeated values of the headers the chain's authorization rules
+/// read into one (so that the application sees the value that was checked).
+fn normalize_request(
+    req: &mut RequestHeader,
+    chain: &crate::snapshot::HttpChain,
+    normalization: xds_client::model::PathNormalization,
+) -> std::result::Result<(), normalize::PathError> {
+    let current = req
+        .uri
+        .path_and_query()
+        .map_or_else(|| req.uri.path(), |p| p.as_str());
+    match normalize::normalize(current, normalization)? {
+        std::borrow::Cow::Owned(path) => {
+            let mut parts = req.uri.clone().into_parts();
+            let pq = path
+                .parse::<http::uri::PathAndQuery>()
+                .map_err(|_| normalize::PathError::Unparsable)?;
+            parts.path_and_query = Some(pq);
+            let uri = http::Uri::from_parts(parts).map_err(|_| normalize::PathError::Unparsable)?;
+            req.set_uri(uri);
+        }
+        std::borrow::Cow::Borrowed(_) => {
+            // A target kept as raw bytes (not valid UTF-8) would be forwarded as those bytes
+            // while the rules checked its lossy rendering: forward the rendering instead.
+            if req.raw_path() != current.as_bytes() {
+                let uri = req.uri.clone();
+                req.set_uri(uri);
+            }
+        }
+    }
+    for filter in &chain.filters {
+        if let filters::Filter::Rbac(rbac) = filter {
+            for name in rbac.header_names() {
+                if let Some(value) = crate::authz::joined_value(&req.headers, name) {
+                    // Cannot fail: the name and value are valid.
+                    let _ = req.insert_header(name.clone(), value);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A random version-4 UUID, Envoy's `x-request-id` format.
@@ -233,6 +288,14 @@ impl ProxyHttp for MeshHttp {
         let Some(chain) = conn.http_chain() else {
             return self.local_reply(session, ctx, LocalReply::Internal).await;
         };
+        let normalization = self
+            .shared
+            .path_normalization
+            .unwrap_or(chain.path_normalization);
+        if let Err(e) = normalize_request(session.req_header_mut(), chain, normalization) {
+            tracing::debug!(error = %e, "path refused");
+            return self.local_reply(session, ctx, LocalReply::BadPath).await;
+        }
         for filter in &chain.filters {
             let verdict = filter.on_request(session.req_header(), ctx, &snapshot, &chain.routes);
             if let Verdict::Reply(reply) = verdict {
@@ -357,7 +420,7 @@ impl ProxyHttp for MeshHttp {
         let reply = match outcome {
             Outcome::DownstreamGone => {
                 ctx.flag = ResponseFlag::DownstreamConnectionTermination;
-                ctx.details = Some("downstream_remote_disconnect");
+                ctx.details = Some("downstream_remote_disconnect".into());
                 return FailToProxy {
                     error_code: 0,
                     can_reuse_downstream: false,
@@ -413,9 +476,15 @@ impl ProxyHttp for MeshHttp {
         entry.x_forwarded_for = header(req, "x-forwarded-for");
         entry.response_code = session.response_written().map_or(0, |r| r.status.as_u16());
         entry.response_flags = ctx.flag;
-        entry.response_code_details = ctx.details.or_else(|| {
-            (entry.response_code != 0 && ctx.flag == ResponseFlag::None).then_some("via_upstream")
+        entry.response_code_details = ctx.details.take().or_else(|| {
+            (entry.response_code != 0 && ctx.flag == ResponseFlag::None)
+                .then_some(Detail::Static("via_upstream"))
         });
+        if let Some(shadow) = ctx.shadow.take() {
+            entry.shadow_engine_result = Some(if shadow.allowed { "allowed" } else { "denied" });
+            entry.shadow_effective_policy_id = shadow.policy.map(Detail::Shared);
+        }
+        entry.access_log_hint = ctx.audit;
         entry.authority = ctx.authority.take();
         entry.request_id = ctx.request_id.take();
         entry.duration = ctx.started.elapsed().as_millis() as u64;

@@ -23,6 +23,11 @@ pub enum LocalReply {
     Timeout,
     /// The upstream closed or reset before answering: 503 `UC`.
     UpstreamReset,
+    /// An RBAC filter denied the request: 403 `RBAC: access denied` (no response flag, as
+    /// in Envoy; the details name the policy).
+    RbacDenied,
+    /// The path cannot be normalized (`%00`, refused escaped slashes): 400.
+    BadPath,
     /// A proxy bug: 500.
     Internal,
 }
@@ -46,6 +51,8 @@ impl LocalReply {
             | LocalReply::ConnectFailure
             | LocalReply::UpstreamReset => 503,
             LocalReply::Timeout => 504,
+            LocalReply::RbacDenied => 403,
+            LocalReply::BadPath => 400,
             LocalReply::Internal => 500,
         }
     }
@@ -59,14 +66,20 @@ impl LocalReply {
             LocalReply::ConnectFailure => ResponseFlag::UpstreamConnectionFailure,
             LocalReply::Timeout => ResponseFlag::UpstreamRequestTimeout,
             LocalReply::UpstreamReset => ResponseFlag::UpstreamConnectionTermination,
-            LocalReply::Internal => ResponseFlag::None,
+            LocalReply::RbacDenied | LocalReply::BadPath | LocalReply::Internal => {
+                ResponseFlag::None
+            }
         }
     }
 
     /// Envoy's body text.
     pub fn body(self) -> &'static str {
         match self {
-            LocalReply::NoRoute | LocalReply::NoCluster | LocalReply::Internal => "",
+            LocalReply::NoRoute
+            | LocalReply::NoCluster
+            | LocalReply::BadPath
+            | LocalReply::Internal => "",
+            LocalReply::RbacDenied => "RBAC: access denied",
             LocalReply::NoHealthyUpstream => "no healthy upstream",
             LocalReply::ConnectFailure => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
@@ -91,6 +104,8 @@ impl LocalReply {
             LocalReply::UpstreamReset => {
                 "upstream_reset_before_response_started{connection_termination}"
             }
+            LocalReply::RbacDenied => "rbac_access_denied_matched_policy[none]",
+            LocalReply::BadPath => "path_normalization_failed",
             LocalReply::Internal => "internal_error",
         }
     }
@@ -99,6 +114,8 @@ impl LocalReply {
     pub fn grpc_status(self) -> u32 {
         match self.status() {
             400 => 13,
+            401 => 16,
+            403 => 7,
             404 => 12,
             429 | 502 | 503 | 504 => 14,
             _ => 2,

@@ -147,8 +147,9 @@ fn run_router(s: &Snapshot, routes: &HttpRoutes, host: &str) -> (Verdict, Reques
     req.insert_header("host", host).unwrap();
     let mut ctx = RequestCtx::new();
     ctx.authority = authority(&req);
-    let verdict =
-        Filter::build(&xds_client::model::HttpFilter::Router).on_request(&req, &mut ctx, s, routes);
+    let counters = crate::stats::Counters::default();
+    let verdict = Filter::build(&xds_client::model::HttpFilter::Router, &counters, "test")
+        .on_request(&req, &mut ctx, s, routes);
     (verdict, ctx)
 }
 

@@ -54,9 +54,35 @@ pub struct ConnContext {
     pub chain: Arc<ChainRuntime>,
     /// The sniffed application protocol, if sniffing happened and found HTTP.
     pub application_protocol: Option<&'static str>,
+    /// Whether the connection is TLS (terminated by the proxy).
+    pub tls: bool,
+    /// The peer's verified identity (the SPIFFE ID of its certificate) on a mutual-TLS
+    /// connection; what `authenticated` RBAC principals match.
+    pub peer_principal: Option<Arc<str>>,
+    /// The server name (SNI) the client asked for on a TLS connection.
+    pub server_name: Option<Arc<str>>,
 }
 
 impl ConnContext {
+    /// The verified peer identity, if any.
+    pub fn peer_principal(&self) -> Option<&str> {
+        self.peer_principal.as_deref()
+    }
+
+    /// The TLS server name, if any.
+    pub fn server_name(&self) -> Option<&str> {
+        self.server_name.as_deref()
+    }
+
+    /// `https` on TLS connections, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The HTTP connection manager of the chain, if it is an HTTP chain.
     pub fn http_chain(&self) -> Option<&HttpChain> {
         match &self.chain.kind {

@@ -35,7 +35,8 @@ use pingora_proxy::HttpProxy;
 
 use self::conn::{ConnContext, Role};
 use self::select::{ConnectionFacts, RAW_BUFFER};
-use crate::accesslog::{AccessLogEntry, ResponseFlag};
+use crate::accesslog::{AccessLogEntry, Detail, ResponseFlag};
+use crate::authz;
 use crate::http::MeshHttp;
 use crate::shared::Shared;
 use crate::snapshot::ChainKind;
@@ -144,7 +145,7 @@ impl CaptureApp {
             Stats::incr(&shared.stats.downstream_cx_no_chain);
             let mut entry = AccessLogEntry::new(SystemTime::now());
             entry.response_flags = ResponseFlag::NoRoute;
-            entry.response_code_details = Some("filter_chain_not_found");
+            entry.response_code_details = Some("filter_chain_not_found".into());
             entry.downstream_remote_address = peer_addr;
             entry.downstream_local_address = Some(original_dst);
             shared.access_log.log(entry);
@@ -158,8 +159,14 @@ impl CaptureApp {
             listener: listener.name.clone(),
             chain,
             application_protocol,
+            tls: false,
+            peer_principal: None,
+            server_name: None,
         });
         drop(snapshot);
+        if !conn.chain.rbac.is_empty() && !authorize_connection(&conn, shared) {
+            return;
+        }
         tracing::trace!(
             listener = %conn.listener,
             chain = %conn.chain.name,
@@ -178,6 +185,49 @@ impl CaptureApp {
             }
         }
     }
+}
+
+/// The chain's network RBAC filters, once per connection, before anything reaches the
+/// upstream: a denied connection is closed (and logged, with
+/// `connection_termination_details` naming the policy); dry-run results are logged too.
+fn authorize_connection(conn: &ConnContext, shared: &Shared) -> bool {
+    let source = conn
+        .peer_addr
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let attrs = authz::Attributes {
+        source,
+        destination: conn.destination.address,
+        principal: conn.peer_principal(),
+        server_name: conn.server_name(),
+        request: None,
+    };
+    let outcome = authz::check_all(&conn.chain.rbac, &attrs);
+    let audit = conn.chain.rbac.iter().any(|f| f.has_log_rules());
+    if outcome.allowed && outcome.shadow.is_none() && !audit {
+        return true;
+    }
+    if !outcome.allowed || outcome.shadow.is_some() || outcome.log {
+        let mut entry = AccessLogEntry::new(SystemTime::now());
+        entry.downstream_remote_address = conn.peer_addr;
+        entry.downstream_local_address = Some(conn.destination.address);
+        if let Some(shadow) = &outcome.shadow {
+            entry.shadow_engine_result = Some(if shadow.allowed { "allowed" } else { "denied" });
+            entry.shadow_effective_policy_id = shadow.policy.clone().map(Detail::Shared);
+        }
+        if audit {
+            entry.access_log_hint = Some(outcome.log);
+        }
+        if let Some(details) = outcome.denied_details.clone() {
+            tracing::debug!(peer = ?conn.peer_addr, %details, "connection denied by RBAC");
+            entry.connection_termination_details = Some(Detail::Shared(details));
+            shared.access_log.log(entry);
+        } else if outcome.shadow.is_some() || outcome.log {
+            // Allowed: the TCP proxy writes the connection's line; this one records the
+            // dry-run or audit result at the start of the connection.
+            shared.access_log.log(entry);
+        }
+    }
+    outcome.allowed
 }
 
 #[async_trait]

@@ -14,12 +14,14 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use xds_client::model::{
-    Direction, FilterChain, FilterChainMatch, Listener, NetworkFilter, ProxyConfig, RouteSource,
-    TcpProxy,
+    Direction, FilterChain, FilterChainMatch, Listener, NetworkFilter, PathNormalization,
+    ProxyConfig, RouteSource, TcpProxy,
 };
 
+use crate::authz::RbacFilter;
 use crate::http::filters::Filter;
 use crate::http::route::RouteTable;
+use crate::stats::Counters;
 use crate::upstream::ClusterRuntime;
 
 #[cfg(test)]
@@ -52,6 +54,8 @@ pub struct ChainRuntime {
     pub name: String,
     /// When the chain applies.
     pub matcher: FilterChainMatch,
+    /// Network RBAC filters, checked in order when the connection is set up.
+    pub rbac: Vec<RbacFilter>,
     /// What it does with the connection.
     pub kind: ChainKind,
 }
@@ -74,6 +78,8 @@ pub struct HttpChain {
     pub routes: HttpRoutes,
     /// The HTTP filters, called in this order on every request.
     pub filters: Vec<Filter>,
+    /// How request paths are normalized before the filters see them.
+    pub path_normalization: PathNormalization,
 }
 
 /// Where an HTTP chain's routes come from.
@@ -86,7 +92,7 @@ pub enum HttpRoutes {
 }
 
 impl ChainRuntime {
-    fn new(chain: &FilterChain) -> ChainRuntime {
+    fn new(chain: &FilterChain, counters: &Counters) -> ChainRuntime {
         let kind = match &chain.filter {
             NetworkFilter::Tcp(tcp) => ChainKind::Tcp(tcp.clone()),
             NetworkFilter::Http(hcm) => ChainKind::Http(HttpChain {
@@ -97,19 +103,29 @@ impl ChainRuntime {
                         HttpRoutes::Inline(Arc::new(RouteTable::new(rc.clone())))
                     }
                 },
-                filters: hcm.http_filters.iter().map(Filter::build).collect(),
+                filters: hcm
+                    .http_filters
+                    .iter()
+                    .map(|f| Filter::build(f, counters, &hcm.stat_prefix))
+                    .collect(),
+                path_normalization: hcm.path_normalization,
             }),
         };
         ChainRuntime {
             name: chain.name.clone(),
             matcher: chain.matcher.clone(),
+            rbac: chain
+                .rbac
+                .iter()
+                .map(|r| RbacFilter::new(r, counters, &r.stat_prefix))
+                .collect(),
             kind,
         }
     }
 }
 
 impl ListenerRuntime {
-    fn new(listener: &Listener) -> ListenerRuntime {
+    fn new(listener: &Listener, counters: &Counters) -> ListenerRuntime {
         ListenerRuntime {
             name: listener.name.clone(),
             address: listener.address,
@@ -119,12 +135,12 @@ impl ListenerRuntime {
             chains: listener
                 .filter_chains
                 .iter()
-                .map(|c| Arc::new(ChainRuntime::new(c)))
+                .map(|c| Arc::new(ChainRuntime::new(c, counters)))
                 .collect(),
             default_chain: listener
                 .default_filter_chain
                 .as_ref()
-                .map(|c| Arc::new(ChainRuntime::new(c))),
+                .map(|c| Arc::new(ChainRuntime::new(c, counters))),
         }
     }
 }
@@ -139,17 +155,34 @@ pub struct Snapshot {
     handoff: HashMap<SocketAddr, Arc<ListenerRuntime>>,
     routes: HashMap<String, Arc<RouteTable>>,
     clusters: HashMap<String, Arc<ClusterRuntime>>,
+    counters: Arc<Counters>,
 }
 
 impl Snapshot {
     /// The snapshot before any configuration: not ready, nothing in it.
     pub fn empty() -> Snapshot {
-        Snapshot::build(Arc::new(ProxyConfig::default()), None)
+        Snapshot::empty_with(Arc::new(Counters::default()))
+    }
+
+    /// [`Snapshot::empty`], with the registry the filters of later snapshots take their
+    /// counters from.
+    pub fn empty_with(counters: Arc<Counters>) -> Snapshot {
+        Snapshot::build_with(Arc::new(ProxyConfig::default()), None, counters)
     }
 
     /// Build the snapshot of `config`, carrying load-balancing state over from `previous`
     /// and reusing its prepared listeners and route tables where their config is unchanged.
+    /// Filters take their counters from `previous`'s registry (a new one without `previous`).
     pub fn build(config: Arc<ProxyConfig>, previous: Option<&Snapshot>) -> Snapshot {
+        let counters = previous.map_or_else(Arc::default, |p| p.counters.clone());
+        Snapshot::build_with(config, previous, counters)
+    }
+
+    fn build_with(
+        config: Arc<ProxyConfig>,
+        previous: Option<&Snapshot>,
+        counters: Arc<Counters>,
+    ) -> Snapshot {
         let listeners: HashMap<String, Arc<ListenerRuntime>> = config
             .listeners
             .values()
@@ -159,7 +192,8 @@ impl Snapshot {
                         .then(|| p.listeners.get(&l.name).cloned())
                         .flatten()
                 });
-                let runtime = unchanged.unwrap_or_else(|| Arc::new(ListenerRuntime::new(l)));
+                let runtime =
+                    unchanged.unwrap_or_else(|| Arc::new(ListenerRuntime::new(l, &counters)));
                 (l.name.clone(), runtime)
             })
             .collect();
@@ -202,7 +236,13 @@ impl Snapshot {
             handoff,
             routes,
             clusters,
+            counters,
         }
+    }
+
+    /// The registry of configuration-named counters.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
     }
 
     /// The applied configuration.
@@ -285,6 +325,13 @@ impl SnapshotCell {
     pub fn new() -> SnapshotCell {
         SnapshotCell {
             current: ArcSwap::from_pointee(Snapshot::empty()),
+        }
+    }
+
+    /// A cell whose snapshots' filters take their counters from `counters`.
+    pub fn with_counters(counters: Arc<Counters>) -> SnapshotCell {
+        SnapshotCell {
+            current: ArcSwap::from_pointee(Snapshot::empty_with(counters)),
         }
     }
 

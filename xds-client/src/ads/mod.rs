@@ -228,7 +228,7 @@ impl AdsState {
                 self.listeners = resources
                     .into_iter()
                     .filter_map(|r| match r {
-                        Resource::Listener(l) => Some((l.name.clone(), l)),
+                        Resource::Listener(l) => Some((l.name.clone(), *l)),
                         _ => None,
                     })
                     .collect();

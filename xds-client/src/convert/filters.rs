@@ -1,4 +1,5 @@
-//! Network filters (`http_connection_manager`, `tcp_proxy`) and HTTP filters (`router`).
+//! Network filters (`http_connection_manager`, `tcp_proxy`, and `rbac` before either) and HTTP
+//! filters (`rbac`, `router`).
 //!
 //! Ignored fields of the HTTP connection manager (observability and Envoy-side tuning; the
 //! proxy has its own): `tracing`, `access_log*`, `stream_idle_timeout`, `request_timeout`,
@@ -9,38 +10,73 @@
 //! `via`, `internal_address_config`, `generate_request_id`, `request_id_extension`,
 //! `preserve_external_request_id`, `always_set_request_id_in_response`,
 //! `forward_client_cert_details`, `set_current_client_cert_details`, `proxy_100_continue`,
-//! `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`,
-//! `path_normalization_options`, `stream_error_on_invalid_http_message`,
+//! `stream_error_on_invalid_http_message`,
 //! `represent_ipv4_remote_address_as_ipv4_mapped_ipv6`, `add_user_agent`, `proxy_status_config`,
 //! `append_x_forwarded_port`, `append_local_overload`, `add_proxy_protocol_connection_state`,
 //! `forward_proto_config`, `http1_safe_max_connection_duration`.
 //! `upgrade_configs` may only enable WebSocket, which the proxy passes through.
+//! `normalize_path`, `merge_slashes` and `path_with_escaped_slashes_action` (`KEEP_UNCHANGED`,
+//! `REJECT_REQUEST`, `UNESCAPE_AND_FORWARD`) set the path normalization; `UNESCAPE_AND_REDIRECT`
+//! and `path_normalization_options` are rejected.
 //!
 //! Ignored fields of `tcp_proxy`: `access_log*`, `flush_access_log_on_connected`,
 //! `backoff_options`, `check_drain_close`. Ignored fields of the router: all but
 //! `upstream_http_filters`.
 
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter};
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     self as hcm, http_connection_manager, http_filter,
 };
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{self as tcp, tcp_proxy};
 use prost::Name;
 use std::time::Duration;
 
 use super::route::convert_route_config;
 use super::{
-    decode_any, reject_set, require_ads, timeout_or, type_name, ConvertError, Location, Within,
+    bool_or, decode_any, reject_set, require_ads, timeout_or, type_name, ConvertError, Location,
+    Within,
 };
-use crate::model::{HttpConnectionManager, HttpFilter, NetworkFilter, RouteSource, TcpProxy};
+use crate::model::{
+    EscapedSlashes, HttpConnectionManager, HttpFilter, NetworkFilter, PathNormalization, Rbac,
+    RouteSource, TcpProxy,
+};
 
 /// Envoy's default `tcp_proxy` idle timeout.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 const ROUTER_NAME: &str = "envoy.filters.http.router";
+const HTTP_RBAC_NAME: &str = "envoy.filters.http.rbac";
+const NETWORK_RBAC_NAME: &str = "envoy.filters.network.rbac";
 
-/// A network filter of a chain. Only the two terminal filters are supported.
+/// A network filter of a chain: RBAC (not terminal) or one of the terminal filters.
+#[derive(Debug)]
+pub(super) enum ChainFilter {
+    /// `envoy.filters.network.rbac`.
+    Rbac(Rbac),
+    /// `http_connection_manager` or `tcp_proxy`.
+    Terminal(NetworkFilter),
+}
+
+/// One network filter of a chain.
+pub(super) fn chain_filter(proto: Filter) -> Result<ChainFilter, ConvertError> {
+    if let Some(filter::ConfigType::TypedConfig(any)) = &proto.config_type {
+        if type_name(&any.type_url) == NetworkRbac::full_name() {
+            let rbac: NetworkRbac = decode_any(any).at("typed_config")?;
+            return Rbac::try_from(rbac)
+                .at("typed_config")
+                .map(ChainFilter::Rbac);
+        }
+    }
+    if proto.config_type.is_none() && proto.name == NETWORK_RBAC_NAME {
+        return Err(ConvertError::missing("typed_config"));
+    }
+    NetworkFilter::try_from(proto).map(ChainFilter::Terminal)
+}
+
+/// A terminal network filter of a chain.
 impl TryFrom<Filter> for NetworkFilter {
     type Error = ConvertError;
 
@@ -101,7 +137,9 @@ impl TryFrom<hcm::HttpConnectionManager> for HttpConnectionManager {
             strip_trailing_host_dot,
             forward_client_cert_matcher,
             scheme_header_transformation,
+            path_normalization_options,
         );
+        let path_normalization = path_normalization(&proto)?;
         for (i, upgrade) in proto.upgrade_configs.iter().enumerate() {
             websocket_upgrade(upgrade).at_index("upgrade_configs", i)?;
         }
@@ -126,7 +164,7 @@ impl TryFrom<hcm::HttpConnectionManager> for HttpConnectionManager {
         let mut http_filters = Vec::new();
         for (i, filter) in proto.http_filters.into_iter().enumerate() {
             if let Some(converted) = http_filter(filter).at_index("http_filters", i)? {
-                if http_filters.last() == Some(&HttpFilter::Router) {
+                if matches!(http_filters.last(), Some(HttpFilter::Router)) {
                     return Err(ConvertError::inconsistent(
                         "the router must be the last HTTP filter",
                     )
@@ -135,7 +173,7 @@ impl TryFrom<hcm::HttpConnectionManager> for HttpConnectionManager {
                 http_filters.push(converted);
             }
         }
-        if http_filters.last() != Some(&HttpFilter::Router) {
+        if !matches!(http_filters.last(), Some(HttpFilter::Router)) {
             return Err(ConvertError::inconsistent(
                 "the last HTTP filter must be the router (envoy.filters.http.router)",
             )
@@ -145,8 +183,38 @@ impl TryFrom<hcm::HttpConnectionManager> for HttpConnectionManager {
             stat_prefix: proto.stat_prefix,
             routes,
             http_filters,
+            path_normalization,
         })
     }
+}
+
+/// `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`.
+fn path_normalization(
+    proto: &hcm::HttpConnectionManager,
+) -> Result<PathNormalization, ConvertError> {
+    use http_connection_manager::PathWithEscapedSlashesAction as A;
+    let escaped_slashes = match A::try_from(proto.path_with_escaped_slashes_action) {
+        Ok(A::ImplementationSpecificDefault) | Ok(A::KeepUnchanged) => EscapedSlashes::Keep,
+        Ok(A::RejectRequest) => EscapedSlashes::Reject,
+        Ok(A::UnescapeAndForward) => EscapedSlashes::UnescapeAndForward,
+        Ok(other) => {
+            return Err(ConvertError::unsupported_value(
+                "path_with_escaped_slashes_action",
+                other.as_str_name(),
+            ))
+        }
+        Err(_) => {
+            return Err(ConvertError::unsupported_value(
+                "path_with_escaped_slashes_action",
+                proto.path_with_escaped_slashes_action.to_string(),
+            ))
+        }
+    };
+    Ok(PathNormalization {
+        normalize: bool_or(proto.normalize_path.as_ref(), false),
+        merge_slashes: proto.merge_slashes,
+        escaped_slashes,
+    })
 }
 
 /// Only WebSocket upgrades, enabled, without upgrade filters.
@@ -166,6 +234,26 @@ fn websocket_upgrade(upgrade: &http_connection_manager::UpgradeConfig) -> Result
 
 /// One HTTP filter: `Some` when supported, `None` when it is unknown and optional (skipped).
 fn http_filter(proto: hcm::HttpFilter) -> Result<Option<HttpFilter>, ConvertError> {
+    let is_rbac = match &proto.config_type {
+        Some(http_filter::ConfigType::TypedConfig(any)) => {
+            type_name(&any.type_url) == HttpRbac::full_name()
+        }
+        _ => false,
+    };
+    if is_rbac {
+        if proto.disabled {
+            return Err(ConvertError::unsupported_value("disabled", "true"));
+        }
+        let Some(http_filter::ConfigType::TypedConfig(any)) = &proto.config_type else {
+            return Err(ConvertError::missing("typed_config"));
+        };
+        let rbac: HttpRbac = decode_any(any).at("typed_config")?;
+        let rbac = Rbac::try_from(rbac).at("typed_config")?;
+        return Ok(Some(HttpFilter::Rbac(Box::new(rbac))));
+    }
+    if proto.config_type.is_none() && proto.name == HTTP_RBAC_NAME && !proto.is_optional {
+        return Err(ConvertError::missing("typed_config"));
+    }
     let is_router = match &proto.config_type {
         Some(http_filter::ConfigType::TypedConfig(any)) => {
             type_name(&any.type_url) == Router::full_name()

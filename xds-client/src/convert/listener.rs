@@ -27,13 +27,12 @@ use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::Tl
 use ipnet::IpNet;
 use prost::Name;
 
+use super::filters::{chain_filter, ChainFilter};
 use super::{
     address, bool_or, decode_any, reject_set, reject_true, type_name, ConvertError, Location,
     Within,
 };
-use crate::model::{
-    Direction, FilterChain, FilterChainMatch, Listener, NetworkFilter, ResourceType,
-};
+use crate::model::{Direction, FilterChain, FilterChainMatch, Listener, ResourceType};
 
 /// An LDS resource.
 impl TryFrom<pb::Listener> for Listener {
@@ -170,20 +169,30 @@ impl TryFrom<pb::FilterChain> for FilterChain {
             return Err(ConvertError::missing("filters"));
         }
         let mut terminal = None;
+        let mut rbac = Vec::new();
         for (i, filter) in proto.filters.into_iter().enumerate() {
-            let converted = NetworkFilter::try_from(filter).at_index("filters", i)?;
-            if i + 1 < count {
-                return Err(ConvertError::inconsistent(
-                    "a terminal filter (http_connection_manager, tcp_proxy) must be the last filter",
-                )
-                .at_index("filters", i));
+            match chain_filter(filter).at_index("filters", i)? {
+                ChainFilter::Rbac(r) if i + 1 < count => rbac.push(r),
+                ChainFilter::Rbac(_) => {
+                    return Err(ConvertError::inconsistent(
+                        "the last filter must be a terminal filter (http_connection_manager, tcp_proxy)",
+                    )
+                    .at_index("filters", i))
+                }
+                ChainFilter::Terminal(_) if i + 1 < count => {
+                    return Err(ConvertError::inconsistent(
+                        "a terminal filter (http_connection_manager, tcp_proxy) must be the last filter",
+                    )
+                    .at_index("filters", i))
+                }
+                ChainFilter::Terminal(t) => terminal = Some(t),
             }
-            terminal = Some(converted);
         }
         let filter = terminal.ok_or_else(|| ConvertError::missing("filters"))?;
         Ok(FilterChain {
             name: proto.name,
             matcher,
+            rbac,
             filter,
         })
     }
@@ -248,7 +257,7 @@ impl TryFrom<pb::FilterChainMatch> for FilterChainMatch {
 }
 
 /// A CIDR range (host bits cleared, as Envoy does).
-fn cidr(range: &CidrRange) -> Result<IpNet, ConvertError> {
+pub(super) fn cidr(range: &CidrRange) -> Result<IpNet, ConvertError> {
     let ip = range
         .address_prefix
         .parse()

@@ -22,6 +22,8 @@ mod cluster;
 mod endpoint;
 mod filters;
 mod listener;
+mod matcher;
+mod rbac;
 mod route;
 
 #[cfg(test)]
@@ -483,8 +485,8 @@ pub(crate) fn require_ads(source: Option<&ConfigSource>) -> Result<(), ConvertEr
 /// A converted resource of one of the four types.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
-    /// From LDS.
-    Listener(Listener),
+    /// From LDS (boxed: a listener is much larger than the other resources).
+    Listener(Box<Listener>),
     /// From RDS.
     Route(RouteConfig),
     /// From CDS.
@@ -541,7 +543,7 @@ pub fn decode_resource(
     match resource_type {
         ResourceType::Listener => {
             let proto: listener::v3::Listener = decode_any(any).at_index("resources", index)?;
-            Listener::try_from(proto).map(Resource::Listener)
+            Listener::try_from(proto).map(|l| Resource::Listener(Box::new(l)))
         }
         ResourceType::Route => {
             let proto: route::v3::RouteConfiguration =

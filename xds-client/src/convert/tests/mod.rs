@@ -3,6 +3,7 @@
 mod cluster;
 mod endpoint;
 mod listener;
+mod rbac;
 mod route;
 
 use envoy_types::pb::envoy::config::core::v3::{
