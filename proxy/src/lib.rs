@@ -3,8 +3,8 @@
 //! `init` writes the capture rules ([`capture`]); `run` starts the sidecar ([`app`]): capture
 //! listeners ([`listener`]) hand each connection to the HTTP proxy ([`http`]) or the TCP proxy
 //! ([`tcp`]) according to the configuration snapshot ([`snapshot`]); [`upstream`] picks
-//! endpoints, [`accesslog`] writes one line per request or connection, [`admin`] serves the
-//! admin and readiness ports.
+//! endpoints, [`identity`] holds the workload certificate from the CA, [`accesslog`] writes one
+//! line per request or connection, [`admin`] serves the admin and readiness ports.
 
 pub mod accesslog;
 pub mod admin;
@@ -14,6 +14,7 @@ pub mod capture;
 #[cfg(test)]
 mod fixtures;
 pub mod http;
+pub mod identity;
 pub mod listener;
 pub mod shared;
 pub mod snapshot;

@@ -1,5 +1,5 @@
-//! State shared by every part of the running sidecar: the current config snapshot, the access
-//! log, the counters and the lifecycle (draining, quit requests).
+//! State shared by every part of the running sidecar: the current config snapshot, the
+//! workload identity, the access log, the counters and the lifecycle (draining, quit requests).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use xds_client::model::PathNormalization;
 
 use crate::accesslog::AccessLog;
+use crate::identity::Identity;
 use crate::snapshot::SnapshotCell;
 use crate::stats::Stats;
 
@@ -18,6 +19,8 @@ use crate::stats::Stats;
 pub struct Shared {
     /// The current configuration snapshot.
     pub snapshot: SnapshotCell,
+    /// The workload identity (certificate and trust bundle).
+    pub identity: Arc<Identity>,
     /// The access log sink.
     pub access_log: Arc<AccessLog>,
     /// Data-path counters.
@@ -30,11 +33,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Shared state with an empty snapshot.
+    /// Shared state with an empty snapshot and no identity.
     pub fn new(access_log: Arc<AccessLog>) -> Shared {
+        Shared::with_identity(access_log, Arc::new(Identity::disabled()))
+    }
+
+    /// Shared state with an empty snapshot and `identity`.
+    pub fn with_identity(access_log: Arc<AccessLog>, identity: Arc<Identity>) -> Shared {
         let stats = Stats::default();
         Shared {
             snapshot: SnapshotCell::with_counters(stats.counters.clone()),
+            identity,
             access_log,
             stats,
             lifecycle: Lifecycle::default(),

@@ -98,8 +98,11 @@ impl AdminState {
         let snapshot = self.shared.snapshot.load();
         if self.shared.lifecycle.is_draining() {
             ServerState::Draining
-        } else if snapshot.is_ready() {
+        } else if snapshot.is_ready() && self.shared.identity.is_ready() {
             ServerState::Live
+        } else if snapshot.is_ready() {
+            // Configured, but the workload certificate is missing or expired.
+            ServerState::Initializing
         } else if snapshot.config().versions.is_empty() {
             ServerState::PreInitializing
         } else {
@@ -113,6 +116,7 @@ struct ConfigDump<'a> {
     node: &'a NodeInfo,
     state: &'static str,
     xds_status: XdsStatus,
+    identity: crate::identity::IdentityDump,
     config: &'a xds_client::model::ProxyConfig,
 }
 
@@ -194,6 +198,7 @@ pub fn route(state: &AdminState, port: Port, method: &Method, path: &str) -> Res
                 node: &state.node,
                 state: state.state().as_str(),
                 xds_status: state.xds.status(),
+                identity: state.shared.identity.dump(),
                 config: snapshot.config(),
             };
             match serde_json::to_vec_pretty(&dump) {

@@ -10,6 +10,10 @@ use crate::fixtures::config;
 use crate::shared::Shared;
 
 fn state() -> AdminState {
+    state_with(crate::identity::Identity::disabled())
+}
+
+fn state_with(identity: crate::identity::Identity) -> AdminState {
     let node = NodeInfo {
         pod_name: "p".into(),
         namespace: "ns".into(),
@@ -26,7 +30,7 @@ fn state() -> AdminState {
     });
     let log = AccessLog::spawn(std::io::sink(), 4).unwrap();
     AdminState {
-        shared: Arc::new(Shared::new(log)),
+        shared: Arc::new(Shared::with_identity(log, Arc::new(identity))),
         xds,
         node,
     }
@@ -109,4 +113,37 @@ async fn quitquitquit_needs_post_and_requests_a_drain() {
         route(&s, Port::Admin, &Method::GET, "/healthz/ready").status(),
         StatusCode::NOT_FOUND
     );
+}
+
+#[tokio::test]
+async fn readiness_waits_for_a_valid_certificate_when_identity_is_on() {
+    use crate::identity::{csr, Identity};
+    const ID: &str = "spiffe://cluster.local/ns/ns/sa/sa";
+    let s = state_with(Identity::new(ID.into()));
+    let ready = |s: &AdminState| route(s, Port::Readiness, &Method::GET, "/healthz/ready").status();
+    s.shared
+        .snapshot
+        .apply(Arc::new(config(vec![], vec![], vec![], vec![])));
+    assert_eq!(
+        ready(&s),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no certificate yet"
+    );
+    let ca = crate::identity::tests::TestCa::new();
+    let key = csr::generate_key().unwrap();
+    let pem = csr::build_csr(&key, ID).unwrap();
+    let cert = csr::accept_chain(&ca.sign(&pem, ID, -30, 3600), key.clone(), ID, &[], 1).unwrap();
+    s.shared.identity.install(cert);
+    assert_eq!(ready(&s), StatusCode::OK);
+    let dump = body(route(&s, Port::Admin, &Method::GET, "/config_dump")).await;
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(dump["identity"]["spiffe_id"], ID);
+    assert_eq!(dump["identity"]["state"], "VALID");
+    assert!(dump["identity"]["certificate"]["serial"].as_str().is_some());
+    assert!(!dump.to_string().contains("PRIVATE KEY"));
+    // Expired: not ready any more.
+    let mut expired = csr::accept_chain(&ca.sign(&pem, ID, -30, 3600), key, ID, &[], 2).unwrap();
+    expired.not_after = crate::identity::now_unix() - 1;
+    s.shared.identity.install(expired);
+    assert_eq!(ready(&s), StatusCode::SERVICE_UNAVAILABLE);
 }

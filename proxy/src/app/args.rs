@@ -8,6 +8,7 @@ use std::time::Duration;
 use xds_client::model::{EscapedSlashes, PathNormalization};
 
 use super::Error;
+use crate::identity::client::{CaAddress, CaConfig};
 
 /// Longest accepted drain duration.
 const MAX_DRAIN: Duration = Duration::from_secs(3600);
@@ -41,10 +42,30 @@ pub struct RunArgs {
     /// Cluster DNS domain.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
-    /// Bootstrap token proving the proxy's identity to the CA. Kept for the identity work;
-    /// nothing reads it yet.
+    /// Bootstrap token proving the proxy's namespace and service account to the CA for its
+    /// first certificate (`meshctl token create`); read at each attempt, so it may appear
+    /// after the proxy starts. Without it the proxy has no identity: no mutual TLS, and
+    /// readiness does not wait for a certificate.
     #[arg(long, env = "MESH_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The CA (`host:port` or `http://host:port` plaintext, `https://host:port` TLS);
+    /// default: the xDS address.
+    #[arg(long, env = "CA_ADDR")]
+    pub ca_address: Option<String>,
+    /// Where certificate renewals go, over mutual TLS with the current certificate
+    /// (`host:port`); default: the CA address if it is https://, else its host on 15012.
+    #[arg(long)]
+    pub ca_tls_address: Option<String>,
+    /// PEM roots the CA's serving certificate (and the first workload certificate) must
+    /// chain to, as Istio's mounted root-cert.pem; needed when --ca-address is https://.
+    #[arg(long, env = "MESH_CA_ROOT_CERT")]
+    pub ca_root_cert: Option<PathBuf>,
+    /// Lifetime asked for the workload certificate (at least 1m); renewed at half of it.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub cert_ttl: Duration,
+    /// Renew the certificate at least this often (tests: rotation within seconds).
+    #[arg(long, value_parser = parse_duration)]
+    pub cert_renew_interval: Option<Duration>,
     /// Outbound capture listener.
     #[arg(long, default_value = "0.0.0.0:15001")]
     pub outbound_addr: SocketAddr,
@@ -134,6 +155,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (examples: 100ms, 5s, 1m)"))
 }
 
+/// The workload identity settings (with `--token-file`).
+#[derive(Debug, Clone)]
+pub struct IdentitySettings {
+    /// `spiffe://CLUSTER_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.
+    pub spiffe_id: String,
+    /// The CA client's settings.
+    pub ca: CaConfig,
+    /// `--cert-renew-interval`.
+    pub forced_renewal: Option<Duration>,
+}
+
 /// Validated settings of `mesh-proxy run`.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -145,6 +177,84 @@ pub struct Settings {
     pub grace_period_secs: u64,
     /// Seconds Pingora gives its runtimes to stop.
     pub shutdown_timeout_secs: u64,
+    /// The identity, when `--token-file` is given.
+    pub identity: Option<IdentitySettings>,
+}
+
+/// Shortest certificate lifetime accepted.
+const MIN_CERT_TTL: Duration = Duration::from_secs(60);
+/// Longest (Istio's MAX_WORKLOAD_CERT_TTL).
+const MAX_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+
+impl RunArgs {
+    fn identity(&self) -> Result<Option<IdentitySettings>, Error> {
+        let invalid = |flag: &'static str, reason: String| Error::InvalidFlag { flag, reason };
+        let Some(token_file) = &self.token_file else {
+            return Ok(None);
+        };
+        if self.cert_ttl < MIN_CERT_TTL || self.cert_ttl > MAX_CERT_TTL {
+            return Err(invalid(
+                "--cert-ttl",
+                format!(
+                    "must be between {} and {}",
+                    humantime::format_duration(MIN_CERT_TTL),
+                    humantime::format_duration(MAX_CERT_TTL)
+                ),
+            ));
+        }
+        if self.cert_renew_interval.is_some_and(|d| d.is_zero()) {
+            return Err(invalid(
+                "--cert-renew-interval",
+                "must be greater than zero".into(),
+            ));
+        }
+        let (flag, raw) = match &self.ca_address {
+            Some(a) => ("--ca-address", a.as_str()),
+            None => ("--xds-address", self.xds_address.as_str()),
+        };
+        let address = CaAddress::parse(raw).map_err(|r| invalid(flag, r))?;
+        let tls_address = match &self.ca_tls_address {
+            Some(a) => match CaAddress::parse(a).map_err(|r| invalid("--ca-tls-address", r))? {
+                CaAddress::Plain(a) | CaAddress::Tls(a) => a,
+            },
+            None => address.tls_default(),
+        };
+        let root_certs = match &self.ca_root_cert {
+            None => Vec::new(),
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| invalid("--ca-root-cert", format!("{}: {e}", path.display())))?;
+                let certs = boring::x509::X509::stack_from_pem(&pem).unwrap_or_default();
+                if certs.is_empty() {
+                    return Err(invalid(
+                        "--ca-root-cert",
+                        format!("{}: no PEM certificate", path.display()),
+                    ));
+                }
+                certs
+            }
+        };
+        if matches!(address, CaAddress::Tls(_)) && root_certs.is_empty() {
+            return Err(invalid(
+                "--ca-root-cert",
+                "required to verify a CA reached over https://".into(),
+            ));
+        }
+        Ok(Some(IdentitySettings {
+            spiffe_id: format!(
+                "spiffe://{}/ns/{}/sa/{}",
+                self.cluster_domain, self.namespace, self.service_account
+            ),
+            ca: CaConfig {
+                address,
+                tls_address,
+                root_certs,
+                token_file: token_file.clone(),
+                ttl: self.cert_ttl,
+            },
+            forced_renewal: self.cert_renew_interval,
+        }))
+    }
 }
 
 impl RunArgs {
@@ -212,7 +322,9 @@ impl RunArgs {
         }
         let drain_secs =
             self.drain_duration.as_secs() + u64::from(self.drain_duration.subsec_nanos() > 0);
+        let identity = self.identity()?;
         Ok(Settings {
+            identity,
             threads,
             grace_period_secs: drain_secs.saturating_sub(1),
             shutdown_timeout_secs: drain_secs.min(1),

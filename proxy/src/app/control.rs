@@ -1,7 +1,7 @@
 //! The control side of the sidecar, one Pingora background service on its own thread: the xDS
-//! client, the task that turns each published config into a snapshot, the admin and readiness
-//! servers, and the drain that ends the process once shutdown has started and no connection
-//! is left.
+//! client, the task that turns each published config into a snapshot, the certificate
+//! renewal, the admin and readiness servers, and the drain that ends the process once
+//! shutdown has started and no connection is left.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +12,7 @@ use pingora_core::services::background::BackgroundService;
 use xds_client::{XdsClient, XdsHandle};
 
 use crate::admin::{self, AdminState, Port};
+use crate::identity::client::CaClient;
 use crate::shared::Shared;
 
 /// How often the drain checks for remaining connections.
@@ -36,6 +37,7 @@ impl<T> Slot<T> {
 /// The control background service.
 pub struct Control {
     client: Slot<XdsClient>,
+    renewal: Slot<(CaClient, Option<Duration>)>,
     xds: XdsHandle,
     shared: Arc<Shared>,
     admin: Arc<AdminState>,
@@ -48,12 +50,14 @@ impl Control {
     /// server starts).
     pub fn new(
         client: XdsClient,
+        renewal: Option<(CaClient, Option<Duration>)>,
         admin: Arc<AdminState>,
         admin_listener: std::net::TcpListener,
         readiness_listener: std::net::TcpListener,
     ) -> Control {
         Control {
             client: Slot::new(client),
+            renewal: Slot(Mutex::new(renewal)),
             xds: admin.xds.clone(),
             shared: admin.shared.clone(),
             admin,
@@ -81,6 +85,10 @@ impl BackgroundService for Control {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         if let Some(client) = self.client.take() {
             tokio::spawn(client.run());
+        }
+        if let Some((ca, forced)) = self.renewal.take() {
+            let identity = self.shared.identity.clone();
+            tokio::spawn(crate::identity::renew::run(identity, ca, forced));
         }
         tokio::spawn(follow_config(self.xds.clone(), self.shared.clone()));
         for (slot, port) in [

@@ -26,6 +26,8 @@ pub use self::args::RunArgs;
 use self::args::Settings;
 use crate::accesslog::{self, AccessLog};
 use crate::admin::AdminState;
+use crate::identity::client::CaClient;
+use crate::identity::Identity;
 use crate::shared::Shared;
 
 /// Access-log lines that may wait for the writer before new ones are dropped.
@@ -110,7 +112,18 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         max_backoff: XDS_MAX_BACKOFF,
     });
     let access_log = AccessLog::stdout(ACCESS_LOG_QUEUE)?;
-    let mut shared = Shared::new(access_log.clone());
+    let identity = Arc::new(match &settings.identity {
+        Some(id) => Identity::new(id.spiffe_id.clone()),
+        None => {
+            tracing::warn!("no --token-file: running without a workload identity (no mutual TLS)");
+            Identity::disabled()
+        }
+    });
+    let renewal = settings
+        .identity
+        .as_ref()
+        .map(|id| (CaClient::new(id.ca.clone()), id.forced_renewal));
+    let mut shared = Shared::with_identity(access_log.clone(), identity);
     shared.path_normalization = a.path_normalization;
     let shared = Arc::new(shared);
     let admin = Arc::new(AdminState {
@@ -118,7 +131,7 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         xds,
         node,
     });
-    let control = control::Control::new(client, admin, admin_listener, readiness_listener);
+    let control = control::Control::new(client, renewal, admin, admin_listener, readiness_listener);
     let server = server::build(&settings, shared.clone(), control);
     tracing::info!(
         outbound = %a.outbound_addr,

@@ -113,3 +113,72 @@ fn drain_duration_rounds_up_to_whole_seconds() {
     let s = parse(&["--concurrency", "0"]).unwrap().validate().unwrap();
     assert!(s.threads >= 1);
 }
+
+#[test]
+fn identity_flags() {
+    let s = parse(&[]).unwrap().validate().unwrap();
+    assert!(s.identity.is_none(), "no token file, no identity");
+    let s = parse(&[
+        "--token-file",
+        "/var/run/token",
+        "--service-account",
+        "reviews",
+    ])
+    .unwrap()
+    .validate()
+    .unwrap();
+    let id = s.identity.unwrap();
+    assert_eq!(id.spiffe_id, "spiffe://cluster.local/ns/ns/sa/reviews");
+    assert_eq!(
+        id.ca.address,
+        crate::identity::client::CaAddress::Plain("127.0.0.1:15010".into())
+    );
+    assert_eq!(id.ca.tls_address, "127.0.0.1:15012");
+    assert_eq!(id.ca.ttl, Duration::from_secs(24 * 3600));
+    assert_eq!(id.forced_renewal, None);
+    let s = parse(&[
+        "--token-file",
+        "t",
+        "--ca-address",
+        "http://10.0.0.1:15010",
+        "--ca-tls-address",
+        "10.0.0.1:25012",
+        "--cert-ttl",
+        "2m",
+        "--cert-renew-interval",
+        "3s",
+    ])
+    .unwrap()
+    .validate()
+    .unwrap();
+    let id = s.identity.unwrap();
+    assert_eq!(id.ca.tls_address, "10.0.0.1:25012");
+    assert_eq!(id.ca.ttl, Duration::from_secs(120));
+    assert_eq!(id.forced_renewal, Some(Duration::from_secs(3)));
+
+    let invalid = |extra: &[&str]| match parse(extra).unwrap().validate() {
+        Err(Error::InvalidFlag { flag, .. }) => flag,
+        other => panic!("expected an invalid flag, got {other:?}"),
+    };
+    assert_eq!(
+        invalid(&["--token-file", "t", "--cert-ttl", "10s"]),
+        "--cert-ttl"
+    );
+    assert_eq!(
+        invalid(&["--token-file", "t", "--ca-address", "https://istiod:15012"]),
+        "--ca-root-cert"
+    );
+    assert_eq!(
+        invalid(&["--token-file", "t", "--ca-address", "grpc://x:1"]),
+        "--ca-address"
+    );
+    assert_eq!(
+        invalid(&[
+            "--token-file",
+            "t",
+            "--ca-root-cert",
+            "/nonexistent/root.pem"
+        ]),
+        "--ca-root-cert"
+    );
+}

@@ -33,7 +33,7 @@ pub const CONTROL_PLANE_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A handle on a topology's control plane (running or not). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
-    topo: Arc<TopologyInner>,
+    pub(crate) topo: Arc<TopologyInner>,
 }
 
 impl Topology {
@@ -135,6 +135,12 @@ impl ControlPlane {
             argv.push(self.topo.state_dir.join("controlplane").into());
         }
         argv.extend(extra_args.iter().map(OsString::from));
+        let ca_dir = extra_args
+            .iter()
+            .position(|a| *a == "--ca-dir")
+            .and_then(|i| extra_args.get(i + 1))
+            .map(std::path::PathBuf::from);
+        self.topo.lock().ca_dir = ca_dir;
         let launch = Launch {
             netns: None,
             user: None,
@@ -153,8 +159,9 @@ impl ControlPlane {
         self.topo.lock().control_plane.clone()
     }
 
-    /// Waits until `GET /ready` on the debug address answers 200; fails at once if the
-    /// process exits.
+    /// Waits until `GET /ready` on the debug address answers 200 (fails at once if the
+    /// process exits), then writes the bootstrap tokens injected pods still lack (the CA
+    /// exists by then).
     pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let proc = self.process();
         let addr = self.debug_address();
@@ -168,7 +175,8 @@ impl ControlPlane {
                 }
                 expect_200(addr, "/ready")
             },
-        )
+        )?;
+        self.topo.write_tokens()
     }
 
     /// `GET PATH` on the debug address.

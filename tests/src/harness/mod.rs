@@ -37,6 +37,7 @@ mod envoy;
 mod error;
 mod grpc_xds;
 mod http;
+mod identity;
 mod paths;
 mod peers;
 mod pod;
@@ -62,6 +63,7 @@ pub use grpc_xds::{
     grpc_bootstrap, json_lines, GrpcXdsClient, GRPC_BOOTSTRAP_FILE, GRPC_CLIENT_SCRIPT,
 };
 pub use http::{http_get, HttpResponse};
+pub use identity::create_token;
 pub use paths::{bin, target_dir, workspace_dir};
 pub use peers::{
     envoy, grpc_python, peer_skip_reason, should_skip_peer, Peer, ENVOY_ENV, ENVOY_VENV,

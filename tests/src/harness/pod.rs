@@ -55,6 +55,18 @@ pub(crate) struct PodData {
     pub(crate) etc_dir: PathBuf,
     pub(crate) work_dir: PathBuf,
     pub(crate) proxy: Mutex<Option<Process>>,
+    /// The service account of an injected sidecar with an identity.
+    pub(crate) service_account: Mutex<Option<String>>,
+}
+
+impl PodData {
+    /// The service account of its sidecar's identity, if it has one.
+    pub(crate) fn service_account(&self) -> Option<String> {
+        self.service_account
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// A pod of a [`Topology`]: a network namespace on the topology's bridge. Cheap to clone.
@@ -80,6 +92,9 @@ pub struct ProxyOptions {
     pub env: Vec<(String, String)>,
     /// `--xds-address`; default the topology's control plane, `10.211.N.1:15010`.
     pub xds_address: Option<SocketAddr>,
+    /// Give the sidecar a workload identity: a bootstrap token from the control plane's CA
+    /// (`--token-file`), hence a certificate and mutual TLS (default true).
+    pub identity: bool,
 }
 
 impl Default for ProxyOptions {
@@ -91,6 +106,7 @@ impl Default for ProxyOptions {
             extra_run_args: Vec::new(),
             env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
             xds_address: None,
+            identity: true,
         }
     }
 }
@@ -339,7 +355,8 @@ impl Pod {
 
     /// Injects the sidecar: `mesh-proxy init` (unless `capture` is off; it must succeed),
     /// then `mesh-proxy run` as UID 1337 in the background as process `proxy`, with the pod's
-    /// identity and placement as flags. Start the app after it.
+    /// identity and placement as flags, and (unless `identity` is off) `--token-file` with
+    /// its bootstrap token. Start the app after it.
     pub fn inject(&self, opts: &ProxyOptions) -> Result<Process> {
         let proxy_bin = bin("mesh-proxy");
         if opts.capture {
@@ -368,6 +385,16 @@ impl Pod {
             .args(["--ip".to_owned(), self.ip().to_string()]);
         if !labels.is_empty() {
             cmd = cmd.args(["--labels".to_owned(), labels.join(",")]);
+        }
+        if opts.identity {
+            *self
+                .data
+                .service_account
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(opts.service_account.clone());
+            cmd = cmd.arg("--token-file").arg(self.token_file());
+            // Now if the CA exists, else once the control plane is ready.
+            self.topo.write_token(&self.data)?;
         }
         cmd = cmd.args(&opts.extra_run_args).as_proxy_user();
         for (k, v) in &opts.env {

@@ -46,6 +46,8 @@ pub(crate) struct State {
     pub(crate) log_stems: HashSet<String>,
     pub(crate) next_cluster_ip: u32,
     pub(crate) control_plane: Option<Process>,
+    /// The `--ca-dir` the control plane was started with, if any.
+    pub(crate) ca_dir: Option<PathBuf>,
 }
 
 /// The shared part of a topology, referenced by its pods and control plane handles.
@@ -242,6 +244,7 @@ impl Topology {
                 work_dir: inner.state_dir.join("pods").join(name),
                 netns,
                 proxy: Mutex::new(None),
+                service_account: Mutex::new(None),
             });
             // Registered before anything is made, so that teardown removes a half-made pod.
             st.pods.push(Arc::clone(&data));
