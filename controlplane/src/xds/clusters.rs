@@ -1,5 +1,6 @@
 //! CDS: the full set of clusters for a proxy: per Service port `outbound|PORT||HOST` and one
-//! `outbound|PORT|SUBSET|HOST` per subset of the DestinationRule that applies to the proxy.
+//! `outbound|PORT|SUBSET|HOST` per subset of the DestinationRule that applies to the proxy,
+//! each with the rule's traffic policy for it ([`cluster_policy`]).
 
 use std::collections::BTreeMap;
 
@@ -10,9 +11,11 @@ use envoy_types::pb::envoy::config::cluster::v3::{
 use envoy_types::pb::envoy::config::core::v3::BindConfig;
 
 use super::build::{self, INBOUND_SOURCE};
+use super::cluster_policy;
 use super::{
     inbound_cluster_name, inbound_ports, outbound_cluster_name, outbound_ports, subset_cluster_name,
 };
+use crate::config::istio::destination_rule::TrafficPolicy;
 use crate::registry::{MeshSnapshot, Protocol, ProxyInfo};
 
 /// `PassthroughCluster`: the original destination, for traffic to unknown destinations.
@@ -50,23 +53,38 @@ fn bound_to_inbound_source(mut cluster: Cluster) -> Cluster {
     cluster
 }
 
-/// `outbound|PORT||HOST`: EDS under its own name, round robin.
+/// `outbound|PORT||HOST` (or a subset's cluster): EDS under its own name, round robin,
+/// unlimited circuit breakers.
 pub fn outbound(name: &str, protocol: Protocol) -> Cluster {
+    outbound_with_policy(name, protocol, None)
+}
+
+/// An outbound cluster with a DestinationRule's traffic policy for it (see
+/// [`cluster_policy`]).
+pub fn outbound_with_policy(
+    name: &str,
+    protocol: Protocol,
+    policy: Option<&TrafficPolicy>,
+) -> Cluster {
     let mut c = base(name, DiscoveryType::Eds, LbPolicy::RoundRobin);
     c.eds_cluster_config = Some(EdsClusterConfig {
         eds_config: Some(build::ads()),
         service_name: name.to_string(),
     });
-    with_protocol(c, protocol)
+    let applied = cluster_policy::apply(&mut c, protocol, policy);
+    cluster_policy::finish(&mut c, applied);
+    c
 }
 
-/// `inbound|PORT||`: the original destination, bound to 127.0.0.6.
+/// `inbound|PORT||`: the original destination, bound to 127.0.0.6, unlimited circuit
+/// breakers.
 pub fn inbound(port: u16, protocol: Protocol) -> Cluster {
-    let c = base(
+    let mut c = base(
         &inbound_cluster_name(port),
         DiscoveryType::OriginalDst,
         LbPolicy::ClusterProvided,
     );
+    cluster_policy::default_circuit_breakers(&mut c);
     with_protocol(bound_to_inbound_source(c), protocol)
 }
 
@@ -74,16 +92,21 @@ pub fn inbound(port: u16, protocol: Protocol) -> Cluster {
 pub fn clusters(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Cluster> {
     let mut out = BTreeMap::new();
     for (svc, port) in outbound_ports(mesh) {
-        let name = outbound_cluster_name(port.port, &svc.hostname);
-        out.entry(name.clone())
-            .or_insert_with(|| outbound(&name, port.protocol));
         let rule = mesh
             .networking
             .destination_rule(proxy, &svc.hostname, &svc.namespace);
+        let top = rule.as_ref().and_then(|r| r.traffic_policy.as_ref());
+        let name = outbound_cluster_name(port.port, &svc.hostname);
+        out.entry(name.clone()).or_insert_with(|| {
+            let policy = cluster_policy::cluster_policy(top, None, port.port);
+            outbound_with_policy(&name, port.protocol, policy.as_ref())
+        });
         for subset in rule.iter().flat_map(|r| &r.subsets) {
             let name = subset_cluster_name(port.port, &subset.name, &svc.hostname);
-            out.entry(name.clone())
-                .or_insert_with(|| outbound(&name, port.protocol));
+            out.entry(name.clone()).or_insert_with(|| {
+                let policy = cluster_policy::cluster_policy(top, Some(subset), port.port);
+                outbound_with_policy(&name, port.protocol, policy.as_ref())
+            });
         }
     }
     for port in inbound_ports(mesh, proxy) {
@@ -92,22 +115,20 @@ pub fn clusters(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Cluster> {
             inbound(port.port, port.protocol),
         );
     }
-    out.insert(
-        PASSTHROUGH.to_string(),
-        base(
-            PASSTHROUGH,
-            DiscoveryType::OriginalDst,
-            LbPolicy::ClusterProvided,
-        ),
+    let mut passthrough = base(
+        PASSTHROUGH,
+        DiscoveryType::OriginalDst,
+        LbPolicy::ClusterProvided,
     );
-    out.insert(
-        INBOUND_PASSTHROUGH.to_string(),
-        bound_to_inbound_source(base(
-            INBOUND_PASSTHROUGH,
-            DiscoveryType::OriginalDst,
-            LbPolicy::ClusterProvided,
-        )),
-    );
+    cluster_policy::default_circuit_breakers(&mut passthrough);
+    out.insert(PASSTHROUGH.to_string(), passthrough);
+    let mut inbound_passthrough = bound_to_inbound_source(base(
+        INBOUND_PASSTHROUGH,
+        DiscoveryType::OriginalDst,
+        LbPolicy::ClusterProvided,
+    ));
+    cluster_policy::default_circuit_breakers(&mut inbound_passthrough);
+    out.insert(INBOUND_PASSTHROUGH.to_string(), inbound_passthrough);
     out.insert(
         BLACKHOLE.to_string(),
         base(BLACKHOLE, DiscoveryType::Static, LbPolicy::RoundRobin),

@@ -9,6 +9,7 @@
 //! proxy give the same resources in the same order.
 
 pub mod build;
+pub mod cluster_policy;
 pub mod clusters;
 pub mod endpoints;
 pub mod grpcgen;

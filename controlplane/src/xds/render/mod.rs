@@ -16,12 +16,9 @@ use envoy_types::pb::envoy::config::cluster::v3::{
 };
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, socket_address, Address, ApiVersion, BindConfig, ConfigSource,
-    HealthStatus, Http1ProtocolOptions, Http2ProtocolOptions, Locality, SocketAddress,
-    TrafficDirection,
+    Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress, TrafficDirection,
 };
-use envoy_types::pb::envoy::config::endpoint::v3::{
-    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
-};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{
     filter, listener_filter, listener_filter_chain_match_predicate as predicate, ApiListener,
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
@@ -50,8 +47,11 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 use prost::{Message, Name};
 use serde_json::{Map, Value};
 
+mod cluster;
+mod endpoint;
 mod route;
 
+pub use endpoint::load_assignment;
 pub use route::route_configuration;
 
 /// Why a resource could not be rendered.
@@ -338,6 +338,7 @@ pub fn cluster(mut m: Cluster) -> R {
             o.done(b, "BindConfig")
         },
     )?;
+    cluster::policy_fields(&mut o, &mut m)?;
     let mut options: Vec<_> = take(&mut m.typed_extension_protocol_options)
         .into_iter()
         .collect();
@@ -356,10 +357,21 @@ fn http_protocol_options(mut m: HttpProtocolOptions) -> R {
     fn h1(m: Http1ProtocolOptions) -> R {
         Obj::default().done(m, "Http1ProtocolOptions")
     }
-    fn h2(m: Http2ProtocolOptions) -> R {
-        Obj::default().done(m, "Http2ProtocolOptions")
+    fn h2(mut m: Http2ProtocolOptions) -> R {
+        let mut o = Obj::default();
+        o.msg(
+            "max_concurrent_streams",
+            m.max_concurrent_streams.take(),
+            wrapped_u32,
+        )?;
+        o.done(m, "Http2ProtocolOptions")
     }
     let mut o = Obj::default();
+    o.msg(
+        "common_http_protocol_options",
+        m.common_http_protocol_options.take(),
+        cluster::common_http_options,
+    )?;
     match m.upstream_protocol_options.take() {
         Some(UpstreamProtocolOptions::ExplicitHttpConfig(mut e)) => {
             let mut inner = Obj::default();
@@ -393,59 +405,6 @@ fn http_protocol_options(mut m: HttpProtocolOptions) -> R {
         other => m.upstream_protocol_options = other,
     }
     o.done(m, "HttpProtocolOptions")
-}
-
-/// Renders a load assignment.
-pub fn load_assignment(mut m: ClusterLoadAssignment) -> R {
-    fn locality(mut l: Locality) -> R {
-        // Always rendered in full: an empty locality is still a set one.
-        let mut map = Map::new();
-        map.insert("region".into(), Value::String(take(&mut l.region)));
-        map.insert("zone".into(), Value::String(take(&mut l.zone)));
-        map.insert("sub_zone".into(), Value::String(take(&mut l.sub_zone)));
-        Obj::default().done(l, "Locality")?;
-        Ok(Value::Object(map))
-    }
-    fn lb_endpoint(mut e: LbEndpoint) -> R {
-        let mut o = Obj::default();
-        match e.host_identifier.take() {
-            Some(HostIdentifier::Endpoint(mut ep)) => {
-                let mut inner = Obj::default();
-                inner.msg("address", ep.address.take(), address_json)?;
-                o.val("endpoint", Some(inner.done::<Endpoint>(ep, "Endpoint")?));
-            }
-            other => e.host_identifier = other,
-        }
-        o.val(
-            "health_status",
-            enum_name(
-                "HealthStatus",
-                take(&mut e.health_status),
-                HealthStatus::as_str_name,
-            )?,
-        );
-        o.msg(
-            "load_balancing_weight",
-            e.load_balancing_weight.take(),
-            wrapped_u32,
-        )?;
-        o.done(e, "LbEndpoint")
-    }
-    fn locality_endpoints(mut l: LocalityLbEndpoints) -> R {
-        let mut o = Obj::default();
-        o.msg("locality", l.locality.take(), locality)?;
-        o.list("lb_endpoints", take(&mut l.lb_endpoints), lb_endpoint)?;
-        o.msg(
-            "load_balancing_weight",
-            l.load_balancing_weight.take(),
-            wrapped_u32,
-        )?;
-        o.done(l, "LocalityLbEndpoints")
-    }
-    let mut o = Obj::default();
-    o.str("cluster_name", take(&mut m.cluster_name));
-    o.list("endpoints", take(&mut m.endpoints), locality_endpoints)?;
-    o.done(m, "ClusterLoadAssignment")
 }
 
 fn filter_json(mut f: Filter) -> R {
