@@ -212,6 +212,11 @@ pub fn run(s: &Settings) -> Result<RunResults, Error> {
         let sel = topo::Selection {
             paths: traffic.clone(),
             peers: s.peers.clone(),
+            name: if s.smoke {
+                "mesh-bench-smoke"
+            } else {
+                "mesh-bench"
+            },
         };
         eprintln!("mesh-bench: building the topology (pods, control plane, sidecars, peers)...");
         let bench = topo::build(&sel, &tools, work.path(), &mut skipped)?;
@@ -299,7 +304,12 @@ pub fn run(s: &Settings) -> Result<RunResults, Error> {
             "mesh-bench: S5 config scale at {:?} services...",
             s.scale_sizes
         );
-        let r = scale::run(&s.scale_sizes, &peers, &tools, |m| {
+        let name = if s.smoke {
+            "mesh-bench-scale-smoke"
+        } else {
+            "mesh-bench-scale"
+        };
+        let r = scale::run(name, &s.scale_sizes, &peers, &tools, |m| {
             eprintln!("mesh-bench: {m}")
         })?;
         if r.scoping_applied == Some(false) {

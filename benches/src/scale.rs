@@ -126,15 +126,17 @@ fn rss_of(p: &Process) -> (f64, f64) {
     )
 }
 
-/// Runs S5 for `sizes` and `peers`; `progress` is called after each point.
+/// Runs S5 for `sizes` and `peers` in a topology named `name`; `progress` is called after
+/// each point.
 pub fn run(
+    name: &str,
     sizes: &[usize],
     peers: &[Peer],
     tools: &Tools,
     mut progress: impl FnMut(&str),
 ) -> Result<ScaleResults, Error> {
     let cpus = Cpus::detect();
-    let topo = Topology::new("mesh-bench-scale")?;
+    let topo = Topology::new(name)?;
     let cp = topo.control_plane();
     let subnet = topo.host_ip();
     let mut points = Vec::new();

@@ -126,6 +126,8 @@ pub struct Selection {
     pub paths: Vec<PathId>,
     /// Proxy peers wanted.
     pub peers: Vec<Peer>,
+    /// The harness's name for the topology (its log directory, `target/e2e-logs/NAME`).
+    pub name: &'static str,
 }
 
 fn want(sel: &Selection, peer: Peer, pair: Option<bool>) -> bool {
@@ -153,7 +155,7 @@ pub fn build(
     skipped: &mut Vec<Skipped>,
 ) -> Result<Bench, Error> {
     let cpus = Cpus::detect();
-    let topo = Topology::new("mesh-bench")?;
+    let topo = Topology::new(sel.name)?;
     let labels = |app: &'static str| [("app", app)];
     let up = topo.pod("up", NAMESPACE, &labels("upstream"))?;
     let cli = topo.pod("cli", NAMESPACE, &labels("client"))?;
