@@ -187,7 +187,7 @@ impl ControlPlane {
         ca_metrics.root_expiry.set(ca.expires());
         let ca_service = CaService::new(ca.clone(), options.cert_policy, ca_metrics.clone());
 
-        let store = ConfigStore::load(&options.config_dir);
+        let store = ConfigStore::load_in_domain(&options.config_dir, &options.cluster_domain);
         let first = store.current();
         tracing::info!(
             dir = %options.config_dir.display(),

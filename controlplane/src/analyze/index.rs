@@ -58,7 +58,8 @@ pub(super) struct Index<'a> {
 }
 
 impl<'a> Index<'a> {
-    /// Indexes `snapshot` (objects in force, kept versions included).
+    /// Indexes `snapshot` (objects in force, kept versions included, and those rejected for
+    /// their references only).
     pub fn new(snapshot: &'a ConfigSnapshot, domain: &str) -> Index<'a> {
         let mut idx = Index {
             domain: domain.to_string(),
@@ -72,7 +73,9 @@ impl<'a> Index<'a> {
             peer_authentications: Vec::new(),
             authorization_policies: Vec::new(),
         };
-        for stored in snapshot.objects.values() {
+        // Objects rejected only for their references are analyzed too, so that every problem
+        // of theirs is reported.
+        for stored in snapshot.objects.values().chain(&snapshot.unresolved) {
             let file = stored.file.as_path();
             match &stored.object {
                 Object::Service(s) => idx.services.push((s, file)),

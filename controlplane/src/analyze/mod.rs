@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::config::istio::virtual_service::Problem as VsProblem;
 use crate::config::istio::IstioProblem;
-use crate::config::{ConfigError, ConfigSnapshot, ConfigWarning};
+use crate::config::{ConfigError, ConfigSnapshot, ConfigWarning, FieldProblem};
 
 /// How serious a message is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -161,6 +161,11 @@ pub fn analyze(snapshot: &ConfigSnapshot, cluster_domain: &str) -> Report {
     let mut report = Report::default();
     for e in &snapshot.errors {
         match e {
+            // Reported by the reference checks, from `ConfigSnapshot::unresolved`.
+            ConfigError::Invalid {
+                problem: FieldProblem::SubsetNotDefined { .. },
+                ..
+            } => {}
             ConfigError::Invalid {
                 file,
                 object,

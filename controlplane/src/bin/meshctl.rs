@@ -126,7 +126,7 @@ fn run_analyze(dir: PathBuf, cluster_domain: &str) -> ExitCode {
         eprintln!("Error: {}: not a directory", dir.display());
         return ExitCode::FAILURE;
     }
-    let snapshot = ConfigStore::load(&dir).current();
+    let snapshot = ConfigStore::load_in_domain(&dir, cluster_domain).current();
     let report = analyze::analyze(&snapshot, cluster_domain);
     for e in &report.store_errors {
         println!("Error: {e}");

@@ -19,6 +19,7 @@ pub mod istio;
 mod load;
 pub mod objects;
 mod raw;
+mod references;
 pub mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -228,6 +229,10 @@ pub struct ConfigSnapshot {
     pub errors: Vec<ConfigError>,
     /// Warnings about objects in force (not about kept ones), in file order.
     pub warnings: Vec<ConfigWarning>,
+    /// Objects valid on their own but rejected for their references to other objects (a
+    /// VirtualService routing to a subset no DestinationRule defines), with an error in
+    /// `errors`; not in force, kept apart for `meshctl analyze`.
+    pub unresolved: Vec<StoredObject>,
     /// Load counter: 1 for the first load, incremented on every reload.
     pub generation: u64,
 }
@@ -243,12 +248,20 @@ impl ConfigSnapshot {
 #[derive(Debug)]
 pub struct ConfigStore {
     root: PathBuf,
+    domain: String,
     current: Arc<ConfigSnapshot>,
 }
 
 impl ConfigStore {
-    /// Loads `root` for the first time. Errors are in the snapshot, never returned.
+    /// Loads `root` for the first time, short host names meaning Services of the
+    /// `cluster.local` domain. Errors are in the snapshot, never returned.
     pub fn load(root: impl Into<PathBuf>) -> ConfigStore {
+        ConfigStore::load_in_domain(root, "cluster.local")
+    }
+
+    /// Loads `root` for the first time; short host names (`reviews`) mean Services of
+    /// `domain` (`reviews.NS.svc.DOMAIN`) in the checks across objects.
+    pub fn load_in_domain(root: impl Into<PathBuf>, domain: &str) -> ConfigStore {
         let root = root.into();
         let empty = Arc::new(ConfigSnapshot {
             root: root.clone(),
@@ -256,6 +269,7 @@ impl ConfigStore {
         });
         let mut store = ConfigStore {
             root,
+            domain: domain.to_string(),
             current: empty,
         };
         store.reload();
@@ -339,6 +353,7 @@ impl ConfigStore {
                 next.objects.insert(key.clone(), kept);
             }
         }
+        references::check(&mut next, &previous, &self.domain);
         self.current = Arc::new(next);
         self.current.clone()
     }

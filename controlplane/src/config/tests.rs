@@ -275,3 +275,77 @@ fn missing_directory_keeps_everything() {
     assert_eq!(snap.objects.len(), 1);
     assert!(matches!(snap.errors[0], ConfigError::Directory { .. }));
 }
+
+const REVIEWS_DR: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]\n";
+
+fn reviews_vs(subset: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews, subset: v1}}\n      weight: 50\n    - destination: {{host: reviews.default.svc.cluster.local, subset: {subset}}}\n      weight: 50\n"
+    )
+}
+
+#[test]
+fn a_route_to_an_undefined_subset_rejects_the_virtual_service() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "dr.yaml", REVIEWS_DR);
+    write(dir.path(), "vs.yaml", &reviews_vs("v2"));
+    let mut store = ConfigStore::load(dir.path());
+    let vs_key = key(Kind::VirtualService, "default", "reviews");
+    assert!(store.current().errors.is_empty());
+    assert!(!store.current().objects[&vs_key].kept);
+
+    // A subset no DestinationRule defines: rejected, named, and the previous version kept.
+    write(dir.path(), "vs.yaml", &reviews_vs("v9"));
+    let snap = store.reload();
+    assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+    let e = &snap.errors[0];
+    assert_eq!(e.field(), Some("spec.http[0].route[1].destination.subset"));
+    assert_eq!(
+        e.object().as_deref(),
+        Some("VirtualService default/reviews")
+    );
+    assert!(e.file().ends_with("vs.yaml"));
+    assert!(e.to_string().contains("subset \"v9\""), "{e}");
+    assert!(snap.objects[&vs_key].kept);
+    assert_eq!(snap.unresolved.len(), 1);
+
+    // Without the DestinationRule neither version passes: the VirtualService is gone.
+    fs::remove_file(dir.path().join("dr.yaml")).unwrap();
+    let snap = store.reload();
+    assert!(!snap.objects.contains_key(&vs_key));
+    assert_eq!(snap.errors.len(), 1);
+
+    // Back to a consistent config.
+    write(dir.path(), "dr.yaml", REVIEWS_DR);
+    write(dir.path(), "vs.yaml", &reviews_vs("v2"));
+    let snap = store.reload();
+    assert!(snap.errors.is_empty());
+    assert!(!snap.objects[&vs_key].kept);
+    assert!(snap.unresolved.is_empty());
+}
+
+#[test]
+fn subsets_of_destination_rules_in_other_namespaces_count_only_when_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = REVIEWS_DR
+        .replace("namespace: default", "namespace: shop")
+        .replace(
+            "host: reviews",
+            "host: reviews.default.svc.cluster.local\n  exportTo: ['.']",
+        );
+    write(dir.path(), "dr.yaml", &private);
+    write(dir.path(), "vs.yaml", &reviews_vs("v2"));
+    let snap = ConfigStore::load(dir.path()).current();
+    assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+    assert_eq!(
+        snap.errors[0].field(),
+        Some("spec.http[0].route[0].destination.subset")
+    );
+    write(
+        dir.path(),
+        "dr.yaml",
+        &private.replace("exportTo: ['.']", "exportTo: ['*']"),
+    );
+    let snap = ConfigStore::load(dir.path()).current();
+    assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+}

@@ -69,6 +69,15 @@ pub enum FieldProblem {
     /// A rule of Istio's validation (webhook or CRD schema) is broken.
     #[error(transparent)]
     Istio(Box<super::istio::IstioProblem>),
+    /// A route to a subset that no DestinationRule visible from the object's namespace defines
+    /// (Istio's analyzer reports it as IST0101 ReferencedResourceNotFound).
+    #[error("no DestinationRule defines subset {subset:?} of host {host} (Referenced host+subset in destinationrule not found: \"{host}+{subset}\")")]
+    SubsetNotDefined {
+        /// The destination host, as written.
+        host: String,
+        /// The subset.
+        subset: String,
+    },
 }
 
 /// Naming rules of Kubernetes.
