@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
@@ -150,6 +151,18 @@ pub fn http_inspector() -> ListenerFilter {
         name: "envoy.filters.listener.http_inspector".to_string(),
         config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
             HttpInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// `envoy.filters.listener.tls_inspector`: reads the TLS ClientHello so that filter chains can
+/// match `server_names`.
+pub fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".to_string(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+            TlsInspector::default(),
         ))),
         ..Default::default()
     }

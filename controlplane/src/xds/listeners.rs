@@ -12,7 +12,9 @@ use envoy_types::pb::envoy::r#type::v3::Int32Range;
 
 use super::build::{self, Routes};
 use super::clusters::{BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH};
+use super::http_routes::RouteCtx;
 use super::routes::inbound_route;
+use super::tcp_routes;
 use super::{
     inbound_cluster_name, inbound_ports, outbound_cluster_name, outbound_ports, PROXY_PORTS,
 };
@@ -82,12 +84,16 @@ fn virtual_listener(name: &str, ip: IpAddr, port: u16, direction: TrafficDirecti
     }
 }
 
-fn sniffing(mut listener: Listener) -> Listener {
-    listener.listener_filters.push(build::http_inspector());
-    listener.listener_filters_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+fn detection_timeout() -> envoy_types::pb::google::protobuf::Duration {
+    envoy_types::pb::google::protobuf::Duration {
         seconds: 0,
         nanos: DETECTION_TIMEOUT_MS * 1_000_000,
-    });
+    }
+}
+
+fn sniffing(mut listener: Listener) -> Listener {
+    listener.listener_filters.push(build::http_inspector());
+    listener.listener_filters_timeout = Some(detection_timeout());
     listener.continue_on_listener_filters_timeout = true;
     listener
 }
@@ -241,6 +247,7 @@ pub fn virtual_inbound(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Listener {
 /// ClusterIP) sorted by name. The first Service (in key order) to claim a name wins.
 pub fn listeners(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Listener> {
     let mut out = BTreeMap::new();
+    let vses = mesh.networking.virtual_services_for(proxy);
     for (svc, port) in outbound_ports(mesh) {
         if PROXY_PORTS.contains(&port.port) {
             continue;
@@ -268,25 +275,54 @@ pub fn listeners(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Listener> {
         }
         let Some(ip) = svc.cluster_ip else { continue };
         let name = format!("{ip}_{}", port.port);
-        out.entry(name.clone()).or_insert_with(|| {
-            let mut l = virtual_listener(&name, ip, port.port, TrafficDirection::Outbound);
-            let mut tcp_match = None;
-            if port.protocol == Protocol::Auto {
-                l = sniffing(l);
-                l.filter_chains.push(chain(
-                    &format!("{cluster}-http"),
-                    Some(http_match(None)),
-                    rds(),
-                ));
-                tcp_match = Some(plaintext_match(None));
-            }
+        if out.contains_key(&name) {
+            continue;
+        }
+        let mut l = virtual_listener(&name, ip, port.port, TrafficDirection::Outbound);
+        let sniffed = port.protocol == Protocol::Auto;
+        if sniffed {
+            l = sniffing(l);
             l.filter_chains.push(chain(
-                &format!("{cluster}-tcp"),
-                tcp_match,
-                build::tcp_proxy(&cluster),
+                &format!("{cluster}-http"),
+                Some(http_match(None)),
+                rds(),
             ));
-            l
-        });
+        }
+        let ctx = RouteCtx::new(mesh, proxy, port.port);
+        let tcp = tcp_routes::chains(&ctx, svc, port, &vses);
+        if tcp.iter().any(|c| {
+            c.matcher
+                .as_ref()
+                .is_some_and(|m| !m.server_names.is_empty())
+        }) {
+            l.listener_filters.push(build::tls_inspector());
+            l.listener_filters_timeout = Some(detection_timeout());
+            l.continue_on_listener_filters_timeout = true;
+        }
+        let mut names = BTreeSet::new();
+        let mut matches = Vec::new();
+        for c in tcp {
+            let matcher = match (c.matcher, sniffed) {
+                (Some(m), true) => Some(FilterChainMatch {
+                    transport_protocol: "raw_buffer".to_string(),
+                    ..m
+                }),
+                (None, true) => Some(plaintext_match(None)),
+                (m, false) => m,
+            };
+            // Envoy rejects two chains with the same match: the first one wins.
+            if matches.contains(&matcher) {
+                continue;
+            }
+            matches.push(matcher.clone());
+            let mut chain_name = format!("{}-tcp", c.name);
+            if !names.insert(chain_name.clone()) {
+                chain_name = format!("{}-tcp-{}", c.name, names.len());
+                names.insert(chain_name.clone());
+            }
+            l.filter_chains.push(chain(&chain_name, matcher, c.filter));
+        }
+        out.insert(name, l);
     }
     let mut all = vec![virtual_outbound(), virtual_inbound(mesh, proxy)];
     all.extend(out.into_values());

@@ -20,6 +20,7 @@ pub mod routes;
 pub mod server;
 pub mod status;
 mod stream;
+pub mod tcp_routes;
 
 use std::collections::BTreeSet;
 

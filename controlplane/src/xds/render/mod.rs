@@ -15,8 +15,8 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    address, config_source, socket_address, Address, ApiVersion, BindConfig, ConfigSource,
-    Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress, TrafficDirection,
+    address, config_source, socket_address, Address, ApiVersion, BindConfig, CidrRange,
+    ConfigSource, Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress, TrafficDirection,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{
@@ -30,6 +30,7 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
@@ -220,6 +221,8 @@ pub fn any(any: Any) -> R {
         http_protocol_options(decode(&any)?)?
     } else if url == Router::type_url() {
         Obj::default().done(decode::<Router>(&any)?, "Router")?
+    } else if url == TlsInspector::type_url() {
+        Obj::default().done(decode::<TlsInspector>(&any)?, "TlsInspector")?
     } else if url == HttpInspector::type_url() {
         Obj::default().done(decode::<HttpInspector>(&any)?, "HttpInspector")?
     } else if url == OriginalDst::type_url() {
@@ -424,6 +427,17 @@ fn filter_chain_match(mut m: FilterChainMatch) -> R {
     o.msg("destination_port", m.destination_port.take(), wrapped_u32)?;
     o.str("transport_protocol", take(&mut m.transport_protocol));
     o.strs("application_protocols", take(&mut m.application_protocols));
+    o.strs("server_names", take(&mut m.server_names));
+    o.list(
+        "prefix_ranges",
+        take(&mut m.prefix_ranges),
+        |mut r: CidrRange| {
+            let mut o = Obj::default();
+            o.str("address_prefix", take(&mut r.address_prefix));
+            o.msg("prefix_len", r.prefix_len.take(), wrapped_u32)?;
+            o.done(r, "CidrRange")
+        },
+    )?;
     o.done(m, "FilterChainMatch")
 }
 
@@ -528,6 +542,23 @@ fn tcp(mut m: TcpProxy) -> R {
     match m.cluster_specifier.take() {
         Some(tcp_proxy::ClusterSpecifier::Cluster(c)) => {
             o.str("cluster", c);
+        }
+        Some(tcp_proxy::ClusterSpecifier::WeightedClusters(mut w)) => {
+            let mut inner = Obj::default();
+            inner.list(
+                "clusters",
+                take(&mut w.clusters),
+                |mut c: tcp_proxy::weighted_cluster::ClusterWeight| {
+                    let mut o = Obj::default();
+                    o.str("name", take(&mut c.name));
+                    o.val("weight", Some(Value::from(take(&mut c.weight))));
+                    o.done(c, "ClusterWeight")
+                },
+            )?;
+            o.val(
+                "weighted_clusters",
+                Some(inner.done(w, "TcpProxy.WeightedCluster")?),
+            );
         }
         other => m.cluster_specifier = other,
     }
