@@ -1,6 +1,8 @@
 //! The control plane assembled: config store and watcher, registry, certificate authority,
 //! the gRPC servers (ADS and CA in plaintext on the xDS address, the same over TLS on the
-//! xDS TLS address) and the debug server, started together and stopped together.
+//! xDS TLS address), the push coordinator, the debug server and the monitoring server
+//! (`/metrics`: the control plane's and the CA's metrics on one registry), started together
+//! and stopped together.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,9 +20,11 @@ use crate::ca::tls::{TlsError, TlsServing};
 use crate::ca::{Authority, CaError};
 use crate::config::{ConfigSnapshot, ConfigStore};
 use crate::debug::{self, DebugState};
+use crate::metrics::{self, Metrics, MetricsError};
 use crate::registry::workloads::{StateError, STATE_FILE};
 use crate::registry::{spawn_registry, RegistryHandle, Workloads};
 use crate::watch::{watch_config, ConfigWatcher, Debounce, WatchError};
+use crate::xds::hub::{spawn_config_metrics, spawn_coordinator, PushHub};
 use crate::xds::server::AdsService;
 use crate::xds::status::SyncStatus;
 
@@ -35,6 +39,8 @@ pub struct Options {
     pub xds_addr: SocketAddr,
     /// Debug HTTP server.
     pub debug_addr: SocketAddr,
+    /// Prometheus metrics (`/metrics`).
+    pub monitoring_addr: SocketAddr,
     /// Cluster DNS domain.
     pub cluster_domain: String,
     /// Debounce of config reloads and of registry changes.
@@ -65,6 +71,7 @@ impl Options {
             config_dir,
             xds_addr: any,
             debug_addr: any,
+            monitoring_addr: any,
             cluster_domain: "cluster.local".to_string(),
             debounce: Debounce::default(),
             workload_grace: DEFAULT_GRACE_PERIOD,
@@ -112,6 +119,9 @@ pub enum StartError {
     /// The TLS server cannot be set up.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The metrics cannot be registered.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// A running control plane.
@@ -125,8 +135,12 @@ pub struct ControlPlane {
     pub xds_tls_addr: Option<SocketAddr>,
     /// The certificate authority.
     pub ca: Arc<Authority>,
-    /// The CA's metrics (register them with the monitoring registry).
+    /// The CA's metrics (registered with the monitoring registry).
     pub ca_metrics: CaMetrics,
+    /// The bound monitoring address.
+    pub monitoring_addr: SocketAddr,
+    /// The control plane's metrics.
+    pub metrics: Metrics,
     /// The registry.
     pub registry: RegistryHandle,
     /// Connected proxies' sync status.
@@ -135,6 +149,8 @@ pub struct ControlPlane {
     pub config: watch::Receiver<Arc<ConfigSnapshot>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Tasks that run until aborted.
+    background: Vec<JoinHandle<()>>,
     _watcher: ConfigWatcher,
 }
 
@@ -164,6 +180,10 @@ impl ControlPlane {
         let debug_listener = bind(options.debug_addr, "debug").await?;
         let xds_addr = local_addr(&xds_listener, options.xds_addr, "xDS")?;
         let debug_addr = local_addr(&debug_listener, options.debug_addr, "debug")?;
+        let monitoring_listener = bind(options.monitoring_addr, "monitoring").await?;
+        let monitoring_addr =
+            local_addr(&monitoring_listener, options.monitoring_addr, "monitoring")?;
+        let metrics = Metrics::new(prometheus::Registry::new())?;
         let tls_listener = match options.xds_tls_addr {
             Some(addr) => Some(bind(addr, "xDS/CA over TLS").await?),
             None => None,
@@ -184,6 +204,9 @@ impl ControlPlane {
             "certificate authority ready"
         );
         let ca_metrics = CaMetrics::new();
+        ca_metrics
+            .register(metrics.registry())
+            .map_err(MetricsError::from)?;
         ca_metrics.root_expiry.set(ca.expires());
         let ca_service = CaService::new(ca.clone(), options.cert_policy, ca_metrics.clone());
 
@@ -225,7 +248,19 @@ impl ControlPlane {
         let status = Arc::new(SyncStatus::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
 
-        let ads = AdsService::new(registry.clone(), status.clone(), shutdown_rx.clone());
+        let hub = PushHub::new(registry.current());
+        let background = vec![
+            spawn_coordinator(&registry, hub.clone(), metrics.clone()),
+            spawn_config_metrics(config.clone(), metrics.clone()),
+        ];
+
+        let ads = AdsService::new(
+            registry.clone(),
+            hub,
+            metrics.clone(),
+            status.clone(),
+            shutdown_rx.clone(),
+        );
         let mut tasks = Vec::new();
         if let Some(listener) = tls_listener {
             let serving = Arc::new(TlsServing::new(ca.clone())?);
@@ -265,20 +300,34 @@ impl ControlPlane {
         tasks.push(tokio::spawn(debug::serve(
             debug_listener,
             debug_state,
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(metrics::serve(
+            monitoring_listener,
+            metrics.clone(),
             shutdown_rx,
         )));
-        tracing::info!(%xds_addr, ?xds_tls_addr, %debug_addr, "control plane serving");
+        tracing::info!(
+            %xds_addr,
+            ?xds_tls_addr,
+            %debug_addr,
+            %monitoring_addr,
+            "control plane serving"
+        );
         Ok(ControlPlane {
             xds_addr,
             debug_addr,
             xds_tls_addr,
             ca,
             ca_metrics,
+            monitoring_addr,
+            metrics,
             registry,
             status,
             config,
             shutdown,
             tasks,
+            background,
             _watcher: watcher,
         })
     }
@@ -288,6 +337,9 @@ impl ControlPlane {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        for task in self.background {
+            task.abort();
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The debug HTTP server (`--debug-addr`, 127.0.0.1:8080 by default):
 //! - `/debug/syncz`: JSON list, one entry per connected proxy: node id, pod, namespace, IPs,
-//!   and per type (`cds`, `eds`, `lds`, `rds`) the sent version and nonce, the acked
-//!   version and the last NACK message;
+//!   cluster id, version, the serving control plane, and per type (`cds`, `eds`, `lds`,
+//!   `rds`) the subscribed names, the sent version, nonce and time, the ACKed version, nonce
+//!   and time, the last NACK's message and nonce, and counters (see
+//!   [`crate::xds::status::TypeStatus`]);
 //! - `/debug/configz`: JSON of the objects in force (with their file, and whether they are a
 //!   kept last valid version) and of every rejected document with its error;
 //! - `/debug/registryz`: JSON of the Services, their ports' protocols and endpoints (from

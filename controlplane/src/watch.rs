@@ -31,6 +31,34 @@ impl Default for Debounce {
     }
 }
 
+/// When a burst of changes began and when its debounce ended: what a push is timed from
+/// (istiod's `PushRequest.Start` and `pilot_debounce_time`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trigger {
+    /// The first event of the burst.
+    pub first_event: Instant,
+    /// When the debounce let the burst through.
+    pub debounced: Instant,
+}
+
+impl Trigger {
+    /// A trigger that was not debounced (both times `now`).
+    pub fn immediate(now: Instant) -> Trigger {
+        Trigger {
+            first_event: now,
+            debounced: now,
+        }
+    }
+
+    /// The earlier of two bursts' starts, the later of their ends.
+    pub fn merge(self, other: Trigger) -> Trigger {
+        Trigger {
+            first_event: self.first_event.min(other.first_event),
+            debounced: self.debounced.max(other.debounced),
+        }
+    }
+}
+
 /// Tracks one burst of events and tells when to act.
 #[derive(Debug)]
 pub struct Debouncer {
@@ -58,6 +86,22 @@ impl Debouncer {
     /// When to act, if an event is pending.
     pub fn deadline(&self) -> Option<Instant> {
         Some((self.last? + self.timing.quiet).min(self.first? + self.timing.max))
+    }
+
+    /// The first event of the pending burst, if any.
+    pub fn first(&self) -> Option<Instant> {
+        self.first
+    }
+
+    /// Clears the pending burst (call when acting) and returns its trigger (`None` when no
+    /// event was pending), ending at `now`.
+    pub fn take(&mut self, now: Instant) -> Option<Trigger> {
+        let first = self.first?;
+        self.reset();
+        Some(Trigger {
+            first_event: first,
+            debounced: now,
+        })
     }
 
     /// Clears the pending burst (call when acting).
@@ -137,10 +181,10 @@ pub fn watch_config(
                     None => return,
                 },
                 _ = sleep_until(debouncer.deadline()) => {
-                    debouncer.reset();
+                    let trigger = debouncer.take(Instant::now());
                     // File reads off the async workers; the store comes back with the result.
                     let reloaded = tokio::task::spawn_blocking(move || {
-                        let snapshot = store.reload();
+                        let snapshot = store.reload_triggered(trigger);
                         (store, snapshot)
                     })
                     .await;

@@ -134,7 +134,7 @@ async fn nack_is_tracked_and_stale_nonces_are_ignored() {
     );
     assert_eq!(entry["types"]["eds"]["acks"], 1);
 
-    // With the current nonce, new names are answered.
+    // With the current nonce, new names are answered (with the added ones only).
     p.send(
         EDS,
         &[REVIEWS, RATINGS],
@@ -144,7 +144,14 @@ async fn nack_is_tracked_and_stale_nonces_are_ignored() {
     )
     .await;
     let eds2 = p.recv().await;
-    assert_eq!(eds2.resources.len(), 2);
+    assert_eq!(endpoints(&eds2, RATINGS).len(), 0);
+    assert_eq!(eds2.resources.len(), 1);
+    let entry = syncz(&cp)
+        .await
+        .into_iter()
+        .find(|e| e["pod"] == "reviews-1")
+        .unwrap();
+    assert_eq!(entry["types"]["eds"]["expired_nonces"], 1);
     cp.shutdown().await;
 }
 

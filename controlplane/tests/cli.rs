@@ -112,6 +112,7 @@ fn run_until_signal(signal: &str) {
         .arg(dir.path())
         .args(["--xds-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
         .args(["--xds-tls-addr", "127.0.0.1:0"])
+        .args(["--monitoring-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         // The generated CA goes to the default state directory, here a temporary one.
         .env("XDG_STATE_HOME", state.path())

@@ -49,7 +49,7 @@ struct Args {
     /// Longest lifetime a workload may ask for (Istio's MAX_WORKLOAD_CERT_TTL).
     #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
     max_workload_cert_ttl: Duration,
-    /// Prometheus metrics at /metrics. Accepted for forward compatibility; NOT served yet.
+    /// The control plane's own Prometheus metrics at /metrics (istiod's names).
     #[arg(long, default_value = "0.0.0.0:15014")]
     monitoring_addr: SocketAddr,
     /// Sidecar injection webhook (HTTPS). Accepted for forward compatibility; NOT served yet.
@@ -80,9 +80,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     tracing::info!(
-        monitoring_addr = %args.monitoring_addr,
         webhook_addr = %args.webhook_addr,
-        "monitoring and webhook servers are not implemented yet: not listening there"
+        "the webhook server is not implemented yet: not listening there"
     );
     if args.workload_cert_ttl < MIN_WORKLOAD_TTL
         || args.workload_cert_ttl > args.max_workload_cert_ttl
@@ -99,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
         config_dir: args.config_dir,
         xds_addr: args.xds_addr,
         debug_addr: args.debug_addr,
+        monitoring_addr: args.monitoring_addr,
         cluster_domain: args.cluster_domain,
         debounce: Debounce::default(),
         workload_grace: args.workload_grace_period,

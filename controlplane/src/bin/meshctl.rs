@@ -1,14 +1,15 @@
-//! `meshctl`: the mesh's command-line tool: `analyze DIR`, `token create`.
+//! `meshctl`: the mesh's command-line tool: `analyze DIR`, `proxy-status`, `token create`.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use controlplane::analyze::{self, Level};
 use controlplane::ca::{store, token, Authority};
 use controlplane::config::ConfigStore;
+use controlplane::proxy_status;
 
 /// Command-line tool of the mesh.
 #[derive(Debug, Parser)]
@@ -34,6 +35,20 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Shows every proxy connected to the control plane and, per xDS type, whether it has
+    /// ACKed the last config sent (SYNCED), not ACKed it yet (STALE), rejected it (STALE with
+    /// the NACK's message) or was never sent that type (NOT SENT), as istioctl does.
+    #[command(name = "proxy-status", visible_alias = "ps")]
+    ProxyStatus {
+        /// Only proxies whose POD.NAMESPACE contains this.
+        proxy: Option<String>,
+        /// The control plane's debug address (HOST:PORT).
+        #[arg(long, env = "MESH_CP_ADDR", default_value = "127.0.0.1:8080")]
+        cp_addr: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
 }
 
@@ -61,6 +76,15 @@ enum TokenCommand {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+}
+
+/// `-o` of `proxy-status`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Output {
+    /// istioctl's table.
+    Table,
+    /// A JSON list, one object per proxy.
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +116,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::ProxyStatus {
+            proxy,
+            cp_addr,
+            output,
+        } => run_proxy_status(&cp_addr, proxy.as_deref(), output),
     }
 }
 
@@ -119,6 +148,27 @@ fn create_token(
         ttl,
     )
     .map_err(|e| e.to_string())
+}
+
+fn run_proxy_status(cp_addr: &str, filter: Option<&str>, output: Output) -> ExitCode {
+    let proxies = match proxy_status::fetch(cp_addr) {
+        Ok(p) => proxy_status::select(p, filter),
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match output {
+        Output::Table => print!("{}", proxy_status::table(&proxies)),
+        Output::Json => match serde_json::to_string_pretty(&proxy_status::json(&proxies)) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("Error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    }
+    ExitCode::SUCCESS
 }
 
 fn run_analyze(dir: PathBuf, cluster_domain: &str) -> ExitCode {

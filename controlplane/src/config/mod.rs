@@ -32,6 +32,7 @@ use serde::Serialize;
 pub use objects::{Kind, Object, ObjectKey};
 pub use validate::FieldProblem;
 
+use crate::watch::Trigger;
 use load::DocOutcome;
 
 /// An object as its document names it, valid or not.
@@ -235,6 +236,8 @@ pub struct ConfigSnapshot {
     pub unresolved: Vec<StoredObject>,
     /// Load counter: 1 for the first load, incremented on every reload.
     pub generation: u64,
+    /// The burst of file changes this load answers (none for the first load).
+    pub trigger: Option<Trigger>,
 }
 
 impl ConfigSnapshot {
@@ -289,10 +292,16 @@ impl ConfigStore {
     /// Reads the directory again and returns the new snapshot. When the directory cannot be
     /// listed at all, every object stays in force (kept) and the error is reported.
     pub fn reload(&mut self) -> Arc<ConfigSnapshot> {
+        self.reload_triggered(None)
+    }
+
+    /// [`ConfigStore::reload`], recording the burst of file changes that caused it.
+    pub fn reload_triggered(&mut self, trigger: Option<Trigger>) -> Arc<ConfigSnapshot> {
         let previous = self.current.clone();
         let mut next = ConfigSnapshot {
             root: self.root.clone(),
             generation: previous.generation + 1,
+            trigger,
             ..Default::default()
         };
         let files = match load::list_files(&self.root) {

@@ -3,11 +3,13 @@
 //!
 //! Contract:
 //! - [`MeshSnapshot::build`] is a pure function of a config snapshot and the connected
-//!   proxies.
+//!   proxies; the snapshot keeps the config it was built from (what a push is computed from,
+//!   istiod's `PushContext`).
 //! - [`spawn_registry`] runs the registry's only writer: it rebuilds the snapshot at once on
 //!   every config change, and debounced (100 ms / 10 s) on proxy connects and disconnects;
 //!   readers get `Arc<MeshSnapshot>`s from a `watch` channel. A snapshot is published only
-//!   when Services or endpoints changed.
+//!   when the config objects, Services or endpoints changed; it carries the [`Trigger`] of
+//!   the changes it answers (for push metrics).
 //! - A connected proxy with a namespace, labels and an IP is an endpoint `IP:targetPort` of
 //!   every Service in its namespace whose selector matches its labels (numeric target ports
 //!   only: a named target port needs the pod's container ports, which a node does not carry).
@@ -29,7 +31,7 @@ use tokio::time::Instant;
 use crate::config::objects::{EndpointPort, TargetPort};
 use crate::config::{ConfigSnapshot, Object};
 use crate::networking::Rules;
-use crate::watch::{sleep_until, Debounce, Debouncer};
+use crate::watch::{sleep_until, Debounce, Debouncer, Trigger};
 
 pub use model::{Endpoint, EndpointSource, Locality, Protocol, Service, ServiceKey, ServicePort};
 pub use proxy::ProxyInfo;
@@ -38,9 +40,12 @@ pub use workloads::Workloads;
 /// A connection of a proxy to the control plane (unique per stream).
 pub type ConnectionId = u64;
 
-/// Services and endpoints at one moment, with the traffic rules that apply to them.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Services and endpoints at one moment, with the traffic rules that apply to them and the
+/// config they were built from.
+#[derive(Clone, Debug, Default)]
 pub struct MeshSnapshot {
+    /// The config snapshot this was built from.
+    pub config: Arc<ConfigSnapshot>,
     /// Cluster DNS domain (`cluster.local`).
     pub cluster_domain: String,
     /// Services by key.
@@ -51,12 +56,15 @@ pub struct MeshSnapshot {
     pub networking: Arc<Rules>,
     /// Publication counter (0 for the first snapshot).
     pub version: u64,
+    /// The changes this snapshot answers: config file changes and proxy (dis)connections,
+    /// from the first event to the end of the debounce. `None` for the first snapshot.
+    pub trigger: Option<Trigger>,
 }
 
 impl MeshSnapshot {
     /// Builds the snapshot of `config` with the connected `proxies`.
     pub fn build<'a>(
-        config: &ConfigSnapshot,
+        config: &Arc<ConfigSnapshot>,
         proxies: impl IntoIterator<Item = &'a ProxyInfo>,
         cluster_domain: &str,
     ) -> MeshSnapshot {
@@ -207,11 +215,13 @@ impl MeshSnapshot {
             list.sort();
         }
         MeshSnapshot {
+            config: config.clone(),
             cluster_domain: cluster_domain.to_string(),
             services,
             endpoints,
             networking: Arc::new(Rules::build(config, cluster_domain)),
             version: 0,
+            trigger: None,
         }
     }
 
@@ -226,7 +236,17 @@ impl MeshSnapshot {
         self.services == other.services
             && self.endpoints == other.endpoints
             && self.networking == other.networking
+            && same_objects(&self.config, &other.config)
     }
+}
+
+/// Whether two config snapshots hold the same objects (files and kept flags aside).
+pub fn same_objects(a: &ConfigSnapshot, b: &ConfigSnapshot) -> bool {
+    a.objects.len() == b.objects.len()
+        && a.objects
+            .iter()
+            .zip(&b.objects)
+            .all(|((ka, va), (kb, vb))| ka == kb && va.object == vb.object)
 }
 
 /// The Service port an Endpoints/EndpointSlice port belongs to: same name, or the only port
@@ -281,16 +301,15 @@ pub fn spawn_registry(
     timing: Debounce,
     mut workloads: Workloads,
 ) -> RegistryHandle {
-    let first = MeshSnapshot::build(
-        &config.borrow_and_update(),
-        workloads.all(),
-        &cluster_domain,
-    );
+    let first_config = config.borrow_and_update().clone();
+    let first_generation = first_config.generation;
+    let first = MeshSnapshot::build(&first_config, workloads.all(), &cluster_domain);
     let (tx, rx) = watch::channel(Arc::new(first));
     let (events_tx, mut events) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut debouncer = Debouncer::new(timing);
         let mut config_open = true;
+        let mut built_generation = first_generation;
         loop {
             let rebuild = tokio::select! {
                 changed = config.changed(), if config_open => {
@@ -318,14 +337,23 @@ pub fn spawn_registry(
             if !rebuild {
                 continue;
             }
-            debouncer.reset();
+            let now = Instant::now();
             let cfg = config.borrow_and_update().clone();
+            // The config's trigger counts once: for the first rebuild after that load.
+            let config_trigger = cfg.trigger.filter(|_| cfg.generation != built_generation);
+            built_generation = cfg.generation;
+            let trigger = [config_trigger, debouncer.take(now)]
+                .into_iter()
+                .flatten()
+                .reduce(Trigger::merge)
+                .unwrap_or_else(|| Trigger::immediate(now));
             let mut next = MeshSnapshot::build(&cfg, workloads.all(), &cluster_domain);
             let current = tx.borrow().clone();
             if next.same_content(&current) {
                 continue;
             }
             next.version = current.version + 1;
+            next.trigger = Some(trigger);
             tracing::debug!(
                 version = next.version,
                 services = next.services.len(),

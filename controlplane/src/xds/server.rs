@@ -2,9 +2,9 @@
 //!
 //! Each stream runs in its own task: it identifies the proxy from the first request's node,
 //! registers it with the registry (auto-registration), answers requests per
-//! [`super::stream`]'s rules, pushes on every registry snapshot that changes its resources,
-//! and on its end (client gone, error, or server shutdown) deregisters the proxy and removes
-//! its syncz entry. Delta xDS is answered with `UNIMPLEMENTED`.
+//! [`super::stream`]'s rules, takes the push requests the coordinator ([`super::hub`])
+//! queues for it, and on its end (client gone, error, or server shutdown) deregisters the
+//! proxy and removes its syncz entry and queue. Delta xDS is answered with `UNIMPLEMENTED`.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +21,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::hub::{PushHub, QueueGuard};
 use super::status::{ProxyStatus, StatusEntry, SyncStatus};
 use super::stream::{RequestKind, StreamState};
+use super::ResourceType;
+use crate::metrics::Metrics;
 use crate::registry::{ConnectionId, RegistryHandle};
 
 /// Responses buffered per stream before the stream task waits for the client.
@@ -34,21 +37,27 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone, Debug)]
 pub struct AdsService {
     registry: RegistryHandle,
+    hub: Arc<PushHub>,
+    metrics: Metrics,
     status: Arc<SyncStatus>,
     next_connection: Arc<AtomicU64>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl AdsService {
-    /// A service over `registry`, recording streams in `status`; streams end when
-    /// `shutdown` becomes true.
+    /// A service over `registry`, taking pushes from `hub`, recording streams in `status`
+    /// and `metrics`; streams end when `shutdown` becomes true.
     pub fn new(
         registry: RegistryHandle,
+        hub: Arc<PushHub>,
+        metrics: Metrics,
         status: Arc<SyncStatus>,
         shutdown: watch::Receiver<bool>,
     ) -> AdsService {
         AdsService {
             registry,
+            hub,
+            metrics,
             status,
             next_connection: Arc::new(AtomicU64::new(1)),
             shutdown,
@@ -73,12 +82,17 @@ impl AggregatedDiscoveryService for AdsService {
         let peer = request.remote_addr().map(|a| a.to_string());
         let entry = self.status.register(ProxyStatus::new(conn, peer.clone()));
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        // Registered before the first snapshot is read: every later one reaches this stream.
+        let queue = self.hub.register(conn);
         let stream = AdsStream {
             conn,
             peer,
             inbound: request.into_inner(),
             tx,
             registry: self.registry.clone(),
+            hub: self.hub.clone(),
+            queue,
+            metrics: self.metrics.clone(),
             entry,
             shutdown: self.shutdown.clone(),
         };
@@ -105,16 +119,22 @@ struct AdsStream {
     inbound: Streaming<DiscoveryRequest>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     registry: RegistryHandle,
+    hub: Arc<PushHub>,
+    queue: QueueGuard,
+    metrics: Metrics,
     entry: StatusEntry,
     shutdown: watch::Receiver<bool>,
 }
 
 impl AdsStream {
     async fn run(mut self) {
-        let mut state = StreamState::new(self.conn, self.entry.writer.clone());
-        let mut mesh = self.registry.subscribe();
-        mesh.mark_unchanged();
-        let mut registered = false;
+        let mut state = StreamState::new(
+            self.conn,
+            self.entry.writer.clone(),
+            self.metrics.clone(),
+            self.hub.current(),
+        );
+        let mut registered: Option<String> = None;
         let end = loop {
             let responses = tokio::select! {
                 msg = self.inbound.message() => match msg {
@@ -127,57 +147,66 @@ impl AdsStream {
                                 peer = self.peer.as_deref().unwrap_or("-"),
                                 "proxy connected"
                             );
+                            let version = proxy.version.clone().unwrap_or_default();
+                            self.metrics.xds_clients.with_label_values(&[&version]).inc();
                             self.registry.connect(self.conn, proxy);
-                            registered = true;
+                            registered = Some(version);
                         }
                         let type_url = req.type_url.clone();
-                        let nack = req.error_detail.as_ref().map(|e| e.message.clone());
-                        // Not marked as seen: a pending registry change still triggers a
-                        // push of the other types.
-                        let snapshot = mesh.borrow().clone();
-                        let (kind, responses) = state.on_request(req, &snapshot);
+                        let (kind, responses) = state.on_request(req, &self.hub.current());
                         match kind {
-                            RequestKind::Nack => tracing::warn!(
-                                conn = self.conn,
-                                %type_url,
-                                error = nack.as_deref().unwrap_or(""),
-                                "NACK"
-                            ),
                             RequestKind::UnknownType => tracing::debug!(
                                 conn = self.conn, %type_url, "request for an unserved type ignored"
                             ),
                             RequestKind::Stale => tracing::debug!(
                                 conn = self.conn, %type_url, "stale nonce ignored"
                             ),
-                            RequestKind::Initial | RequestKind::Ack => {}
+                            RequestKind::Initial | RequestKind::Ack | RequestKind::Nack => {}
                         }
                         responses
                     }
                     Ok(None) => break "closed by the client",
                     Err(_) => break "stream error",
                 },
-                changed = mesh.changed() => {
-                    if changed.is_err() {
-                        break "registry stopped";
+                () = self.queue.queue.notify.notified() => match self.queue.queue.take() {
+                    Some(queued) => {
+                        self.metrics
+                            .queue_time
+                            .observe(queued.enqueued.elapsed().as_secs_f64());
+                        state.on_push(&queued.request, &self.hub.current())
                     }
-                    let snapshot = mesh.borrow_and_update().clone();
-                    state.on_mesh_change(&snapshot)
-                }
+                    None => Vec::new(),
+                },
                 _ = self.shutdown.wait_for(|down| *down) => break "server shutting down",
-                _ = self.tx.closed() => break "response stream dropped",
+                () = self.tx.closed() => break "response stream dropped",
             };
             let mut gone = false;
             for r in responses {
+                let kind = ResourceType::from_type_url(&r.type_url);
+                let started = std::time::Instant::now();
                 if self.tx.send(Ok(r)).await.is_err() {
+                    if let Some(kind) = kind {
+                        self.metrics
+                            .pushes
+                            .with_label_values(&[&format!("{}_senderr", kind.short_name())])
+                            .inc();
+                    }
                     gone = true;
                     break;
                 }
+                self.metrics
+                    .send_time
+                    .observe(started.elapsed().as_secs_f64());
             }
             if gone {
                 break "response stream dropped";
             }
         };
-        if registered {
+        if let Some(version) = registered {
+            self.metrics
+                .xds_clients
+                .with_label_values(&[&version])
+                .dec();
             self.registry.disconnect(self.conn);
         }
         let node = state.proxy().map(|p| p.id.clone()).unwrap_or_default();

@@ -23,18 +23,37 @@ pub struct TypeStatus {
     pub sent_version: Option<String>,
     /// Nonce of the last response sent.
     pub sent_nonce: Option<String>,
+    /// When the last response was sent (RFC 3339).
+    pub last_sent: Option<String>,
     /// Number of resources in the last response sent.
     pub sent_resources: usize,
+    /// Number of resources the proxy holds of this type, as of the last response sent.
+    pub resources: usize,
     /// Last version the proxy acknowledged.
     pub acked_version: Option<String>,
+    /// Nonce of the last response the proxy acknowledged.
+    pub acked_nonce: Option<String>,
+    /// When the last ACK arrived (RFC 3339).
+    pub last_acked: Option<String>,
     /// Message of the last NACK, cleared by the next ACK.
     pub last_nack: Option<String>,
+    /// Nonce of the response the last NACK rejected.
+    pub nacked_nonce: Option<String>,
     /// Responses sent.
     pub responses: u64,
+    /// Bytes of responses sent.
+    pub bytes_sent: u64,
     /// ACKs received.
     pub acks: u64,
     /// NACKs received.
     pub nacks: u64,
+    /// Requests ignored because their nonce was not the last one sent.
+    pub expired_nonces: u64,
+}
+
+/// The current time in RFC 3339 (milliseconds), as syncz shows times.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
 /// One connected proxy.
@@ -52,6 +71,12 @@ pub struct ProxyStatus {
     pub ips: Vec<IpAddr>,
     /// Workload labels.
     pub labels: BTreeMap<String, String>,
+    /// `CLUSTER_ID` of the node (`Kubernetes`).
+    pub cluster_id: Option<String>,
+    /// `ISTIO_VERSION` of the node.
+    pub istio_version: Option<String>,
+    /// The control plane instance serving this stream.
+    pub control_plane: String,
     /// Peer address of the stream.
     pub peer: Option<String>,
     /// When the stream was opened (RFC 3339).
@@ -73,6 +98,9 @@ impl ProxyStatus {
             namespace: None,
             ips: Vec::new(),
             labels: BTreeMap::new(),
+            cluster_id: None,
+            istio_version: None,
+            control_plane: control_plane_instance(),
             peer,
             connected_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                 .to_string(),
@@ -89,12 +117,31 @@ impl ProxyStatus {
         self.namespace = proxy.namespace.clone();
         self.ips = proxy.ips.clone();
         self.labels = proxy.labels.clone();
+        self.cluster_id = proxy.cluster_id.clone();
+        self.istio_version = proxy.version.clone();
     }
 
     /// The entry of a type.
     pub fn of(&mut self, kind: ResourceType) -> &mut TypeStatus {
         self.types.entry(kind.short_name()).or_default()
     }
+}
+
+/// This control plane instance's name, as istioctl shows istiod's pod: `mesh-controlplane`
+/// and the host name.
+pub fn control_plane_instance() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        if host.is_empty() {
+            super::stream::CONTROL_PLANE_ID.to_string()
+        } else {
+            format!("{}.{host}", super::stream::CONTROL_PLANE_ID)
+        }
+    })
+    .clone()
 }
 
 /// Every connected proxy's status.

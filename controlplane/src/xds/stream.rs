@@ -1,42 +1,79 @@
 //! One ADS stream's protocol state (state of the world), independent of I/O: requests and
-//! registry changes in, responses out.
+//! push requests in, responses out.
 //!
-//! Per resource type: the subscribed names, the last response sent (version, nonce, content
-//! hash), the last ACKed version and the last NACK. Rules (Envoy's `xds_protocol`):
-//! - a request without nonce (first on the stream, or after a reconnect) is answered;
-//! - a request whose nonce is not the last one sent for its type is stale and ignored;
+//! Per resource type: the subscribed names, what was sent (per resource, a content hash), what
+//! the proxy last ACKed, and the last response's nonce. Rules (Envoy's `xds_protocol`):
+//! - a request without nonce (first on the stream, or after a reconnect) is answered with the
+//!   full state of its type;
+//! - a request whose nonce is not the last one sent for its type is stale: ignored and
+//!   counted (`pilot_xds_expired_nonce`);
 //! - a request with the current nonce ACKs (no `error_detail`) or NACKs (with one) the last
-//!   response; it is answered only if it changes the names of an EDS/RDS subscription;
-//! - on a registry change, each subscribed type whose content changed for this proxy is
-//!   sent again, in the order CDS, EDS, LDS, RDS.
+//!   response; a NACK leaves the proxy on what it ACKed before, so later diffs start from
+//!   there. An ACK or NACK that adds EDS/RDS names is answered with those names' resources;
+//! - a push recomputes the types [`super::scope::plan`] names for this proxy and sends each
+//!   one that changed, in the order CDS, EDS, LDS, RDS: CDS and LDS with their full set, EDS
+//!   and RDS with only the resources that changed (plus the load assignments of clusters
+//!   that changed, which Envoy re-warms);
+//! - make before break: a cluster that leaves the config stays in CDS until the LDS and RDS
+//!   responses of the same push (which stop referencing it) are ACKed; then CDS is sent
+//!   without it.
+
+mod push;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::status::ProxyStatus;
 use super::{resources, ResourceType};
+use crate::metrics::Metrics;
 use crate::registry::{ConnectionId, MeshSnapshot, ProxyInfo};
 
 /// Identifier sent as `control_plane.identifier`.
 pub const CONTROL_PLANE_ID: &str = "mesh-controlplane";
 
-/// What was last sent for a type.
+/// A resource ready to send: name, packed message, content hash.
+type Resource = (String, Any, u64);
+
+/// The last response sent for a type.
 #[derive(Debug)]
 struct Sent {
     nonce: String,
-    hash: u64,
+    at: Instant,
 }
 
 /// The state of one type.
 #[derive(Debug, Default)]
 struct TypeState {
+    /// Subscribed names (EDS, RDS).
     names: BTreeSet<String>,
-    sent: Option<Sent>,
+    /// Content hash per resource, as of the last response sent.
+    sent: BTreeMap<String, u64>,
+    /// Content hash per resource, as of the last ACK: what the proxy holds.
+    acked: BTreeMap<String, u64>,
+    /// Names of a NACKed response (EDS, RDS): recomputed by the next push whatever it is
+    /// about.
+    retry: BTreeSet<String>,
+    /// The last response was NACKed (and nothing ACKed since).
+    nacked: bool,
+    last: Option<Sent>,
+}
+
+/// Clusters kept in CDS after leaving the config (make before break).
+#[derive(Debug, Default)]
+struct PendingRemoval {
+    /// The kept clusters, packed.
+    kept: BTreeMap<String, (Any, u64)>,
+    /// Nonces (LDS, RDS) that must be ACKed before the clusters go.
+    wait: BTreeMap<ResourceType, String>,
 }
 
 /// What a request meant.
@@ -62,27 +99,48 @@ pub(crate) struct StreamState {
     types: BTreeMap<ResourceType, TypeState>,
     nonces: u64,
     status: watch::Sender<ProxyStatus>,
+    metrics: Metrics,
+    /// The snapshot of the last push handled: the `old` side of the next one.
+    mesh: Arc<MeshSnapshot>,
+    /// The cluster set last computed (without kept clusters).
+    clusters: BTreeMap<String, (Any, u64)>,
+    removal: Option<PendingRemoval>,
 }
 
-fn content_hash(resources: &[(String, envoy_types::pb::google::protobuf::Any)]) -> u64 {
+/// The content hash of a packed resource.
+fn hash_any(any: &Any) -> u64 {
     let mut h = DefaultHasher::new();
-    for (name, any) in resources {
-        name.hash(&mut h);
-        any.type_url.hash(&mut h);
-        any.value.hash(&mut h);
-    }
+    any.type_url.hash(&mut h);
+    any.value.hash(&mut h);
     h.finish()
 }
 
+/// The version of a type: a hash of what the proxy is sent, so that equal content gives equal
+/// versions, also across streams and restarts.
+fn version_of(sent: &BTreeMap<String, u64>) -> String {
+    let mut h = DefaultHasher::new();
+    sent.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
 impl StreamState {
-    /// A new stream; `status` is its syncz entry.
-    pub(crate) fn new(conn: ConnectionId, status: watch::Sender<ProxyStatus>) -> StreamState {
+    /// A new stream; `status` is its syncz entry, `mesh` the snapshot it starts from.
+    pub(crate) fn new(
+        conn: ConnectionId,
+        status: watch::Sender<ProxyStatus>,
+        metrics: Metrics,
+        mesh: Arc<MeshSnapshot>,
+    ) -> StreamState {
         StreamState {
             conn,
             proxy: None,
             types: BTreeMap::new(),
             nonces: 0,
             status,
+            metrics,
+            mesh,
+            clusters: BTreeMap::new(),
+            removal: None,
         }
     }
 
@@ -102,6 +160,51 @@ impl StreamState {
         true
     }
 
+    /// Whether `kind` is a full-state (wildcard) type for this proxy: CDS and LDS, except for
+    /// proxyless gRPC clients, which ask for every type by name.
+    fn full_set(&self, kind: ResourceType) -> bool {
+        kind.is_full_set_for(self.proxy.as_deref())
+    }
+
+    fn node_label(&self) -> String {
+        self.proxy
+            .as_ref()
+            .map(|p| p.id.clone())
+            .unwrap_or_default()
+    }
+
+    /// Computes a type's resources for the proxy: every one for CDS and LDS, those of `names`
+    /// for EDS and RDS.
+    fn compute(
+        &self,
+        kind: ResourceType,
+        mesh: &MeshSnapshot,
+        names: &BTreeSet<String>,
+    ) -> Vec<Resource> {
+        let proxy = self.proxy.clone().unwrap_or_default();
+        resources(kind, mesh, &proxy, names)
+            .into_iter()
+            .map(|(name, any)| {
+                let hash = hash_any(&any);
+                (name, any, hash)
+            })
+            .collect()
+    }
+
+    /// Computes a state-of-the-world type (CDS, LDS): everything for a wildcard subscription,
+    /// every subscribed name otherwise (proxyless gRPC).
+    fn compute_full(&mut self, kind: ResourceType, mesh: &MeshSnapshot) -> Vec<Resource> {
+        let names = if self.full_set(kind) {
+            BTreeSet::new()
+        } else {
+            self.types
+                .get(&kind)
+                .map(|t| t.names.clone())
+                .unwrap_or_default()
+        };
+        self.compute(kind, mesh, &names)
+    }
+
     /// Handles one request; returns what it meant and the responses to send.
     pub(crate) fn on_request(
         &mut self,
@@ -112,100 +215,283 @@ impl StreamState {
             return (RequestKind::UnknownType, Vec::new());
         };
         let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
-        let full_set = kind.is_full_set_for(self.proxy.as_deref());
         let state = self.types.entry(kind).or_default();
         let meaning = if req.response_nonce.is_empty() {
             RequestKind::Initial
         } else if state
-            .sent
+            .last
             .as_ref()
             .is_none_or(|s| s.nonce != req.response_nonce)
         {
+            self.metrics
+                .expired_nonce
+                .with_label_values(&[kind.short_name()])
+                .inc();
+            self.status.send_modify(|s| s.of(kind).expired_nonces += 1);
             return (RequestKind::Stale, Vec::new());
-        } else if let Some(err) = &req.error_detail {
-            let message = err.message.clone();
-            self.status.send_modify(|s| {
-                let t = s.of(kind);
-                t.nacks += 1;
-                t.last_nack = Some(message);
-            });
-            RequestKind::Nack
         } else {
-            let version = req.version_info.clone();
-            self.status.send_modify(|s| {
-                let t = s.of(kind);
-                t.acks += 1;
-                t.acked_version = Some(version);
-                t.last_nack = None;
-            });
-            RequestKind::Ack
+            let elapsed = state
+                .last
+                .as_ref()
+                .map_or(Duration::ZERO, |s| s.at.elapsed());
+            self.metrics
+                .ack_time
+                .with_label_values(&[kind.short_name()])
+                .observe(elapsed.as_secs_f64());
+            if req.error_detail.is_some() {
+                RequestKind::Nack
+            } else {
+                RequestKind::Ack
+            }
         };
-        let names_changed = !full_set && names != state.names;
-        if !full_set {
+        let mut out = Vec::new();
+        match meaning {
+            RequestKind::Nack => self.on_nack(kind, &req),
+            RequestKind::Ack => {
+                self.on_ack(kind, &req);
+                out.extend(self.removal_done(kind, &req.response_nonce));
+            }
+            _ => {}
+        }
+        let wildcard = self.full_set(kind);
+        let state = self.types.entry(kind).or_default();
+        let mut added = BTreeSet::new();
+        if !wildcard {
+            added = names.difference(&state.names).cloned().collect();
+            let removed: Vec<String> = state.names.difference(&names).cloned().collect();
+            for name in &removed {
+                state.sent.remove(name);
+                state.acked.remove(name);
+            }
             state.names = names;
             let shown = state.names.clone();
             self.status
                 .send_modify(|s| s.of(kind).resource_names = shown);
         }
-        let respond = meaning == RequestKind::Initial || names_changed;
-        let mut out = Vec::new();
-        if respond {
-            out.extend(self.build(kind, mesh, true));
+        let state = self.types.entry(kind).or_default();
+        if meaning == RequestKind::Initial {
+            state.sent.clear();
+            state.acked.clear();
+        }
+        let nothing_asked = !wildcard && state.names.is_empty();
+        if kind.is_full_set() {
+            // CDS and LDS: every response carries everything subscribed.
+            if !nothing_asked && (meaning == RequestKind::Initial || !added.is_empty()) {
+                out.extend(self.full_response(kind, mesh, true));
+            }
+        } else if meaning == RequestKind::Initial && !nothing_asked {
+            let names = state.names.clone();
+            let started = std::time::Instant::now();
+            let resources = self.compute(kind, mesh, &names);
+            out.push(self.respond(kind, resources, Vec::new(), started.elapsed()));
+        } else if !added.is_empty() {
+            let started = std::time::Instant::now();
+            let resources = self.compute(kind, mesh, &added);
+            if !resources.is_empty() {
+                out.push(self.respond(kind, resources, Vec::new(), started.elapsed()));
+            }
         }
         (meaning, out)
     }
 
-    /// Responses for every subscribed type whose content changed, in push order.
-    pub(crate) fn on_mesh_change(&mut self, mesh: &MeshSnapshot) -> Vec<DiscoveryResponse> {
-        ResourceType::ALL
-            .into_iter()
-            .filter_map(|kind| self.build(kind, mesh, false))
-            .collect()
+    fn on_ack(&mut self, kind: ResourceType, req: &DiscoveryRequest) {
+        let state = self.types.entry(kind).or_default();
+        state.acked = state.sent.clone();
+        state.nacked = false;
+        let (version, nonce) = (req.version_info.clone(), req.response_nonce.clone());
+        self.status.send_modify(|s| {
+            let t = s.of(kind);
+            t.acks += 1;
+            t.acked_version = Some(version);
+            t.acked_nonce = Some(nonce);
+            t.last_acked = Some(super::status::now_rfc3339());
+            t.last_nack = None;
+        });
     }
 
-    /// Builds the response of a subscribed type, or `None` when it need not be sent: not
-    /// subscribed, no names for a named type, or (unless `force`) unchanged content.
-    fn build(
+    fn on_nack(&mut self, kind: ResourceType, req: &DiscoveryRequest) {
+        let message = req
+            .error_detail
+            .as_ref()
+            .map(|e| e.message.clone())
+            .unwrap_or_default();
+        let code = req.error_detail.as_ref().map_or(0, |e| e.code);
+        tracing::warn!(conn = self.conn, r#type = kind.short_name(), error = %message, "NACK");
+        // The proxy keeps what it ACKed before: the next diff starts from there.
+        let state = self.types.entry(kind).or_default();
+        let rejected: Vec<String> = state
+            .sent
+            .iter()
+            .filter(|(n, h)| state.acked.get(*n) != Some(*h))
+            .map(|(n, _)| n.clone())
+            .collect();
+        state.retry.extend(rejected);
+        state.sent = state.acked.clone();
+        state.nacked = true;
+        self.metrics
+            .xds_rejects
+            .with_label_values(&[kind.short_name()])
+            .inc();
+        let per_type = match kind {
+            ResourceType::Cluster => &self.metrics.cds_reject,
+            ResourceType::Endpoint => &self.metrics.eds_reject,
+            ResourceType::Listener => &self.metrics.lds_reject,
+            ResourceType::Route => &self.metrics.rds_reject,
+        };
+        per_type
+            .with_label_values(&[&self.node_label(), grpc_code_name(code)])
+            .inc();
+        let nonce = req.response_nonce.clone();
+        self.status.send_modify(|s| {
+            let t = s.of(kind);
+            t.nacks += 1;
+            t.last_nack = Some(message);
+            t.nacked_nonce = Some(nonce);
+        });
+    }
+
+    /// The CDS response that drops kept clusters, once the ACK of `nonce` for `kind` was the
+    /// last one awaited.
+    fn removal_done(&mut self, kind: ResourceType, nonce: &str) -> Option<DiscoveryResponse> {
+        let removal = self.removal.as_mut()?;
+        if removal.wait.get(&kind).is_some_and(|n| n == nonce) {
+            removal.wait.remove(&kind);
+        }
+        if !removal.wait.is_empty() {
+            return None;
+        }
+        let removal = self.removal.take()?;
+        tracing::debug!(
+            conn = self.conn,
+            clusters = removal.kept.len(),
+            "kept clusters removed"
+        );
+        let resources: Vec<Resource> = self
+            .clusters
+            .iter()
+            .map(|(n, (a, h))| (n.clone(), a.clone(), *h))
+            .collect();
+        Some(self.respond(ResourceType::Cluster, resources, Vec::new(), Duration::ZERO))
+    }
+
+    /// A full-state type's response (CDS, LDS), or `None` when it need not be sent: not
+    /// subscribed, or (unless `force`) unchanged.
+    fn full_response(
         &mut self,
         kind: ResourceType,
         mesh: &MeshSnapshot,
         force: bool,
     ) -> Option<DiscoveryResponse> {
-        let proxy = self.proxy.clone().unwrap_or_default();
-        let state = self.types.get_mut(&kind)?;
-        if !kind.is_full_set_for(Some(&proxy)) && state.names.is_empty() {
+        self.types.get(&kind)?;
+        let started = std::time::Instant::now();
+        let resources = self.compute_full(kind, mesh);
+        if kind == ResourceType::Cluster {
+            self.clusters = resources
+                .iter()
+                .map(|(n, a, h)| (n.clone(), (a.clone(), *h)))
+                .collect();
+        }
+        let state = self.types.get(&kind)?;
+        let same = state.sent.len() == resources.len()
+            && resources
+                .iter()
+                .all(|(n, _, h)| state.sent.get(n) == Some(h));
+        if same && !force {
             return None;
         }
-        let resources = resources(kind, mesh, &proxy, &state.names);
-        let hash = content_hash(&resources);
-        if !force && state.sent.as_ref().is_some_and(|s| s.hash == hash) {
-            return None;
-        }
+        Some(self.respond(kind, resources, Vec::new(), started.elapsed()))
+    }
+
+    /// Builds and records a response. For CDS and LDS `resources` is the full set (plus
+    /// `extra`, kept clusters), also when subscribed by name; for EDS and RDS the resources
+    /// sent, merged into what the proxy holds.
+    fn respond(
+        &mut self,
+        kind: ResourceType,
+        resources: Vec<Resource>,
+        extra: Vec<Resource>,
+        build_time: Duration,
+    ) -> DiscoveryResponse {
         self.nonces += 1;
         let nonce = format!("{}-{}", self.conn, self.nonces);
-        let version = format!("{hash:016x}");
-        state.sent = Some(Sent {
+        let state = self.types.entry(kind).or_default();
+        if kind.is_full_set() {
+            state.sent.clear();
+        }
+        for (name, _, hash) in resources.iter().chain(&extra) {
+            state.sent.insert(name.clone(), *hash);
+            state.retry.remove(name);
+        }
+        let version = version_of(&state.sent);
+        state.last = Some(Sent {
             nonce: nonce.clone(),
-            hash,
+            at: Instant::now(),
         });
-        let count = resources.len();
+        let held = state.sent.len();
+        let count = resources.len() + extra.len();
+        let response = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: resources
+                .into_iter()
+                .chain(extra)
+                .map(|(_, any, _)| any)
+                .collect(),
+            type_url: kind.type_url().to_string(),
+            nonce: nonce.clone(),
+            control_plane: Some(ControlPlane {
+                identifier: CONTROL_PLANE_ID.to_string(),
+            }),
+            ..Default::default()
+        };
+        let size = response.encoded_len();
+        let label = [kind.short_name()];
+        self.metrics.pushes.with_label_values(&label).inc();
+        self.metrics
+            .push_time
+            .with_label_values(&label)
+            .observe(build_time.as_secs_f64());
+        self.metrics
+            .config_size
+            .with_label_values(&label)
+            .observe(size as f64);
         self.status.send_modify(|s| {
             let t = s.of(kind);
             t.sent_version = Some(version.clone());
             t.sent_nonce = Some(nonce.clone());
             t.sent_resources = count;
+            t.resources = held;
+            t.last_sent = Some(super::status::now_rfc3339());
             t.responses += 1;
+            t.bytes_sent += size as u64;
         });
-        tracing::debug!(conn = self.conn, r#type = kind.short_name(), %version, %nonce, count, "push");
-        Some(DiscoveryResponse {
-            version_info: version,
-            resources: resources.into_iter().map(|(_, any)| any).collect(),
-            type_url: kind.type_url().to_string(),
-            nonce,
-            control_plane: Some(ControlPlane {
-                identifier: CONTROL_PLANE_ID.to_string(),
-            }),
-            ..Default::default()
-        })
+        tracing::debug!(conn = self.conn, r#type = kind.short_name(), %version, %nonce, count, size, "push");
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// The name of a `google.rpc.Code` (the `err` label of istiod's per-type reject metrics).
+fn grpc_code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "Canceled",
+        2 => "Unknown",
+        3 => "InvalidArgument",
+        4 => "DeadlineExceeded",
+        5 => "NotFound",
+        6 => "AlreadyExists",
+        7 => "PermissionDenied",
+        8 => "ResourceExhausted",
+        9 => "FailedPrecondition",
+        10 => "Aborted",
+        11 => "OutOfRange",
+        12 => "Unimplemented",
+        13 => "Internal",
+        14 => "Unavailable",
+        15 => "DataLoss",
+        16 => "Unauthenticated",
+        _ => "Code",
     }
 }

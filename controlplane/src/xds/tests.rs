@@ -1,13 +1,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use envoy_types::pb::google::rpc;
 use envoy_types::util::pack_any;
 
-use super::status::{ProxyStatus, SyncStatus};
-use super::stream::{RequestKind, StreamState};
 use super::*;
 use crate::config::objects::TargetPort;
 use crate::registry::{Service, ServicePort};
@@ -108,93 +103,6 @@ fn rendering_refuses_fields_it_does_not_cover() {
         render::any(unknown),
         Err(render::RenderError::UnknownAny(_))
     ));
-}
-
-fn request(
-    kind: ResourceType,
-    names: &[&str],
-    version: &str,
-    nonce: &str,
-    nack: Option<&str>,
-) -> DiscoveryRequest {
-    DiscoveryRequest {
-        version_info: version.into(),
-        resource_names: names.iter().map(|s| s.to_string()).collect(),
-        type_url: kind.type_url().into(),
-        response_nonce: nonce.into(),
-        error_detail: nack.map(|m| rpc::Status {
-            message: m.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-#[test]
-fn stream_state_follows_the_protocol() {
-    let status = Arc::new(SyncStatus::default());
-    let entry = status.register(ProxyStatus::new(7, None));
-    let mut s = StreamState::new(7, entry.writer.clone());
-    let m = mesh(vec![service("default", "reviews", Some("10.96.0.20"))]);
-    let first = request(ResourceType::Cluster, &[], "", "", None);
-    assert!(s.identify(&first));
-    let (kind, out) = s.on_request(first, &m);
-    assert_eq!(kind, RequestKind::Initial);
-    let cds = &out[0];
-    assert_eq!(cds.resources.len(), 4);
-    assert!(cds
-        .resources
-        .iter()
-        .all(|a| a.type_url == <Cluster as prost::Name>::type_url()));
-
-    let (kind, out) = s.on_request(request(ResourceType::Cluster, &[], "", "bogus", None), &m);
-    assert_eq!((kind, out.len()), (RequestKind::Stale, 0));
-    let (kind, out) = s.on_request(
-        request(ResourceType::Cluster, &[], "", &cds.nonce, Some("bad")),
-        &m,
-    );
-    assert_eq!((kind, out.len()), (RequestKind::Nack, 0));
-    assert_eq!(
-        status.snapshot()[0].types["cds"].last_nack.as_deref(),
-        Some("bad")
-    );
-    let (kind, out) = s.on_request(
-        request(
-            ResourceType::Cluster,
-            &[],
-            &cds.version_info,
-            &cds.nonce,
-            None,
-        ),
-        &m,
-    );
-    assert_eq!((kind, out.len()), (RequestKind::Ack, 0));
-    let snap = &status.snapshot()[0].types["cds"];
-    assert_eq!(
-        snap.acked_version.as_deref(),
-        Some(cds.version_info.as_str())
-    );
-    assert_eq!(snap.last_nack, None);
-
-    // Unchanged content is not pushed again; changed content is, with a new version.
-    assert!(s.on_mesh_change(&m).is_empty());
-    let bigger = mesh(vec![
-        service("default", "reviews", Some("10.96.0.20")),
-        service("default", "ratings", Some("10.96.0.30")),
-    ]);
-    let pushed = s.on_mesh_change(&bigger);
-    assert_eq!(pushed.len(), 1);
-    assert_ne!(pushed[0].version_info, cds.version_info);
-
-    // EDS: no response for an empty subscription; names answered; unknown types ignored.
-    let (_, out) = s.on_request(request(ResourceType::Endpoint, &[], "", "", None), &bigger);
-    assert!(out.is_empty());
-    let mut unknown = request(ResourceType::Endpoint, &["x"], "", "", None);
-    unknown.type_url =
-        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".into();
-    assert_eq!(s.on_request(unknown, &bigger).0, RequestKind::UnknownType);
-    drop(entry);
-    assert!(status.snapshot().is_empty());
 }
 
 /// The chains of a sniffed port, as Envoy matches them (level by level, no backtracking):

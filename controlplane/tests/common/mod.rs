@@ -71,6 +71,7 @@ pub fn options(dir: &Path) -> Options {
         config_dir: dir.to_path_buf(),
         xds_addr: "127.0.0.1:0".parse().unwrap(),
         debug_addr: "127.0.0.1:0".parse().unwrap(),
+        monitoring_addr: "127.0.0.1:0".parse().unwrap(),
         cluster_domain: "cluster.local".to_string(),
         debounce: Debounce {
             quiet: Duration::from_millis(20),

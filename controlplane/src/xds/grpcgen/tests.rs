@@ -294,7 +294,12 @@ fn a_grpc_stream_subscribes_to_every_type_by_name() {
     let m = mesh();
     let status = Arc::new(SyncStatus::default());
     let entry = status.register(ProxyStatus::new(3, None));
-    let mut s = StreamState::new(3, entry.writer.clone());
+    let mut s = StreamState::new(
+        3,
+        entry.writer.clone(),
+        crate::metrics::Metrics::unregistered(),
+        Arc::new(m.clone()),
+    );
     let first = request(ResourceType::Listener, &["reviews:7070"], "");
     assert!(s.identify(&first));
     let (kind, out) = s.on_request(first, &m);
