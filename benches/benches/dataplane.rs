@@ -1,5 +1,6 @@
 //! criterion micro-benchmarks of the sidecar's per-request work, through the `proxy` crate's
-//! public API: route matching (virtual host by authority, then route by path) on Istio-shaped
+//! public API: route matching (virtual host by authority, then route by path and headers) on
+//! Istio-shaped
 //! tables of hundreds to thousands of services, indexing such a table when a config is applied,
 //! and the header operations of every request (authority, `x-request-id`).
 //!
@@ -13,10 +14,11 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use pingora_http::RequestHeader;
-use proxy::http::route::{find_route, RouteTable};
+use proxy::http::route::{RequestInfo, RouteTable};
 use proxy::snapshot::Snapshot;
 use xds_client::model::{
-    PathMatch, ProxyConfig, Route, RouteAction, RouteConfig, RouteMatch, VirtualHost,
+    Destination, FilterConfigs, ForwardAction, HeaderMatch, HeaderMatcher, HeaderOps, PathMatch,
+    ProxyConfig, Route, RouteAction, RouteConfig, RouteMatch, StringMatcher, VirtualHost,
 };
 
 /// Mesh sizes (services on one port).
@@ -25,11 +27,41 @@ const SIZES: [usize; 3] = [100, 1_000, 5_000];
 fn route(name: &str, path: PathMatch, cluster: &str) -> Route {
     Route {
         name: name.to_owned(),
-        matcher: RouteMatch { path },
-        action: RouteAction::Cluster {
-            cluster: cluster.to_owned(),
-            timeout: None,
+        matcher: RouteMatch {
+            path,
+            case_sensitive: true,
+            headers: Vec::new(),
+            query_parameters: Vec::new(),
+            grpc: false,
         },
+        action: RouteAction::Forward(Box::new(ForwardAction {
+            destination: Destination::Cluster(cluster.to_owned()),
+            timeout: None,
+            idle_timeout: None,
+            grpc_timeout: None,
+            prefix_rewrite: None,
+            regex_rewrite: None,
+            host_rewrite: None,
+            retry_policy: None,
+            mirrors: Vec::new(),
+            hash_policy: Vec::new(),
+            cluster_not_found_status: 503,
+        })),
+        headers: HeaderOps::default(),
+        filter_configs: FilterConfigs::default(),
+    }
+}
+
+fn vhost(name: String, domains: Vec<String>, routes: Vec<Route>) -> VirtualHost {
+    VirtualHost {
+        name,
+        domains,
+        routes,
+        headers: HeaderOps::default(),
+        filter_configs: FilterConfigs::default(),
+        retry_policy: None,
+        include_attempt_count: false,
+        include_attempt_count_in_response: false,
     }
 }
 
@@ -53,29 +85,30 @@ fn istio_routes(n: usize) -> RouteConfig {
                 domains.push(format!("{d}:8080"));
                 domains.push(d);
             }
-            VirtualHost {
-                name: format!("{fqdn}:8080"),
+            vhost(
+                format!("{fqdn}:8080"),
                 domains,
-                routes: vec![route(
+                vec![route(
                     "default",
                     PathMatch::Prefix("/".to_owned()),
                     &format!("outbound|8080||{fqdn}"),
                 )],
-            }
+            )
         })
         .collect();
-    virtual_hosts.push(VirtualHost {
-        name: "allow_any".to_owned(),
-        domains: vec!["*".to_owned()],
-        routes: vec![route(
+    virtual_hosts.push(vhost(
+        "allow_any".to_owned(),
+        vec!["*".to_owned()],
+        vec![route(
             "allow_any",
             PathMatch::Prefix("/".to_owned()),
             "PassthroughCluster",
         )],
-    });
+    ));
     RouteConfig {
         name: "8080".to_owned(),
         virtual_hosts,
+        headers: HeaderOps::default(),
     }
 }
 
@@ -83,15 +116,18 @@ fn istio_routes(n: usize) -> RouteConfig {
 /// the slow path (a scan of the suffixes, longest first).
 fn wildcard_routes(n: usize) -> RouteConfig {
     let virtual_hosts = (0..n)
-        .map(|i| VirtualHost {
-            name: format!("wild-{i}"),
-            domains: vec![format!("*.svc-{i}.example.com")],
-            routes: vec![route("w", PathMatch::Prefix("/".to_owned()), "c")],
+        .map(|i| {
+            vhost(
+                format!("wild-{i}"),
+                vec![format!("*.svc-{i}.example.com")],
+                vec![route("w", PathMatch::Prefix("/".to_owned()), "c")],
+            )
         })
         .collect();
     RouteConfig {
         name: "wild".to_owned(),
         virtual_hosts,
+        headers: HeaderOps::default(),
     }
 }
 
@@ -123,28 +159,62 @@ fn bench_virtual_host(c: &mut Criterion) {
     g.finish();
 }
 
+fn info<'a>(req: &'a RequestHeader, path: &'a str) -> RequestInfo<'a> {
+    RequestInfo {
+        req,
+        path_and_query: path,
+        authority: "reviews",
+        scheme: "http",
+        is_grpc: false,
+    }
+}
+
 fn bench_find_route(c: &mut Criterion) {
     let mut g = c.benchmark_group("route/find_route");
+    let req = request();
     for n in [10usize, 100, 1_000] {
         let mut routes: Vec<Route> = (0..n)
             .map(|i| route("r", PathMatch::Prefix(format!("/api/v{i}/")), "c"))
             .collect();
         routes.push(route("exact", PathMatch::Exact("/health".to_owned()), "c"));
-        let vh = VirtualHost {
-            name: "vh".to_owned(),
-            domains: vec!["*".to_owned()],
-            routes,
-        };
+        let table = RouteTable::new(RouteConfig {
+            name: "t".to_owned(),
+            virtual_hosts: vec![vhost("vh".to_owned(), vec!["*".to_owned()], routes)],
+            headers: HeaderOps::default(),
+        });
         let last = format!("/api/v{}/items?page=2", n - 1);
         g.bench_with_input(BenchmarkId::new("prefix_last", n), &last, |b, p| {
-            b.iter(|| find_route(&vh, black_box(p)))
+            b.iter(|| table.route(&info(&req, black_box(p))).is_some())
         });
         g.bench_with_input(
             BenchmarkId::new("exact_after_all", n),
             &"/health?x=1",
-            |b, p| b.iter(|| find_route(&vh, black_box(p))),
+            |b, p| b.iter(|| table.route(&info(&req, black_box(p))).is_some()),
         );
     }
+    // Bookinfo's `end-user: jason` route: a header match before the catch-all.
+    let mut jason = route("jason", PathMatch::Prefix("/".to_owned()), "v2");
+    jason.matcher.headers.push(HeaderMatcher {
+        name: "end-user".to_owned(),
+        rule: HeaderMatch::String(StringMatcher::exact("jason")),
+        invert: false,
+        treat_missing_as_empty: false,
+    });
+    let table = RouteTable::new(RouteConfig {
+        name: "t".to_owned(),
+        virtual_hosts: vec![vhost(
+            "vh".to_owned(),
+            vec!["*".to_owned()],
+            vec![
+                jason,
+                route("default", PathMatch::Prefix("/".to_owned()), "v1"),
+            ],
+        )],
+        headers: HeaderOps::default(),
+    });
+    g.bench_function("header_miss_then_catch_all", |b| {
+        b.iter(|| table.route(&info(&req, black_box("/reviews/0"))).is_some())
+    });
     g.finish();
 }
 

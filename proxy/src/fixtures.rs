@@ -20,6 +20,7 @@ pub fn tcp_chain(name: &str, matcher: FilterChainMatch, cluster: &str) -> Filter
         filter: NetworkFilter::Tcp(TcpProxy {
             stat_prefix: cluster.into(),
             cluster: cluster.into(),
+            weighted_clusters: Vec::new(),
             idle_timeout: None,
         }),
     }
@@ -62,32 +63,22 @@ pub fn listener(
 
 /// A virtual host routing every path to `cluster`.
 pub fn vhost(name: &str, domains: &[&str], cluster: &str) -> VirtualHost {
-    VirtualHost {
-        name: name.into(),
-        domains: domains.iter().map(|d| d.to_string()).collect(),
-        routes: vec![Route {
-            name: "default".into(),
-            matcher: RouteMatch {
-                path: PathMatch::Prefix("/".into()),
-            },
-            action: RouteAction::Cluster {
-                cluster: cluster.into(),
-                timeout: None,
-            },
-        }],
-    }
+    VirtualHost::new(
+        name,
+        domains,
+        vec![Route::new(
+            "default",
+            RouteMatch::path(PathMatch::Prefix("/".into())),
+            RouteAction::cluster(cluster),
+        )],
+    )
 }
 
 /// A cluster.
 pub fn cluster(name: &str, discovery: Discovery) -> Cluster {
-    Cluster {
-        name: name.into(),
-        discovery,
-        connect_timeout: Duration::from_secs(1),
-        lb_policy: LbPolicy::RoundRobin,
-        upstream_protocol: UpstreamProtocol::Http1,
-        bind_address: None,
-    }
+    let mut c = Cluster::new(name, discovery);
+    c.connect_timeout = Duration::from_secs(1);
+    c
 }
 
 /// Healthy endpoints for `cluster`.
@@ -101,6 +92,7 @@ pub fn cla(cluster: &str, endpoints: &[&str]) -> ClusterLoadAssignment {
                 weight: 1,
                 health: HealthStatus::Healthy,
                 locality: String::new(),
+                priority: 0,
             })
             .collect(),
     }

@@ -17,9 +17,27 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Serialize;
 
+pub mod cluster;
+pub mod filter;
 pub mod matcher;
 pub mod rbac;
+pub mod route;
 
+pub use self::cluster::{
+    CircuitBreakers, ConnectionOptions, LbSettings, OutlierDetection, TcpKeepalive,
+};
+pub use self::filter::{
+    AbortStatus, CorsPolicy, FaultAbort, FaultConfig, FaultDelay, FilterConfigs,
+};
+pub use self::matcher::{
+    Fraction, HeaderMatch, HeaderMatcher, QueryParameterMatcher, Regex, StringMatcher,
+};
+pub use self::route::{
+    AppendAction, Destination, DirectResponse, ForwardAction, GrpcTimeout, HashPolicy, HashSource,
+    HeaderAppend, HeaderOps, HeaderValue, MirrorPolicy, PathMatch, PathRedirect, RedirectAction,
+    RegexRewrite, RetryBackOff, RetryOn, RetryPolicy, Route, RouteAction, RouteConfig, RouteMatch,
+    ValuePart, VirtualHost, WeightedCluster,
+};
 pub use rbac::Rbac;
 
 /// The four resource types of the slice, in the order a control plane should send them
@@ -225,6 +243,10 @@ pub enum RouteSource {
 pub enum HttpFilter {
     /// `envoy.filters.http.rbac`.
     Rbac(Box<Rbac>),
+    /// `envoy.filters.http.fault`, with its filter-wide settings (routes may override them).
+    Fault(FaultConfig),
+    /// `envoy.filters.http.cors` (its settings are per route).
+    Cors,
     /// `envoy.filters.http.router`.
     Router,
 }
@@ -234,70 +256,12 @@ pub enum HttpFilter {
 pub struct TcpProxy {
     /// Statistics prefix.
     pub stat_prefix: String,
-    /// Destination cluster name.
+    /// Destination cluster name (with weighted clusters: the first, for logs).
     pub cluster: String,
+    /// Weighted clusters (name, weight): one is chosen per connection. Empty: `cluster`.
+    pub weighted_clusters: Vec<(String, u32)>,
     /// Close the connection after this long without traffic either way.
     pub idle_timeout: Option<Duration>,
-}
-
-/// A route configuration.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RouteConfig {
-    /// Name (for outbound RDS: the port, e.g. `9080`).
-    pub name: String,
-    /// Virtual hosts, matched by the request's authority.
-    pub virtual_hosts: Vec<VirtualHost>,
-}
-
-/// A virtual host: a set of domains and the routes for them.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct VirtualHost {
-    /// Name (`reviews.default.svc.cluster.local:9080`, `allow_any`, ...).
-    pub name: String,
-    /// Domains, matched as Envoy matches them: exact first, then the longest `*.suffix`, then
-    /// the longest `prefix*`, then `*`. Stored lowercase.
-    pub domains: Vec<String>,
-    /// Routes in order; the first that matches wins.
-    pub routes: Vec<Route>,
-}
-
-/// One route.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Route {
-    /// Name (may be empty).
-    pub name: String,
-    /// When the route applies.
-    pub matcher: RouteMatch,
-    /// What to do.
-    pub action: RouteAction,
-}
-
-/// Envoy's `RouteMatch`, the supported subset.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RouteMatch {
-    /// Path condition.
-    pub path: PathMatch,
-}
-
-/// A path condition.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub enum PathMatch {
-    /// Path starts with this.
-    Prefix(String),
-    /// Path equals this.
-    Exact(String),
-}
-
-/// What a route does.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub enum RouteAction {
-    /// Forward to a cluster.
-    Cluster {
-        /// Cluster name.
-        cluster: String,
-        /// Overall request timeout; `None` means no timeout.
-        timeout: Option<Duration>,
-    },
 }
 
 /// A cluster: a set of upstream endpoints and how to reach them.
@@ -316,6 +280,33 @@ pub struct Cluster {
     /// Local address to bind upstream sockets to (Envoy's `upstream_bind_config`; inbound
     /// clusters use 127.0.0.6 so the delivery to the app is not captured again).
     pub bind_address: Option<IpAddr>,
+    /// Load-balancer settings.
+    pub lb_settings: LbSettings,
+    /// Circuit breaker thresholds.
+    pub circuit_breakers: CircuitBreakers,
+    /// Outlier detection, when enabled.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Upstream connection options.
+    pub connection: ConnectionOptions,
+}
+
+impl Cluster {
+    /// A cluster with Envoy's defaults: round robin, HTTP/1.1, 5 s connect timeout, default
+    /// circuit breakers, no outlier detection.
+    pub fn new(name: impl Into<String>, discovery: Discovery) -> Cluster {
+        Cluster {
+            name: name.into(),
+            discovery,
+            connect_timeout: Duration::from_secs(5),
+            lb_policy: LbPolicy::RoundRobin,
+            upstream_protocol: UpstreamProtocol::Http1,
+            bind_address: None,
+            lb_settings: LbSettings::default(),
+            circuit_breakers: CircuitBreakers::default(),
+            outlier_detection: None,
+            connection: ConnectionOptions::default(),
+        }
+    }
 }
 
 /// How a cluster finds its endpoints.
@@ -341,6 +332,10 @@ pub enum LbPolicy {
     LeastRequest,
     /// Envoy's `RANDOM`.
     Random,
+    /// Envoy's `RING_HASH` (consistent hashing on a ring).
+    RingHash,
+    /// Envoy's `MAGLEV` (consistent hashing with a lookup table).
+    Maglev,
     /// Envoy's `CLUSTER_PROVIDED` (used with `ORIGINAL_DST`).
     ClusterProvided,
 }
@@ -376,6 +371,9 @@ pub struct Endpoint {
     pub health: HealthStatus,
     /// Locality as `region/zone/subzone` (empty parts allowed).
     pub locality: String,
+    /// Priority of its locality group (0 is the highest): lower priorities get traffic only
+    /// when no host of a higher one is available.
+    pub priority: u32,
 }
 
 /// Endpoint health as reported by EDS.

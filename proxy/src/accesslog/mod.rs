@@ -49,8 +49,16 @@ pub enum ResponseFlag {
     UpstreamConnectionTermination,
     /// `DC`: the downstream closed the connection before the response was sent.
     DownstreamConnectionTermination,
-    /// `SI`: the TCP proxy's idle timeout closed the connection.
+    /// `SI`: an idle timeout closed the stream or connection.
     StreamIdleTimeout,
+    /// `UO`: a circuit breaker refused the request (overflow).
+    UpstreamOverflow,
+    /// `URX`: the request was not retried because the retry limit was reached.
+    UpstreamRetryLimitExceeded,
+    /// `DI`: the fault filter delayed the request.
+    DelayInjected,
+    /// `FI`: the fault filter aborted the request.
+    FaultInjected,
 }
 
 impl ResponseFlag {
@@ -66,8 +74,46 @@ impl ResponseFlag {
             ResponseFlag::UpstreamConnectionTermination => "UC",
             ResponseFlag::DownstreamConnectionTermination => "DC",
             ResponseFlag::StreamIdleTimeout => "SI",
+            ResponseFlag::UpstreamOverflow => "UO",
+            ResponseFlag::UpstreamRetryLimitExceeded => "URX",
+            ResponseFlag::DelayInjected => "DI",
+            ResponseFlag::FaultInjected => "FI",
         }
     }
+
+    /// Position in Envoy's output order.
+    fn rank(self) -> u32 {
+        match self {
+            ResponseFlag::None => 0,
+            ResponseFlag::NoHealthyUpstream => 1,
+            ResponseFlag::UpstreamRequestTimeout => 2,
+            ResponseFlag::UpstreamConnectionFailure => 3,
+            ResponseFlag::UpstreamConnectionTermination => 4,
+            ResponseFlag::UpstreamOverflow => 5,
+            ResponseFlag::NoRoute => 6,
+            ResponseFlag::DelayInjected => 7,
+            ResponseFlag::FaultInjected => 8,
+            ResponseFlag::DownstreamConnectionTermination => 9,
+            ResponseFlag::UpstreamRetryLimitExceeded => 10,
+            ResponseFlag::StreamIdleTimeout => 11,
+            ResponseFlag::NoClusterFound => 12,
+        }
+    }
+
+    const ALL: [ResponseFlag; 12] = [
+        ResponseFlag::NoHealthyUpstream,
+        ResponseFlag::UpstreamRequestTimeout,
+        ResponseFlag::UpstreamConnectionFailure,
+        ResponseFlag::UpstreamConnectionTermination,
+        ResponseFlag::UpstreamOverflow,
+        ResponseFlag::NoRoute,
+        ResponseFlag::DelayInjected,
+        ResponseFlag::FaultInjected,
+        ResponseFlag::DownstreamConnectionTermination,
+        ResponseFlag::UpstreamRetryLimitExceeded,
+        ResponseFlag::StreamIdleTimeout,
+        ResponseFlag::NoClusterFound,
+    ];
 }
 
 impl Serialize for ResponseFlag {
@@ -115,6 +161,63 @@ impl Serialize for Detail {
     }
 }
 
+/// A set of response flags, written as Envoy writes them: comma-separated in Envoy's order
+/// (`UF,URX`), `-` when empty.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResponseFlags(u32);
+
+impl ResponseFlags {
+    /// Add a flag.
+    pub fn insert(&mut self, flag: ResponseFlag) {
+        if flag != ResponseFlag::None {
+            self.0 |= 1 << flag.rank();
+        }
+    }
+
+    /// Whether `flag` is set.
+    pub fn contains(self, flag: ResponseFlag) -> bool {
+        flag != ResponseFlag::None && self.0 & (1 << flag.rank()) != 0
+    }
+
+    /// Whether no flag is set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl From<ResponseFlag> for ResponseFlags {
+    fn from(flag: ResponseFlag) -> Self {
+        let mut set = ResponseFlags::default();
+        set.insert(flag);
+        set
+    }
+}
+
+impl std::fmt::Display for ResponseFlags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_empty() {
+            return f.write_str("-");
+        }
+        let mut first = true;
+        for flag in ResponseFlag::ALL {
+            if self.contains(flag) {
+                if !first {
+                    f.write_str(",")?;
+                }
+                f.write_str(flag.as_str())?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for ResponseFlags {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// One access-log line. Field names are Istio's JSON access log names; absent values are
 /// written as `null` (Istio's `-`).
 #[derive(Clone, Debug, Serialize)]
@@ -130,8 +233,8 @@ pub struct AccessLogEntry {
     pub protocol: Option<&'static str>,
     /// Response status sent downstream; 0 for TCP or when nothing was sent.
     pub response_code: u16,
-    /// Envoy response flag.
-    pub response_flags: ResponseFlag,
+    /// Envoy response flags.
+    pub response_flags: ResponseFlags,
     /// Why this response code (Envoy's `%RESPONSE_CODE_DETAILS%`).
     pub response_code_details: Option<Detail>,
     /// Why the proxy closed the connection (Envoy's `%CONNECTION_TERMINATION_DETAILS%`,
@@ -180,7 +283,7 @@ impl AccessLogEntry {
             path: None,
             protocol: None,
             response_code: 0,
-            response_flags: ResponseFlag::None,
+            response_flags: ResponseFlags::default(),
             response_code_details: None,
             connection_termination_details: None,
             shadow_engine_result: None,

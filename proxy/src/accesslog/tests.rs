@@ -39,7 +39,7 @@ fn sample() -> AccessLogEntry {
     e.path = Some("/a?b=c".into());
     e.protocol = Some("HTTP/1.1");
     e.response_code = 503;
-    e.response_flags = ResponseFlag::NoHealthyUpstream;
+    e.response_flags = ResponseFlag::NoHealthyUpstream.into();
     e.upstream_cluster = Some("outbound|80||a.default.svc.cluster.local".into());
     e.downstream_local_address = Some("10.96.0.1:80".parse().unwrap());
     e

@@ -1,26 +1,33 @@
-//! The HTTP filters of a connection manager, called in order on every request.
+//! The HTTP filters of a connection manager, called in their configured order on every
+//! request (istiod: RBAC, fault, CORS, router).
 //!
 //! Each filter is built once per snapshot from its validated config (the connection manager's
-//! `http_filters`) and shared by every request on the chain; a request's own state lives in
-//! its [`RequestCtx`].
+//! `http_filters`) and shared by every request on the chain; per-route settings come from the
+//! route matched before the filters run (Envoy resolves the route on first use, the same
+//! route); a request's own state lives in its [`RequestCtx`].
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::time::Duration;
 
-use pingora_http::RequestHeader;
-use xds_client::model::{self, RouteAction};
+use xds_client::model;
 
+use super::ctx::RequestCtx;
+use super::fault::{self, FaultFilter};
 use super::reply::LocalReply;
-use super::route::find_route;
-use super::{RequestCtx, RouteDecision};
+use super::route::RequestInfo;
+use super::{cors, router};
+use crate::accesslog::ResponseFlag;
 use crate::authz::{self, Attributes, RbacFilter, RequestAttributes};
-use crate::snapshot::{HttpRoutes, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::stats::Counters;
 
 /// What a filter decided about a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Go on with the next filter.
     Continue,
+    /// Wait, then answer with the reply if any, else go on.
+    Delay(Duration, Option<LocalReply>),
     /// Stop and answer with this local reply.
     Reply(LocalReply),
 }
@@ -30,8 +37,12 @@ pub enum Verdict {
 pub enum Filter {
     /// `envoy.filters.http.rbac`: authorization (Istio's AuthorizationPolicy).
     Rbac(Box<RbacFilter>),
-    /// `envoy.filters.http.router`: chooses the route and its cluster.
-    Router(Router),
+    /// `envoy.filters.http.fault`.
+    Fault(FaultFilter),
+    /// `envoy.filters.http.cors`.
+    Cors,
+    /// `envoy.filters.http.router`: acts on the route (forward, redirect, direct response).
+    Router,
 }
 
 impl Filter {
@@ -44,7 +55,9 @@ impl Filter {
                 counters,
                 &format!("http.{stat_prefix}."),
             ))),
-            model::HttpFilter::Router => Filter::Router(Router),
+            model::HttpFilter::Fault(settings) => Filter::Fault(FaultFilter::new(settings)),
+            model::HttpFilter::Cors => Filter::Cors,
+            model::HttpFilter::Router => Filter::Router,
         }
     }
 
@@ -52,28 +65,72 @@ impl Filter {
     pub fn name(&self) -> &'static str {
         match self {
             Filter::Rbac(_) => "envoy.filters.http.rbac",
-            Filter::Router(_) => "envoy.filters.http.router",
+            Filter::Fault(_) => "envoy.filters.http.fault",
+            Filter::Cors => "envoy.filters.http.cors",
+            Filter::Router => "envoy.filters.http.router",
         }
     }
 
-    /// Run the filter on a request's headers.
+    /// Run the filter on a request.
     pub fn on_request(
         &self,
-        req: &RequestHeader,
+        info: &RequestInfo<'_>,
         ctx: &mut RequestCtx,
         snapshot: &Snapshot,
-        routes: &HttpRoutes,
+        peer: Option<SocketAddr>,
     ) -> Verdict {
         match self {
-            Filter::Rbac(rbac) => authorize(rbac, req, ctx),
-            Filter::Router(router) => router.on_request(req, ctx, snapshot, routes),
+            Filter::Rbac(rbac) => authorize(rbac, info.req, ctx),
+            Filter::Fault(filter) => {
+                let (decision, guard) = filter.decide(info, ctx.route.as_ref(), fault::draws());
+                if guard.is_some() {
+                    ctx.fault = guard;
+                }
+                if decision.delay.is_some() {
+                    ctx.flag(ResponseFlag::DelayInjected);
+                }
+                match (decision.delay, decision.abort) {
+                    (Some(delay), abort) => Verdict::Delay(delay, abort),
+                    (None, Some(abort)) => Verdict::Reply(abort),
+                    (None, None) => Verdict::Continue,
+                }
+            }
+            Filter::Cors => {
+                let policy = cors::policy(ctx.route.as_ref());
+                match cors::decide(policy, info, fault::draws().0) {
+                    cors::Decision::Pass => Verdict::Continue,
+                    cors::Decision::Annotate(origin) => {
+                        ctx.cors_origin = Some(origin);
+                        Verdict::Continue
+                    }
+                    cors::Decision::Reply(reply) => Verdict::Reply(reply),
+                }
+            }
+            Filter::Router => {
+                let Some(route) = ctx.route.clone() else {
+                    return Verdict::Reply(LocalReply::NoRoute);
+                };
+                match router::decide(&route, info, snapshot, peer) {
+                    router::Decision::Reply(reply) => Verdict::Reply(reply),
+                    router::Decision::Forward(decision) => {
+                        let (forward, retry) = *decision;
+                        ctx.forward = Some(forward);
+                        ctx.retry = retry;
+                        Verdict::Continue
+                    }
+                }
+            }
         }
     }
 }
 
 /// The RBAC filter on one request: denied requests get 403 `RBAC: access denied`; the
 /// shadow and audit results are kept for the access log.
-fn authorize(rbac: &RbacFilter, req: &RequestHeader, ctx: &mut RequestCtx) -> Verdict {
+fn authorize(
+    rbac: &RbacFilter,
+    req: &pingora_http::RequestHeader,
+    ctx: &mut RequestCtx,
+) -> Verdict {
     let Some(conn) = ctx.conn.as_deref() else {
         return Verdict::Reply(LocalReply::Internal);
     };
@@ -114,52 +171,5 @@ fn authorize(rbac: &RbacFilter, req: &RequestHeader, ctx: &mut RequestCtx) -> Ve
             Verdict::Reply(LocalReply::RbacDenied)
         }
         _ => Verdict::Continue,
-    }
-}
-
-/// The router: authority → virtual host → first matching route → cluster. It has no settings
-/// of its own.
-#[derive(Debug)]
-pub struct Router;
-
-impl Router {
-    fn on_request(
-        &self,
-        req: &RequestHeader,
-        ctx: &mut RequestCtx,
-        snapshot: &Snapshot,
-        routes: &HttpRoutes,
-    ) -> Verdict {
-        let table = match routes {
-            HttpRoutes::Inline(table) => Some(table),
-            HttpRoutes::Rds(name) => snapshot.route_table(name),
-        };
-        let Some(table) = table else {
-            return Verdict::Reply(LocalReply::NoRoute);
-        };
-        let authority = ctx.authority.as_deref().unwrap_or("");
-        let Some(vh) = table.virtual_host(authority) else {
-            return Verdict::Reply(LocalReply::NoRoute);
-        };
-        let path = req
-            .uri
-            .path_and_query()
-            .map_or_else(|| req.uri.path(), |p| p.as_str());
-        let Some(route) = find_route(vh, path) else {
-            return Verdict::Reply(LocalReply::NoRoute);
-        };
-        let RouteAction::Cluster { cluster, timeout } = &route.action;
-        let runtime = snapshot.cluster(cluster).map(Arc::clone);
-        ctx.route = Some(RouteDecision {
-            route_name: route.name.clone(),
-            cluster_name: cluster.clone(),
-            cluster: runtime.clone(),
-            timeout: *timeout,
-        });
-        match runtime {
-            None => Verdict::Reply(LocalReply::NoCluster),
-            Some(c) if !c.has_healthy_endpoint() => Verdict::Reply(LocalReply::NoHealthyUpstream),
-            Some(_) => Verdict::Continue,
-        }
     }
 }

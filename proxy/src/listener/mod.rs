@@ -144,7 +144,7 @@ impl CaptureApp {
         let Some(chain) = select::chain_for(listener, candidates, application_protocol) else {
             Stats::incr(&shared.stats.downstream_cx_no_chain);
             let mut entry = AccessLogEntry::new(SystemTime::now());
-            entry.response_flags = ResponseFlag::NoRoute;
+            entry.response_flags = ResponseFlag::NoRoute.into();
             entry.response_code_details = Some("filter_chain_not_found".into());
             entry.downstream_remote_address = peer_addr;
             entry.downstream_local_address = Some(original_dst);

@@ -49,10 +49,10 @@ fn sample() -> ProxyConfig {
     );
     config(
         vec![virtual_outbound, http_9080, tcp_exact],
-        vec![xds_client::model::RouteConfig {
-            name: "9080".into(),
-            virtual_hosts: vec![vhost("reviews", &["reviews"], "outbound|9080||reviews")],
-        }],
+        vec![xds_client::model::RouteConfig::new(
+            "9080",
+            vec![vhost("reviews", &["reviews"], "outbound|9080||reviews")],
+        )],
         vec![
             cluster("PassthroughCluster", Discovery::OriginalDst),
             cluster("BlackHoleCluster", Discovery::Static(Default::default())),

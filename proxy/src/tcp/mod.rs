@@ -19,6 +19,8 @@ use crate::accesslog::{AccessLogEntry, ResponseFlag};
 use crate::listener::conn::ConnContext;
 use crate::shared::Shared;
 use crate::stats::Stats;
+use crate::upstream::host::AttemptResult;
+use crate::upstream::lb::PickRequest;
 use crate::upstream::PickError;
 
 #[cfg(test)]
@@ -141,41 +143,75 @@ where
     let start_time = SystemTime::now();
     let started = Instant::now();
     let mut entry = AccessLogEntry::new(start_time);
-    entry.upstream_cluster = Some(settings.cluster.clone());
     entry.downstream_remote_address = conn.peer_addr;
     entry.downstream_local_address = Some(conn.destination.address);
 
     let snapshot = shared.snapshot.load();
-    match snapshot.cluster(&settings.cluster) {
-        None => entry.response_flags = ResponseFlag::NoClusterFound,
-        Some(cluster) => match cluster.pick(&conn.destination) {
+    let cluster_name = choose_cluster(settings, rand::random());
+    entry.upstream_cluster = Some(cluster_name.to_string());
+    match snapshot.cluster(cluster_name) {
+        None => entry.response_flags = ResponseFlag::NoClusterFound.into(),
+        Some(cluster) => match cluster.pick_host(&conn.destination, &PickRequest::default()) {
             Err(PickError::NoHealthyUpstream) | Err(PickError::NotRedirected) => {
-                entry.response_flags = ResponseFlag::NoHealthyUpstream;
+                entry.response_flags = ResponseFlag::NoHealthyUpstream.into();
             }
-            Ok(addr) => {
+            Ok(picked) => {
+                let addr = picked.address;
                 entry.upstream_host = Some(addr);
+                let max = cluster.cluster().circuit_breakers.max_connections;
+                let permit = cluster.limits().try_connection(max);
                 let bind = cluster.bind_address();
-                match connect(addr, bind, cluster.connect_timeout()).await {
-                    Err(e) => {
-                        tracing::debug!(error = %e, cluster = cluster.name(), "tcp upstream connect failed");
-                        Stats::incr(&shared.stats.tcp_connect_fail);
-                        entry.response_flags = ResponseFlag::UpstreamConnectionFailure;
-                    }
-                    Ok(mut upstream) => {
-                        drop(snapshot);
-                        let relayed = relay(downstream, &mut upstream, settings.idle_timeout).await;
-                        entry.bytes_received = relayed.from_downstream;
-                        entry.bytes_sent = relayed.from_upstream;
-                        if relayed.idle_timeout {
-                            entry.response_flags = ResponseFlag::StreamIdleTimeout;
+                match permit {
+                    Err(_) => entry.response_flags = ResponseFlag::UpstreamOverflow.into(),
+                    Ok(permit) => match connect(addr, bind, cluster.connect_timeout()).await {
+                        Err(e) => {
+                            tracing::debug!(error = %e, cluster = cluster.name(), "tcp upstream connect failed");
+                            Stats::incr(&shared.stats.tcp_connect_fail);
+                            if let Some(host) = &picked.state {
+                                cluster.report(host, AttemptResult::LocalFailure);
+                            }
+                            entry.response_flags = ResponseFlag::UpstreamConnectionFailure.into();
                         }
-                    }
+                        Ok(mut upstream) => {
+                            let _active = picked.state.as_ref().map(|s| s.start_request());
+                            let _permit = permit;
+                            drop(snapshot);
+                            let relayed =
+                                relay(downstream, &mut upstream, settings.idle_timeout).await;
+                            entry.bytes_received = relayed.from_downstream;
+                            entry.bytes_sent = relayed.from_upstream;
+                            if relayed.idle_timeout {
+                                entry.response_flags = ResponseFlag::StreamIdleTimeout.into();
+                            }
+                        }
+                    },
                 }
             }
         },
     }
     entry.duration = started.elapsed().as_millis() as u64;
     shared.access_log.log(entry);
+}
+
+/// The cluster of a connection: the only one, or one of the weighted clusters chosen by
+/// `draw` (uniform) in proportion to their weights.
+pub fn choose_cluster(settings: &TcpProxy, draw: u64) -> &str {
+    let total: u64 = settings
+        .weighted_clusters
+        .iter()
+        .map(|(_, w)| u64::from(*w))
+        .sum();
+    if total == 0 {
+        return &settings.cluster;
+    }
+    let mut point = draw % total;
+    for (name, weight) in &settings.weighted_clusters {
+        if point < u64::from(*weight) {
+            return name;
+        }
+        point -= u64::from(*weight);
+    }
+    &settings.cluster
 }
 
 /// A stream wrapper that counts bytes read and stamps the time of the last read.

@@ -1,30 +1,37 @@
-//! Upstream selection shared by the HTTP and TCP proxies: a cluster's live state (its healthy
-//! endpoints in load-balancing order and the round-robin cursor) and the choice of the address
-//! to connect to.
+//! Upstream selection shared by the HTTP and TCP proxies: a cluster's live state (its hosts,
+//! their load-balancing structures, circuit-breaker counts, outlier-detection records) and the
+//! choice of the address to connect to.
 //!
 //! A [`ClusterRuntime`] is built beside the config for every snapshot (see
-//! [`crate::snapshot`]); the cursor is carried over from the previous snapshot so that a config
-//! push does not restart every cluster at its first endpoint.
+//! [`crate::snapshot`]); the round-robin cursor, the circuit-breaker counts and every host's
+//! state are carried over from the previous snapshot, so that a config push neither restarts
+//! the balancing nor forgets an ejection or the requests in flight.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod conn;
+pub mod host;
+pub mod lb;
+pub mod limits;
+
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rand::Rng;
 use xds_client::model::{
-    Cluster, ClusterLoadAssignment, Discovery, HealthStatus, LbPolicy, UpstreamProtocol,
+    Cluster, ClusterLoadAssignment, Discovery, HealthStatus, UpstreamProtocol,
 };
+
+use self::conn::ConnectionUses;
+use self::host::{AttemptResult, HostState, Trip};
+use self::lb::{Balancer, Host, PickRequest};
+use self::limits::ClusterLimits;
 
 #[cfg(test)]
 mod tests;
-
-/// Longest weighted round-robin sequence precomputed per cluster; beyond it, weights are
-/// ignored and endpoints are taken in turn.
-const MAX_WRR_SEQUENCE: u64 = 4096;
 
 /// Why no upstream address could be chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -48,19 +55,38 @@ pub struct OriginalDestination {
     pub redirected: bool,
 }
 
+/// What a cluster keeps across snapshots.
+#[derive(Debug)]
+struct Carried {
+    cursor: Arc<AtomicUsize>,
+    limits: Arc<ClusterLimits>,
+    connections: Arc<ConnectionUses>,
+    epoch: Instant,
+}
+
+/// The host chosen for an attempt.
+#[derive(Debug, Clone)]
+pub struct Picked {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// The host's live state (`None` for original-destination clusters).
+    pub state: Option<Arc<HostState>>,
+    /// The host's priority.
+    pub priority: u32,
+}
+
 /// A cluster as the data path uses it: the config plus its load-balancing state.
 #[derive(Debug)]
 pub struct ClusterRuntime {
     cluster: Cluster,
-    /// Healthy endpoints in the order they are handed out (weighted round robin, smoothed).
-    sequence: Arc<[SocketAddr]>,
-    cursor: AtomicUsize,
+    balancer: Balancer,
+    carried: Carried,
     group_key: u64,
 }
 
 impl ClusterRuntime {
     /// Build the runtime of `cluster` with its EDS endpoints (`eds`, ignored for other
-    /// discovery types), continuing the round-robin cursor of `previous`.
+    /// discovery types), continuing the state of `previous`.
     pub fn new(
         cluster: &Cluster,
         eds: Option<&ClusterLoadAssignment>,
@@ -71,21 +97,58 @@ impl ClusterRuntime {
             Discovery::Static(cla) => Some(cla),
             Discovery::OriginalDst => None,
         };
-        let healthy: Vec<(SocketAddr, u32)> = assignment
+        let carried = match previous {
+            Some(p) => Carried {
+                cursor: p.carried.cursor.clone(),
+                limits: p.carried.limits.clone(),
+                connections: p.carried.connections.clone(),
+                epoch: p.carried.epoch,
+            },
+            None => Carried {
+                cursor: Arc::new(AtomicUsize::new(0)),
+                limits: Arc::new(ClusterLimits::default()),
+                connections: Arc::new(ConnectionUses::default()),
+                epoch: Instant::now(),
+            },
+        };
+        let known: HashMap<SocketAddr, &Arc<HostState>> = previous
+            .map(|p| {
+                p.balancer
+                    .hosts()
+                    .iter()
+                    .map(|h| (h.address, &h.state))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let hosts: Vec<Host> = assignment
             .map(|cla| {
                 cla.endpoints
                     .iter()
                     .filter(|e| e.health == HealthStatus::Healthy)
-                    .map(|e| (e.address, e.weight.max(1)))
+                    .map(|e| Host {
+                        address: e.address,
+                        weight: e.weight.max(1),
+                        priority: e.priority,
+                        state: known
+                            .get(&e.address)
+                            .map(|s| Arc::clone(s))
+                            .unwrap_or_else(|| HostState::new(carried.epoch)),
+                    })
                     .collect()
             })
             .unwrap_or_default();
+        let balancer = Balancer::new(
+            cluster.lb_policy,
+            &cluster.lb_settings,
+            hosts,
+            carried.cursor.clone(),
+        );
         let mut hasher = DefaultHasher::new();
         cluster.name.hash(&mut hasher);
         ClusterRuntime {
             cluster: cluster.clone(),
-            sequence: wrr_sequence(&healthy).into(),
-            cursor: AtomicUsize::new(previous.map_or(0, |p| p.cursor.load(Ordering::Relaxed))),
+            balancer,
+            carried,
             group_key: hasher.finish(),
         }
     }
@@ -101,9 +164,9 @@ impl ClusterRuntime {
     }
 
     /// Whether a request could be sent now: an `ORIGINAL_DST` cluster always can, others need
-    /// a healthy endpoint.
+    /// a healthy endpoint (ejected ones count: an ejection is not a health status).
     pub fn has_healthy_endpoint(&self) -> bool {
-        matches!(self.cluster.discovery, Discovery::OriginalDst) || !self.sequence.is_empty()
+        matches!(self.cluster.discovery, Discovery::OriginalDst) || !self.balancer.is_empty()
     }
 
     /// The connection-pool key: connections are never shared between clusters (they may
@@ -127,74 +190,71 @@ impl ClusterRuntime {
         self.cluster.upstream_protocol
     }
 
+    /// The circuit-breaker counts.
+    pub fn limits(&self) -> &Arc<ClusterLimits> {
+        &self.carried.limits
+    }
+
+    /// Request counts per upstream connection (for `max_requests_per_connection`).
+    pub fn connection_uses(&self) -> &ConnectionUses {
+        &self.carried.connections
+    }
+
     /// Choose the address for the next request or connection. `ORIGINAL_DST` clusters return
-    /// the connection's original destination (refusing one that was not redirected);
-    /// others balance over healthy endpoints (`ROUND_ROBIN`, `RANDOM`; `LEAST_REQUEST` is
-    /// served round robin).
+    /// the connection's original destination (refusing one that was not redirected); others
+    /// balance over their hosts by the cluster's policy.
     pub fn pick(&self, dst: &OriginalDestination) -> Result<SocketAddr, PickError> {
+        self.pick_host(dst, &PickRequest::default())
+            .map(|p| p.address)
+    }
+
+    /// Choose a host for an attempt of `req`.
+    pub fn pick_host(
+        &self,
+        dst: &OriginalDestination,
+        req: &PickRequest<'_>,
+    ) -> Result<Picked, PickError> {
         if matches!(self.cluster.discovery, Discovery::OriginalDst) {
             return if dst.redirected {
-                Ok(dst.address)
+                Ok(Picked {
+                    address: dst.address,
+                    state: None,
+                    priority: 0,
+                })
             } else {
                 Err(PickError::NotRedirected)
             };
         }
-        let n = self.sequence.len();
-        if n == 0 {
-            return Err(PickError::NoHealthyUpstream);
-        }
-        let index = match self.cluster.lb_policy {
-            LbPolicy::Random => rand::rng().random_range(0..n),
-            LbPolicy::RoundRobin | LbPolicy::LeastRequest | LbPolicy::ClusterProvided => {
-                self.cursor.fetch_add(1, Ordering::Relaxed) % n
-            }
+        let host = self
+            .balancer
+            .pick(req)
+            .ok_or(PickError::NoHealthyUpstream)?;
+        Ok(Picked {
+            address: host.address,
+            state: Some(host.state.clone()),
+            priority: host.priority,
+        })
+    }
+
+    /// Tell outlier detection how an attempt against `host` went; ejects the host when a
+    /// detector trips and the cluster's ejection cap allows it. Returns whether it did.
+    pub fn report(&self, host: &HostState, result: AttemptResult) -> bool {
+        let Some(od) = &self.cluster.outlier_detection else {
+            return false;
         };
-        Ok(self.sequence[index])
-    }
-}
-
-/// The order in which weighted endpoints are handed out: nginx's smooth weighted round robin,
-/// one full cycle. Equal weights give the endpoints in order; a cycle longer than
-/// [`MAX_WRR_SEQUENCE`] falls back to equal weights.
-pub fn wrr_sequence(endpoints: &[(SocketAddr, u32)]) -> Vec<SocketAddr> {
-    let plain = || endpoints.iter().map(|(a, _)| *a).collect::<Vec<_>>();
-    let Some(first) = endpoints.first() else {
-        return Vec::new();
-    };
-    if endpoints.iter().all(|(_, w)| *w == first.1) {
-        return plain();
-    }
-    let divisor = endpoints
-        .iter()
-        .fold(0u64, |g, (_, w)| gcd(g, u64::from(*w)));
-    let weights: Vec<u64> = endpoints
-        .iter()
-        .map(|(_, w)| u64::from(*w) / divisor.max(1))
-        .collect();
-    let total: u64 = weights.iter().sum();
-    if total > MAX_WRR_SEQUENCE {
-        return plain();
-    }
-    let mut current = vec![0i64; endpoints.len()];
-    let mut out = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        let mut best = 0;
-        for (i, w) in weights.iter().enumerate() {
-            current[i] += *w as i64;
-            if current[i] > current[best] {
-                best = i;
-            }
+        if host.record(result, od, rand::random::<u32>()) != Trip::Eject {
+            return false;
         }
-        current[best] -= total as i64;
-        out.push(endpoints[best].0);
-    }
-    out
-}
-
-fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
+        let now = Instant::now();
+        let hosts = self.balancer.hosts();
+        let ejected = hosts.iter().filter(|h| h.state.is_ejected(now)).count();
+        let allowed = (ejected + 1) * 100 <= od.max_ejection_percent as usize * hosts.len()
+            || (ejected == 0 && (od.always_eject_one_host || od.max_ejection_percent > 0));
+        if !allowed || host.is_ejected(now) {
+            return false;
+        }
+        let time = host.eject(od, now);
+        tracing::debug!(cluster = %self.cluster.name, ?time, "outlier ejected");
+        true
     }
 }

@@ -217,7 +217,7 @@ impl AdsState {
                 self.clusters = resources
                     .into_iter()
                     .filter_map(|r| match r {
-                        Resource::Cluster(c) => Some((c.name.clone(), c)),
+                        Resource::Cluster(c) => Some((c.name.clone(), *c)),
                         _ => None,
                     })
                     .collect();

@@ -198,7 +198,7 @@ fn invalid_response_is_nacked_and_previous_resources_kept() {
     )));
     let bad = pack_any(cl::Cluster {
         name: "bad".into(),
-        lb_policy: cluster::LbPolicy::Maglev as i32,
+        lb_policy: cluster::LbPolicy::LoadBalancingPolicyConfig as i32,
         ..Default::default()
     });
     let outcome = s.handle(response(
@@ -215,7 +215,7 @@ fn invalid_response_is_nacked_and_previous_resources_kept() {
     };
     assert_eq!(
         message,
-        "cluster \"bad\": lb_policy: unsupported value \"MAGLEV\"; \
+        "cluster \"bad\": lb_policy: unsupported value \"LOAD_BALANCING_POLICY_CONFIG\"; \
          cluster \"b\": duplicate resource name \"b\""
     );
     assert_eq!(

@@ -1,29 +1,31 @@
-//! Clusters: discovery type, load balancing, upstream protocol, bind address.
-//!
-//! Circuit breakers are accepted only when every threshold they set is unlimited
-//! (`4294967295`, as istiod sends by default): the proxy enforces no such limits.
+//! Clusters: discovery type, load balancing, upstream protocol, bind address, and the traffic
+//! policy converted in [`super::cluster_policy`] (circuit breakers, outlier detection,
+//! load-balancer and connection settings).
 //!
 //! Ignored fields: `alt_stat_name`, `stats_matcher`, `metadata`, `per_connection_buffer_limit_bytes`,
-//! `per_connection_buffer_high_watermark_timeout`, `max_requests_per_connection`,
-//! `common_lb_config`, `upstream_connection_options`, `cleanup_interval`,
+//! `per_connection_buffer_high_watermark_timeout`, `cleanup_interval`,
 //! `wait_for_warm_on_init`, `close_connections_on_host_health_failure`,
 //! `ignore_health_on_host_removal`, `lrs_server`, `lrs_report_endpoint_metrics`,
 //! `track_timeout_budgets`, `track_cluster_stats`, `preconnect_policy`, the DNS settings (no DNS
 //! cluster types are accepted), `load_assignment` of EDS clusters (Envoy ignores it too), and
-//! `common_http_protocol_options` / `upstream_http_protocol_options` inside
-//! `HttpProtocolOptions`.
+//! `upstream_http_protocol_options` inside `HttpProtocolOptions`.
 
 use std::time::Duration;
 
+use super::cluster_policy::{
+    circuit_breakers, common_http_options, connection_options, http2_options, lb_settings,
+    outlier_detection,
+};
 use super::endpoint::convert_cla;
 use super::{
-    decode_any, duration, is_default, reject_set, reject_true, require_ads, socket_ip,
-    ConvertError, Location, Within,
+    decode_any, duration, reject_set, reject_true, require_ads, socket_ip, ConvertError, Location,
+    Within,
 };
 use crate::model::{
-    Cluster, ClusterLoadAssignment, Discovery, LbPolicy, ResourceType, UpstreamProtocol,
+    Cluster, ClusterLoadAssignment, ConnectionOptions, Discovery, LbPolicy, ResourceType,
+    UpstreamProtocol,
 };
-use envoy_types::pb::envoy::config::cluster::v3::{self as pb, circuit_breakers, cluster};
+use envoy_types::pb::envoy::config::cluster::v3::{self as pb, cluster};
 use envoy_types::pb::envoy::config::core::v3::BindConfig;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::{self, explicit_http_config},
@@ -57,7 +59,6 @@ fn convert_cluster(proto: pb::Cluster) -> Result<Cluster, ConvertError> {
         transport_socket_matcher,
         transport_socket,
         health_checks,
-        outlier_detection,
         lb_subset_config,
         filters,
         load_balancing_policy,
@@ -65,10 +66,24 @@ fn convert_cluster(proto: pb::Cluster) -> Result<Cluster, ConvertError> {
         connection_pool_per_downstream_connection,
         queuing_policies,
     );
-    if let Some(breakers) = &proto.circuit_breakers {
-        circuit_breakers(breakers).at("circuit_breakers")?;
-    }
+    let circuit_breakers =
+        circuit_breakers(proto.circuit_breakers.as_ref()).at("circuit_breakers")?;
+    let outlier_detection = proto
+        .outlier_detection
+        .as_ref()
+        .map(|o| outlier_detection(o).at("outlier_detection"))
+        .transpose()?;
     let lb_policy = lb_policy(&proto)?;
+    let lb_settings = lb_settings(&proto)?;
+    let mut connection = ConnectionOptions {
+        idle_timeout: Some(std::time::Duration::from_secs(3600)),
+        ..Default::default()
+    };
+    connection_options(proto.upstream_connection_options.as_ref(), &mut connection)
+        .at("upstream_connection_options")?;
+    if let Some(n) = &proto.max_requests_per_connection {
+        connection.max_requests_per_connection = (n.value > 0).then_some(n.value);
+    }
     let connect_timeout = match &proto.connect_timeout {
         None => CONNECT_TIMEOUT,
         Some(d) => {
@@ -79,7 +94,7 @@ fn convert_cluster(proto: pb::Cluster) -> Result<Cluster, ConvertError> {
             d
         }
     };
-    let upstream_protocol = upstream_protocol(&proto)?;
+    let upstream_protocol = upstream_protocol(&proto, &mut connection)?;
     let bind_address = proto
         .upstream_bind_config
         .as_ref()
@@ -142,6 +157,10 @@ fn convert_cluster(proto: pb::Cluster) -> Result<Cluster, ConvertError> {
         lb_policy,
         upstream_protocol,
         bind_address,
+        lb_settings,
+        circuit_breakers,
+        outlier_detection,
+        connection,
     })
 }
 
@@ -150,6 +169,8 @@ fn lb_policy(proto: &pb::Cluster) -> Result<LbPolicy, ConvertError> {
         Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
         Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
         Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
+        Ok(cluster::LbPolicy::RingHash) => LbPolicy::RingHash,
+        Ok(cluster::LbPolicy::Maglev) => LbPolicy::Maglev,
         Ok(cluster::LbPolicy::ClusterProvided) => LbPolicy::ClusterProvided,
         Ok(other) => {
             return Err(ConvertError::unsupported_value(
@@ -164,57 +185,7 @@ fn lb_policy(proto: &pb::Cluster) -> Result<LbPolicy, ConvertError> {
             ))
         }
     };
-    match &proto.lb_config {
-        None => Ok(policy),
-        Some(cluster::LbConfig::RingHashLbConfig(_)) => {
-            Err(ConvertError::unsupported("ring_hash_lb_config"))
-        }
-        Some(cluster::LbConfig::MaglevLbConfig(_)) => {
-            Err(ConvertError::unsupported("maglev_lb_config"))
-        }
-        Some(cluster::LbConfig::OriginalDstLbConfig(c)) if !is_default(c) => {
-            Err(ConvertError::unsupported("original_dst_lb_config"))
-        }
-        Some(cluster::LbConfig::LeastRequestLbConfig(c)) if !is_default(c) => {
-            Err(ConvertError::unsupported("least_request_lb_config"))
-        }
-        Some(cluster::LbConfig::RoundRobinLbConfig(c)) if !is_default(c) => {
-            Err(ConvertError::unsupported("round_robin_lb_config"))
-        }
-        Some(_) => Ok(policy),
-    }
-}
-
-/// Circuit breakers are accepted only when every limit they set is unlimited.
-fn circuit_breakers(breakers: &pb::CircuitBreakers) -> Result<(), ConvertError> {
-    let check = |t: &circuit_breakers::Thresholds| -> Result<(), ConvertError> {
-        reject_set!(t, retry_budget);
-        let limits = [
-            ("max_connections", &t.max_connections),
-            ("max_pending_requests", &t.max_pending_requests),
-            ("max_requests", &t.max_requests),
-            ("max_retries", &t.max_retries),
-            ("max_connection_pools", &t.max_connection_pools),
-        ];
-        for (field, limit) in limits {
-            if let Some(limit) = limit {
-                if limit.value != u32::MAX {
-                    return Err(ConvertError::unsupported_value(
-                        field,
-                        limit.value.to_string(),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    };
-    for (i, t) in breakers.thresholds.iter().enumerate() {
-        check(t).at_index("thresholds", i)?;
-    }
-    for (i, t) in breakers.per_host_thresholds.iter().enumerate() {
-        check(t).at_index("per_host_thresholds", i)?;
-    }
-    Ok(())
+    Ok(policy)
 }
 
 /// `upstream_bind_config`: a source IP (port 0), nothing else.
@@ -250,7 +221,10 @@ fn bind_address(bind: &BindConfig) -> Result<std::net::IpAddr, ConvertError> {
 
 /// The upstream protocol, from `HttpProtocolOptions` or the legacy cluster fields.
 #[allow(deprecated)]
-fn upstream_protocol(proto: &pb::Cluster) -> Result<UpstreamProtocol, ConvertError> {
+fn upstream_protocol(
+    proto: &pb::Cluster,
+    connection: &mut ConnectionOptions,
+) -> Result<UpstreamProtocol, ConvertError> {
     let mut typed = None;
     for (key, any) in &proto.typed_extension_protocol_options {
         if key != HTTP_PROTOCOL_OPTIONS {
@@ -270,6 +244,12 @@ fn upstream_protocol(proto: &pb::Cluster) -> Result<UpstreamProtocol, ConvertErr
         || proto.protocol_selection
             != cluster::ClusterProtocolSelection::UseConfiguredProtocol as i32;
     let Some((key, options)) = typed else {
+        if let Some(common) = &proto.common_http_protocol_options {
+            common_http_options(common, connection).at("common_http_protocol_options")?;
+        }
+        if let Some(h2) = &proto.http2_protocol_options {
+            http2_options(h2, connection);
+        }
         return Ok(match &proto.http2_protocol_options {
             Some(_)
                 if proto.protocol_selection
@@ -287,10 +267,17 @@ fn upstream_protocol(proto: &pb::Cluster) -> Result<UpstreamProtocol, ConvertErr
         )
         .at_key("typed_extension_protocol_options", key));
     }
-    http_protocol_options(options).map_err(|e| e.at_key("typed_extension_protocol_options", key))
+    http_protocol_options(options, connection)
+        .map_err(|e| e.at_key("typed_extension_protocol_options", key))
 }
 
-fn http_protocol_options(options: HttpProtocolOptions) -> Result<UpstreamProtocol, ConvertError> {
+fn http_protocol_options(
+    options: HttpProtocolOptions,
+    connection: &mut ConnectionOptions,
+) -> Result<UpstreamProtocol, ConvertError> {
+    if let Some(common) = &options.common_http_protocol_options {
+        common_http_options(common, connection).at("common_http_protocol_options")?;
+    }
     reject_set!(
         options,
         http_filters,
@@ -306,7 +293,8 @@ fn http_protocol_options(options: HttpProtocolOptions) -> Result<UpstreamProtoco
                 Some(explicit_http_config::ProtocolConfig::HttpProtocolOptions(_)) => {
                     Ok(UpstreamProtocol::Http1)
                 }
-                Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(_)) => {
+                Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(h2)) => {
+                    http2_options(&h2, connection);
                     Ok(UpstreamProtocol::Http2)
                 }
                 Some(explicit_http_config::ProtocolConfig::Http3ProtocolOptions(_)) => {
@@ -320,6 +308,9 @@ fn http_protocol_options(options: HttpProtocolOptions) -> Result<UpstreamProtoco
             if d.http3_protocol_options.is_some() {
                 return Err(ConvertError::unsupported("http3_protocol_options")
                     .at("use_downstream_protocol_config"));
+            }
+            if let Some(h2) = &d.http2_protocol_options {
+                http2_options(h2, connection);
             }
             Ok(UpstreamProtocol::UseDownstream)
         }

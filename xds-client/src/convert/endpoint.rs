@@ -47,10 +47,12 @@ fn locality_endpoints(
     group: pb::LocalityLbEndpoints,
     out: &mut Vec<Endpoint>,
 ) -> Result<(), ConvertError> {
-    reject_set!(group, priority, lb_config);
+    reject_set!(group, lb_config);
     let locality = locality(group.locality.as_ref());
     for (i, lb) in group.lb_endpoints.into_iter().enumerate() {
-        out.push(lb_endpoint(lb, &locality).at_index("lb_endpoints", i)?);
+        let mut endpoint = lb_endpoint(lb, &locality).at_index("lb_endpoints", i)?;
+        endpoint.priority = group.priority;
+        out.push(endpoint);
     }
     Ok(())
 }
@@ -111,5 +113,6 @@ fn lb_endpoint(lb: pb::LbEndpoint, locality: &str) -> Result<Endpoint, ConvertEr
         weight,
         health,
         locality: locality.to_string(),
+        priority: 0,
     })
 }

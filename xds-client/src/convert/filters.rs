@@ -1,5 +1,5 @@
 //! Network filters (`http_connection_manager`, `tcp_proxy`, and `rbac` before either) and HTTP
-//! filters (`rbac`, `router`).
+//! filters (`rbac`, `fault`, `cors`, `router`).
 //!
 //! Ignored fields of the HTTP connection manager (observability and Envoy-side tuning; the
 //! proxy has its own): `tracing`, `access_log*`, `stream_idle_timeout`, `request_timeout`,
@@ -21,9 +21,11 @@
 //!
 //! Ignored fields of `tcp_proxy`: `access_log*`, `flush_access_log_on_connected`,
 //! `backoff_options`, `check_drain_close`. Ignored fields of the router: all but
-//! `upstream_http_filters`.
+//! `upstream_http_filters`. The CORS filter has no settings of its own (they are per route).
 
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter};
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -34,6 +36,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{self a
 use prost::Name;
 use std::time::Duration;
 
+use super::filter_config::fault;
 use super::route::convert_route_config;
 use super::{
     bool_or, decode_any, reject_set, require_ads, timeout_or, type_name, ConvertError, Location,
@@ -50,6 +53,8 @@ const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const ROUTER_NAME: &str = "envoy.filters.http.router";
 const HTTP_RBAC_NAME: &str = "envoy.filters.http.rbac";
 const NETWORK_RBAC_NAME: &str = "envoy.filters.network.rbac";
+const FAULT_NAME: &str = "envoy.filters.http.fault";
+const CORS_NAME: &str = "envoy.filters.http.cors";
 
 /// A network filter of a chain: RBAC (not terminal) or one of the terminal filters.
 #[derive(Debug)]
@@ -232,6 +237,14 @@ fn websocket_upgrade(upgrade: &http_connection_manager::UpgradeConfig) -> Result
     Ok(())
 }
 
+/// The HTTP filters the proxy implements.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Known {
+    Router,
+    Fault,
+    Cors,
+}
+
 /// One HTTP filter: `Some` when supported, `None` when it is unknown and optional (skipped).
 fn http_filter(proto: hcm::HttpFilter) -> Result<Option<HttpFilter>, ConvertError> {
     let is_rbac = match &proto.config_type {
@@ -254,34 +267,72 @@ fn http_filter(proto: hcm::HttpFilter) -> Result<Option<HttpFilter>, ConvertErro
     if proto.config_type.is_none() && proto.name == HTTP_RBAC_NAME && !proto.is_optional {
         return Err(ConvertError::missing("typed_config"));
     }
-    let is_router = match &proto.config_type {
-        Some(http_filter::ConfigType::TypedConfig(any)) => {
-            type_name(&any.type_url) == Router::full_name()
-        }
-        Some(http_filter::ConfigType::ConfigDiscovery(_)) => false,
-        None => proto.name == ROUTER_NAME,
+    let any = match &proto.config_type {
+        Some(http_filter::ConfigType::TypedConfig(any)) => Some(any),
+        _ => None,
     };
-    if !is_router {
+    let known = match (&proto.config_type, any) {
+        (_, Some(any)) => {
+            let kind = type_name(&any.type_url);
+            if kind == Router::full_name() {
+                Some(Known::Router)
+            } else if kind == HttpFault::full_name() {
+                Some(Known::Fault)
+            } else if kind == Cors::full_name() {
+                Some(Known::Cors)
+            } else {
+                None
+            }
+        }
+        (Some(http_filter::ConfigType::ConfigDiscovery(_)), None) => None,
+        (_, None) => match proto.name.as_str() {
+            ROUTER_NAME => Some(Known::Router),
+            FAULT_NAME => Some(Known::Fault),
+            CORS_NAME => Some(Known::Cors),
+            _ => None,
+        },
+    };
+    let Some(known) = known else {
         if proto.is_optional {
             return Ok(None);
         }
-        let name = match (&proto.config_type, proto.name.is_empty()) {
-            (Some(http_filter::ConfigType::TypedConfig(any)), true) => any.type_url.clone(),
+        let name = match (any, proto.name.is_empty()) {
+            (Some(any), true) => any.type_url.clone(),
             _ => proto.name,
         };
         return Err(ConvertError::UnsupportedHttpFilter {
             at: Location::default(),
             name,
         });
-    }
+    };
     if proto.disabled {
         return Err(ConvertError::unsupported_value("disabled", "true"));
     }
-    if let Some(http_filter::ConfigType::TypedConfig(any)) = &proto.config_type {
-        let router: Router = decode_any(any).at("typed_config")?;
-        reject_set!(router, upstream_http_filters);
+    match known {
+        Known::Router => {
+            if let Some(any) = any {
+                let router: Router = decode_any(any).at("typed_config")?;
+                reject_set!(router, upstream_http_filters);
+            }
+            Ok(Some(HttpFilter::Router))
+        }
+        Known::Fault => {
+            let config = match any {
+                Some(any) => {
+                    let proto: HttpFault = decode_any(any).at("typed_config")?;
+                    fault(&proto).at("typed_config")?
+                }
+                None => Default::default(),
+            };
+            Ok(Some(HttpFilter::Fault(config)))
+        }
+        Known::Cors => {
+            if let Some(any) = any {
+                decode_any::<Cors>(any).at("typed_config")?;
+            }
+            Ok(Some(HttpFilter::Cors))
+        }
     }
-    Ok(Some(HttpFilter::Router))
 }
 
 /// `envoy.filters.network.tcp_proxy`.
@@ -312,10 +363,27 @@ impl TryFrom<tcp::TcpProxy> for TcpProxy {
                 ));
             }
         }
-        let cluster = match proto.cluster_specifier {
-            Some(tcp_proxy::ClusterSpecifier::Cluster(name)) if !name.is_empty() => name,
-            Some(tcp_proxy::ClusterSpecifier::WeightedClusters(_)) => {
-                return Err(ConvertError::unsupported("weighted_clusters"))
+        let (cluster, weighted_clusters) = match proto.cluster_specifier {
+            Some(tcp_proxy::ClusterSpecifier::Cluster(name)) if !name.is_empty() => {
+                (name, Vec::new())
+            }
+            Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+                let mut clusters = Vec::with_capacity(w.clusters.len());
+                for (i, c) in w.clusters.iter().enumerate() {
+                    reject_set!(c, metadata_match);
+                    if c.name.is_empty() {
+                        return Err(ConvertError::missing("name")
+                            .at_index("clusters", i)
+                            .at("weighted_clusters"));
+                    }
+                    clusters.push((c.name.clone(), c.weight));
+                }
+                if clusters.iter().map(|(_, w)| u64::from(*w)).sum::<u64>() == 0 {
+                    return Err(ConvertError::inconsistent("the weights add up to zero")
+                        .at("clusters")
+                        .at("weighted_clusters"));
+                }
+                (clusters[0].0.clone(), clusters)
             }
             _ => return Err(ConvertError::missing("cluster")),
         };
@@ -324,6 +392,7 @@ impl TryFrom<tcp::TcpProxy> for TcpProxy {
         Ok(TcpProxy {
             stat_prefix: proto.stat_prefix,
             cluster,
+            weighted_clusters,
             idle_timeout,
         })
     }

@@ -1,20 +1,30 @@
 //! Envoy's generic matchers: `StringMatcher`, `RegexMatcher`, `HeaderMatcher`, `PathMatcher`,
-//! `MetadataMatcher`, `ValueMatcher`.
+//! `MetadataMatcher`, `ValueMatcher`, `QueryParameterMatcher`; regex substitutions, fractions
+//! and header operations (`HeaderValueOption`).
 //!
 //! Ignored fields: `RegexMatcher.engine_type` (RE2 is the only engine; its program size limit
 //! is Envoy's tuning). Rejected: `StringMatcher.custom` (extensions the proxy does not have).
 
-use envoy_types::pb::envoy::config::route::v3::{header_matcher, HeaderMatcher as PbHeader};
+use envoy_types::pb::envoy::config::core::v3::{
+    header_value_option::HeaderAppendAction, HeaderValueOption, RuntimeFractionalPercent,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    header_matcher, query_parameter_matcher::QueryParameterMatchSpecifier,
+    HeaderMatcher as PbHeader, QueryParameterMatcher as PbQueryMatcher,
+};
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     double_matcher, list_matcher, metadata_matcher, path_matcher, string_matcher, value_matcher,
-    MetadataMatcher as PbMetadata, PathMatcher, RegexMatcher, StringMatcher as PbString,
-    ValueMatcher as PbValue,
+    MetadataMatcher as PbMetadata, PathMatcher, RegexMatchAndSubstitute, RegexMatcher,
+    StringMatcher as PbString, ValueMatcher as PbValue,
 };
+use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
 
 use super::{ConvertError, Within};
 use crate::model::matcher::{
-    HeaderMatch, HeaderMatcher, MetadataMatcher, Regex, StringMatcher, ValueMatcher,
+    Fraction, HeaderMatch, HeaderMatcher, MetadataMatcher, QueryParameterMatcher, Regex,
+    StringMatcher, ValueMatcher,
 };
+use crate::model::{AppendAction, HeaderAppend, HeaderOps, HeaderValue, RegexRewrite, ValuePart};
 
 /// A `RegexMatcher`, compiled.
 pub(crate) fn regex(proto: &RegexMatcher) -> Result<Regex, ConvertError> {
@@ -240,4 +250,244 @@ impl TryFrom<&PbValue> for ValueMatcher {
             None => return Err(ConvertError::missing("match_pattern")),
         })
     }
+}
+
+/// A `RegexMatchAndSubstitute`: Envoy's `\N` back-references become `${N}`.
+pub(super) fn regex_rewrite(m: &RegexMatchAndSubstitute) -> Result<RegexRewrite, ConvertError> {
+    let Some(pattern) = &m.pattern else {
+        return Err(ConvertError::missing("pattern"));
+    };
+    let pattern = Regex::unanchored(&pattern.regex)
+        .map_err(|e| ConvertError::invalid("regular expression", format!("{}: {e}", pattern.regex)))
+        .at("regex")
+        .at("pattern")?;
+    Ok(RegexRewrite {
+        pattern,
+        substitution: substitution(&m.substitution),
+    })
+}
+
+/// Envoy's substitution syntax (`\1`, literal `$`) in the regex crate's (`${1}`, `$$`).
+fn substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => out.push_str("$$"),
+            '\\' => match chars.peek() {
+                Some(d) if d.is_ascii_digit() => {
+                    out.push_str("${");
+                    while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                        out.push(d);
+                        chars.next();
+                    }
+                    out.push('}');
+                }
+                Some('\\') => {
+                    out.push('\\');
+                    chars.next();
+                }
+                _ => out.push('\\'),
+            },
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A list of header matchers, located at `field[i]`.
+pub(super) fn header_matchers(
+    list: &[PbHeader],
+    field: &'static str,
+) -> Result<Vec<HeaderMatcher>, ConvertError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| HeaderMatcher::try_from(m).at_index(field, i))
+        .collect()
+}
+
+/// A `QueryParameterMatcher`.
+pub(super) fn query_matcher(m: &PbQueryMatcher) -> Result<QueryParameterMatcher, ConvertError> {
+    if m.name.is_empty() {
+        return Err(ConvertError::missing("name"));
+    }
+    let value = match &m.query_parameter_match_specifier {
+        Some(QueryParameterMatchSpecifier::StringMatch(s)) => {
+            Some(StringMatcher::try_from(s).at("string_match")?)
+        }
+        Some(QueryParameterMatchSpecifier::PresentMatch(true)) | None => None,
+        Some(QueryParameterMatchSpecifier::PresentMatch(false)) => {
+            return Err(ConvertError::unsupported_value("present_match", "false"))
+        }
+    };
+    Ok(QueryParameterMatcher {
+        name: m.name.clone(),
+        value,
+    })
+}
+
+/// A `FractionalPercent` in parts per million (a numerator above the denominator is 100%).
+pub(super) fn fraction(p: &FractionalPercent) -> Result<Fraction, ConvertError> {
+    let scale = match DenominatorType::try_from(p.denominator) {
+        Ok(DenominatorType::Hundred) => 10_000u64,
+        Ok(DenominatorType::TenThousand) => 100,
+        Ok(DenominatorType::Million) => 1,
+        Err(_) => {
+            return Err(ConvertError::unsupported_value(
+                "denominator",
+                p.denominator.to_string(),
+            ))
+        }
+    };
+    let per_million = (u64::from(p.numerator) * scale).min(1_000_000) as u32;
+    Ok(Fraction { per_million })
+}
+
+/// A `RuntimeFractionalPercent`: its default value (100% when absent).
+pub(super) fn runtime_fraction(
+    p: Option<&RuntimeFractionalPercent>,
+) -> Result<Fraction, ConvertError> {
+    match p.and_then(|p| p.default_value.as_ref()) {
+        Some(v) => fraction(v).at("default_value"),
+        None => Ok(Fraction::ALL),
+    }
+}
+
+/// Header names Envoy forbids modifying with header operations.
+fn is_protected(name: &str) -> bool {
+    name.starts_with(':') || name == "host"
+}
+
+/// One `HeaderValueOption`.
+#[allow(deprecated)]
+pub(super) fn header_append(h: &HeaderValueOption) -> Result<HeaderAppend, ConvertError> {
+    let Some(header) = &h.header else {
+        return Err(ConvertError::missing("header"));
+    };
+    let name = header.key.to_ascii_lowercase();
+    if name.is_empty() || is_protected(&name) {
+        return Err(ConvertError::invalid("header name", header.key.clone())
+            .at("key")
+            .at("header"));
+    }
+    let raw = if header.raw_value.is_empty() {
+        header.value.clone()
+    } else {
+        String::from_utf8(header.raw_value.clone()).map_err(|_| {
+            ConvertError::invalid("header value", "non-UTF-8 bytes")
+                .at("raw_value")
+                .at("header")
+        })?
+    };
+    let value = header_value(&raw).at("value").at("header")?;
+    let action = if let Some(append) = &h.append {
+        if append.value {
+            AppendAction::AppendIfExistsOrAdd
+        } else {
+            AppendAction::OverwriteIfExistsOrAdd
+        }
+    } else {
+        match HeaderAppendAction::try_from(h.append_action) {
+            Ok(HeaderAppendAction::AppendIfExistsOrAdd) => AppendAction::AppendIfExistsOrAdd,
+            Ok(HeaderAppendAction::AddIfAbsent) => AppendAction::AddIfAbsent,
+            Ok(HeaderAppendAction::OverwriteIfExistsOrAdd) => AppendAction::OverwriteIfExistsOrAdd,
+            Ok(HeaderAppendAction::OverwriteIfExists) => AppendAction::OverwriteIfExists,
+            Err(_) => {
+                return Err(ConvertError::unsupported_value(
+                    "append_action",
+                    h.append_action.to_string(),
+                ))
+            }
+        }
+    };
+    Ok(HeaderAppend {
+        name,
+        value,
+        action,
+        keep_empty: h.keep_empty_value,
+    })
+}
+
+/// A header value with Envoy's `%VARIABLE%` syntax parsed.
+fn header_value(raw: &str) -> Result<HeaderValue, ConvertError> {
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let mut rest = raw;
+    while let Some(i) = rest.find('%') {
+        literal.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        if let Some(after) = rest.strip_prefix('%') {
+            literal.push('%');
+            rest = after;
+            continue;
+        }
+        let Some(end) = rest.find('%') else {
+            return Err(ConvertError::invalid("header value", raw));
+        };
+        let variable = &rest[..end];
+        rest = &rest[end + 1..];
+        let part = match variable {
+            "DOWNSTREAM_REMOTE_ADDRESS" => ValuePart::DownstreamRemoteAddress,
+            "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => {
+                ValuePart::DownstreamRemoteAddressWithoutPort
+            }
+            "DOWNSTREAM_LOCAL_ADDRESS" => ValuePart::DownstreamLocalAddress,
+            "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => ValuePart::DownstreamLocalAddressWithoutPort,
+            "PROTOCOL" => ValuePart::Protocol,
+            "HOSTNAME" => ValuePart::Hostname,
+            v => match v.strip_prefix("REQ(").and_then(|r| r.strip_suffix(')')) {
+                Some(name) if !name.is_empty() => {
+                    ValuePart::RequestHeader(name.to_ascii_lowercase())
+                }
+                _ => return Err(ConvertError::unsupported_value("value", format!("%{v}%"))),
+            },
+        };
+        if !literal.is_empty() {
+            parts.push(ValuePart::Literal(std::mem::take(&mut literal)));
+        }
+        parts.push(part);
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        parts.push(ValuePart::Literal(literal));
+    }
+    Ok(HeaderValue(parts))
+}
+
+/// Removed header names: lowercase, never a pseudo-header or `host`.
+fn header_names(names: &[String], field: &'static str) -> Result<Vec<String>, ConvertError> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let lower = n.to_ascii_lowercase();
+            if lower.is_empty() || is_protected(&lower) {
+                Err(ConvertError::invalid("header name", n.clone()).at_index(field, i))
+            } else {
+                Ok(lower)
+            }
+        })
+        .collect()
+}
+
+/// The four header operation lists of a route, virtual host, route configuration or
+/// weighted cluster.
+pub(super) fn header_ops(
+    request_add: &[HeaderValueOption],
+    request_remove: &[String],
+    response_add: &[HeaderValueOption],
+    response_remove: &[String],
+) -> Result<HeaderOps, ConvertError> {
+    let adds = |list: &[HeaderValueOption], field| {
+        list.iter()
+            .enumerate()
+            .map(|(i, h)| header_append(h).at_index(field, i))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(HeaderOps {
+        request_add: adds(request_add, "request_headers_to_add")?,
+        request_remove: header_names(request_remove, "request_headers_to_remove")?,
+        response_add: adds(response_add, "response_headers_to_add")?,
+        response_remove: header_names(response_remove, "response_headers_to_remove")?,
+    })
 }

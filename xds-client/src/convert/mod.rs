@@ -18,8 +18,11 @@
 //! without `idle_timeout` gets 1 hour, and an explicit zero duration means "none" for those
 //! timeouts, as in Envoy.
 
+mod action;
 mod cluster;
+mod cluster_policy;
 mod endpoint;
+mod filter_config;
 mod filters;
 mod listener;
 mod matcher;
@@ -489,8 +492,8 @@ pub enum Resource {
     Listener(Box<Listener>),
     /// From RDS.
     Route(RouteConfig),
-    /// From CDS.
-    Cluster(Cluster),
+    /// From CDS (boxed: a cluster with its traffic policy is large too).
+    Cluster(Box<Cluster>),
     /// From EDS.
     Endpoints(ClusterLoadAssignment),
 }
@@ -552,7 +555,7 @@ pub fn decode_resource(
         }
         ResourceType::Cluster => {
             let proto: cluster::v3::Cluster = decode_any(any).at_index("resources", index)?;
-            Cluster::try_from(proto).map(Resource::Cluster)
+            Cluster::try_from(proto).map(|c| Resource::Cluster(Box::new(c)))
         }
         ResourceType::Endpoint => {
             let proto: endpoint::v3::ClusterLoadAssignment =

@@ -1,26 +1,23 @@
-//! Route configurations (RDS or inline in a connection manager), virtual hosts and routes.
+//! Route configurations (RDS or inline in a connection manager), virtual hosts, routes and
+//! route matches. Route actions are in [`super::action`].
 //!
 //! Ignored fields: `RouteConfiguration.{validate_clusters, max_direct_response_body_size_bytes,
-//! most_specific_header_mutations_wins, metadata}`, `VirtualHost.{virtual_clusters,
-//! per_request_buffer_limit_bytes, request_body_buffer_limit, include_is_timeout_retry_header,
-//! metadata}`, `Route.{metadata, decorator, tracing, stat_prefix, per_request_buffer_limit_bytes,
-//! request_body_buffer_limit}`, `RouteAction.{flush_timeout,
-//! early_data_policy, cluster_not_found_response_code}`.
+//! metadata}`, `VirtualHost.{virtual_clusters, per_request_buffer_limit_bytes,
+//! request_body_buffer_limit, include_is_timeout_retry_header, metadata}`, `Route.{metadata,
+//! decorator, tracing, stat_prefix, per_request_buffer_limit_bytes,
+//! request_body_buffer_limit}`.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use envoy_types::pb::envoy::config::route::v3::{
-    self as pb, route, route_action, route_match, virtual_host,
-};
+use envoy_types::pb::envoy::config::route::v3::{self as pb, route, route_match, virtual_host};
 
-use super::{reject_set, timeout_or, ConvertError, Within};
+use super::action::{forward_action, retry_policy};
+use super::filter_config::{filter_configs, route_cors};
+use super::matcher::{header_matchers, header_ops, query_matcher, regex};
+use super::{reject_set, ConvertError, Within};
 use crate::model::{
     PathMatch, ResourceType, Route, RouteAction, RouteConfig, RouteMatch, VirtualHost,
 };
-
-/// Envoy's default route timeout.
-const ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// An RDS resource: a route configuration that must have a name.
 impl TryFrom<pb::RouteConfiguration> for RouteConfig {
@@ -43,10 +40,7 @@ pub(super) fn convert_route_config(
         proto,
         vhds,
         internal_only_headers,
-        response_headers_to_add,
-        response_headers_to_remove,
-        request_headers_to_add,
-        request_headers_to_remove,
+        most_specific_header_mutations_wins,
         cluster_specifier_plugins,
         request_mirror_policies,
         ignore_port_in_host_matching,
@@ -55,6 +49,12 @@ pub(super) fn convert_route_config(
         typed_per_filter_config,
         route_specifiers,
     );
+    let headers = header_ops(
+        &proto.request_headers_to_add,
+        &proto.request_headers_to_remove,
+        &proto.response_headers_to_add,
+        &proto.response_headers_to_remove,
+    )?;
     let mut seen = BTreeSet::new();
     let mut virtual_hosts = Vec::with_capacity(proto.virtual_hosts.len());
     for (i, vh) in proto.virtual_hosts.into_iter().enumerate() {
@@ -71,6 +71,7 @@ pub(super) fn convert_route_config(
     Ok(RouteConfig {
         name: proto.name,
         virtual_hosts,
+        headers,
     })
 }
 
@@ -90,15 +91,6 @@ impl TryFrom<pb::VirtualHost> for VirtualHost {
             proto,
             matcher,
             rate_limits,
-            request_headers_to_add,
-            request_headers_to_remove,
-            response_headers_to_add,
-            response_headers_to_remove,
-            cors,
-            typed_per_filter_config,
-            include_request_attempt_count,
-            include_attempt_count_in_response,
-            retry_policy,
             retry_policy_typed_config,
             hedge_policy,
             request_mirror_policies,
@@ -113,6 +105,23 @@ impl TryFrom<pb::VirtualHost> for VirtualHost {
             .enumerate()
             .map(|(i, d)| domain(d).at_index("domains", i))
             .collect::<Result<Vec<_>, _>>()?;
+        let headers = header_ops(
+            &proto.request_headers_to_add,
+            &proto.request_headers_to_remove,
+            &proto.response_headers_to_add,
+            &proto.response_headers_to_remove,
+        )?;
+        let mut filter_configs = filter_configs(&proto.typed_per_filter_config)?;
+        if let Some(cors) = &proto.cors {
+            if filter_configs.cors.is_none() {
+                filter_configs.cors = Some(route_cors(cors).at("cors")?);
+            }
+        }
+        let retry_policy = proto
+            .retry_policy
+            .as_ref()
+            .map(|p| retry_policy(p).at("retry_policy"))
+            .transpose()?;
         let routes = proto
             .routes
             .into_iter()
@@ -123,6 +132,11 @@ impl TryFrom<pb::VirtualHost> for VirtualHost {
             name: proto.name,
             domains,
             routes,
+            headers,
+            filter_configs,
+            retry_policy,
+            include_attempt_count: proto.include_request_attempt_count,
+            include_attempt_count_in_response: proto.include_attempt_count_in_response,
         })
     }
 }
@@ -139,30 +153,39 @@ fn domain(d: &str) -> Result<String, ConvertError> {
     Ok(d.to_ascii_lowercase())
 }
 
-/// A route: a path match and a forward to a cluster.
+/// A route: its match, its action, header operations and per-filter settings.
 impl TryFrom<pb::Route> for Route {
     type Error = ConvertError;
 
+    #[allow(deprecated)]
     fn try_from(proto: pb::Route) -> Result<Self, ConvertError> {
-        reject_set!(
-            proto,
-            typed_per_filter_config,
-            request_headers_to_add,
-            request_headers_to_remove,
-            response_headers_to_add,
-            response_headers_to_remove,
-            route_specifiers,
-        );
+        reject_set!(proto, route_specifiers);
         let matcher = match proto.r#match {
             Some(m) => RouteMatch::try_from(m).at("match")?,
             None => return Err(ConvertError::missing("match")),
         };
+        let headers = header_ops(
+            &proto.request_headers_to_add,
+            &proto.request_headers_to_remove,
+            &proto.response_headers_to_add,
+            &proto.response_headers_to_remove,
+        )?;
+        let mut filter_configs = filter_configs(&proto.typed_per_filter_config)?;
         let action = match proto.action {
-            Some(route::Action::Route(action)) => RouteAction::try_from(action).at("route")?,
-            Some(route::Action::Redirect(_)) => return Err(ConvertError::unsupported("redirect")),
-            Some(route::Action::DirectResponse(_)) => {
-                return Err(ConvertError::unsupported("direct_response"))
+            Some(route::Action::Route(action)) => {
+                if let Some(cors) = &action.cors {
+                    if filter_configs.cors.is_none() {
+                        filter_configs.cors = Some(route_cors(cors).at("cors").at("route")?);
+                    }
+                }
+                RouteAction::Forward(Box::new(forward_action(action).at("route")?))
             }
+            Some(route::Action::Redirect(r)) => {
+                RouteAction::Redirect(super::action::redirect(&r).at("redirect")?)
+            }
+            Some(route::Action::DirectResponse(d)) => RouteAction::DirectResponse(
+                super::action::direct_response(&d).at("direct_response")?,
+            ),
             Some(route::Action::FilterAction(_)) => {
                 return Err(ConvertError::unsupported("filter_action"))
             }
@@ -175,98 +198,70 @@ impl TryFrom<pb::Route> for Route {
             name: proto.name,
             matcher,
             action,
+            headers,
+            filter_configs,
         })
     }
 }
 
-/// A route match: a prefix or exact path, case-sensitive, nothing else.
+/// A route match: path (prefix, exact, regex, path-separated prefix), case sensitivity,
+/// headers, query parameters, gRPC.
 impl TryFrom<pb::RouteMatch> for RouteMatch {
     type Error = ConvertError;
 
     fn try_from(proto: pb::RouteMatch) -> Result<Self, ConvertError> {
-        if proto.case_sensitive.as_ref().is_some_and(|c| !c.value) {
-            return Err(ConvertError::unsupported_value("case_sensitive", "false"));
-        }
         reject_set!(
             proto,
             runtime_fraction,
-            headers,
-            query_parameters,
             cookies,
-            grpc,
             tls_context,
             dynamic_metadata,
             filter_state,
         );
+        let case_sensitive = proto.case_sensitive.as_ref().is_none_or(|c| c.value);
+        let fold = |s: String| {
+            if case_sensitive {
+                s
+            } else {
+                s.to_ascii_lowercase()
+            }
+        };
         let path = match proto.path_specifier {
-            Some(route_match::PathSpecifier::Prefix(prefix)) => PathMatch::Prefix(prefix),
-            Some(route_match::PathSpecifier::Path(path)) => PathMatch::Exact(path),
-            Some(route_match::PathSpecifier::SafeRegex(_)) => {
-                return Err(ConvertError::unsupported("safe_regex"))
+            Some(route_match::PathSpecifier::Prefix(prefix)) => PathMatch::Prefix(fold(prefix)),
+            Some(route_match::PathSpecifier::Path(path)) => PathMatch::Exact(fold(path)),
+            Some(route_match::PathSpecifier::SafeRegex(r)) => {
+                PathMatch::Regex(regex(&r).at("safe_regex")?)
+            }
+            Some(route_match::PathSpecifier::PathSeparatedPrefix(p)) => {
+                if !p.starts_with('/')
+                    || (p.len() > 1 && p.ends_with('/'))
+                    || p.contains(['?', '#'])
+                {
+                    return Err(ConvertError::invalid("path prefix", p).at("path_separated_prefix"));
+                }
+                PathMatch::PathSeparatedPrefix(fold(p))
             }
             Some(route_match::PathSpecifier::ConnectMatcher(_)) => {
                 return Err(ConvertError::unsupported("connect_matcher"))
-            }
-            Some(route_match::PathSpecifier::PathSeparatedPrefix(_)) => {
-                return Err(ConvertError::unsupported("path_separated_prefix"))
             }
             Some(route_match::PathSpecifier::PathMatchPolicy(_)) => {
                 return Err(ConvertError::unsupported("path_match_policy"))
             }
             None => return Err(ConvertError::missing("path_specifier")),
         };
-        Ok(RouteMatch { path })
-    }
-}
-
-/// A route action: one cluster and a timeout (absent: Envoy's 15 s; zero: none).
-impl TryFrom<pb::RouteAction> for RouteAction {
-    type Error = ConvertError;
-
-    #[allow(deprecated)]
-    fn try_from(proto: pb::RouteAction) -> Result<Self, ConvertError> {
-        reject_set!(
-            proto,
-            metadata_match,
-            prefix_rewrite,
-            regex_rewrite,
-            path_rewrite_policy,
-            path_rewrite,
-            host_rewrite_specifier,
-            append_x_forwarded_host,
-            idle_timeout,
-            retry_policy,
-            retry_policy_typed_config,
-            request_mirror_policies,
-            priority,
-            rate_limits,
-            include_vh_rate_limits,
-            hash_policy,
-            cors,
-            max_grpc_timeout,
-            grpc_timeout_offset,
-            upgrade_configs,
-            internal_redirect_policy,
-            internal_redirect_action,
-            max_internal_redirects,
-            hedge_policy,
-            max_stream_duration,
-        );
-        let cluster = match proto.cluster_specifier {
-            Some(route_action::ClusterSpecifier::Cluster(name)) if !name.is_empty() => name,
-            Some(route_action::ClusterSpecifier::WeightedClusters(_)) => {
-                return Err(ConvertError::unsupported("weighted_clusters"))
-            }
-            Some(route_action::ClusterSpecifier::ClusterHeader(_)) => {
-                return Err(ConvertError::unsupported("cluster_header"))
-            }
-            Some(route_action::ClusterSpecifier::ClusterSpecifierPlugin(_))
-            | Some(route_action::ClusterSpecifier::InlineClusterSpecifierPlugin(_)) => {
-                return Err(ConvertError::unsupported("cluster_specifier_plugin"))
-            }
-            _ => return Err(ConvertError::missing("cluster")),
-        };
-        let timeout = timeout_or(proto.timeout.as_ref(), ROUTE_TIMEOUT).at("timeout")?;
-        Ok(RouteAction::Cluster { cluster, timeout })
+        let query_parameters = proto
+            .query_parameters
+            .iter()
+            .enumerate()
+            .map(|(i, q)| query_matcher(q).at_index("query_parameters", i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let grpc = proto.grpc.is_some();
+        Ok(RouteMatch {
+            path,
+            case_sensitive,
+            headers: header_matchers(&proto.headers, "headers")?,
+            query_parameters,
+            grpc,
+        })
     }
 }

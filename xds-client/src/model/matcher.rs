@@ -29,6 +29,20 @@ impl Regex {
         })
     }
 
+    /// Compiles `pattern` to match anywhere in the input: for substitutions (Envoy's
+    /// `RegexMatchAndSubstitute`), which replace every match.
+    pub fn unanchored(pattern: &str) -> Result<Regex, regex::Error> {
+        Ok(Regex {
+            pattern: pattern.to_string(),
+            compiled: regex::Regex::new(pattern)?,
+        })
+    }
+
+    /// The compiled expression (anchored, unless built with [`Regex::unanchored`]).
+    pub fn compiled(&self) -> &regex::Regex {
+        &self.compiled
+    }
+
     /// The pattern as configured (without the anchors added for full matching).
     pub fn as_str(&self) -> &str {
         &self.pattern
@@ -214,6 +228,34 @@ impl HeaderMatcher {
             }
         };
         matched != self.invert
+    }
+}
+
+/// Envoy's `QueryParameterMatcher`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QueryParameterMatcher {
+    /// Parameter name (case-sensitive, as in Envoy).
+    pub name: String,
+    /// The condition on its (percent-decoded) value; `None` means "present".
+    pub value: Option<StringMatcher>,
+}
+
+/// A fraction, normalized to parts per million (Envoy's `FractionalPercent`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Fraction {
+    /// Parts per million, at most 1,000,000.
+    pub per_million: u32,
+}
+
+impl Fraction {
+    /// Always.
+    pub const ALL: Fraction = Fraction {
+        per_million: 1_000_000,
+    };
+
+    /// Whether a uniformly random draw in `[0, 1_000_000)` falls inside the fraction.
+    pub fn hit(self, draw: u32) -> bool {
+        draw < self.per_million
     }
 }
 

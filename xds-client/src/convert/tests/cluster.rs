@@ -192,7 +192,7 @@ fn inbound_and_special_clusters() {
 }
 
 #[test]
-fn circuit_breakers_only_when_unlimited() {
+fn circuit_breakers_default_priority_thresholds() {
     let thresholds = |value| cl::CircuitBreakers {
         thresholds: vec![cl::circuit_breakers::Thresholds {
             max_connections: u32v(value),
@@ -201,15 +201,26 @@ fn circuit_breakers_only_when_unlimited() {
         }],
         ..Default::default()
     };
-    let mut unlimited = eds("c");
-    unlimited.circuit_breakers = Some(thresholds(u32::MAX));
-    assert!(Cluster::try_from(unlimited).is_ok());
     let mut limited = eds("c");
-    limited.circuit_breakers = Some(thresholds(1024));
+    limited.circuit_breakers = Some(thresholds(7));
+    let c = Cluster::try_from(limited).unwrap();
+    assert_eq!(c.circuit_breakers.max_connections, 7);
+    assert_eq!(c.circuit_breakers.max_requests, 7);
+    // Unset thresholds keep Envoy's defaults.
+    assert_eq!(c.circuit_breakers.max_pending_requests, 1024);
+    assert_eq!(c.circuit_breakers.max_retries, 3);
+    let mut per_host = eds("c");
+    per_host.circuit_breakers = Some(cl::CircuitBreakers {
+        per_host_thresholds: vec![cl::circuit_breakers::Thresholds {
+            max_connections: u32v(10),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
     assert_eq!(
-        message(Cluster::try_from(limited)),
-        "cluster \"c\": circuit_breakers.thresholds[0].max_connections: \
-         unsupported value \"1024\""
+        message(Cluster::try_from(per_host)),
+        "cluster \"c\": circuit_breakers.per_host_thresholds[0].max_connections: \
+         unsupported value \"10\""
     );
 }
 
@@ -220,8 +231,8 @@ fn cluster_errors() {
     round_robin_original_dst.lb_policy = cluster::LbPolicy::RoundRobin as i32;
     let mut provided_eds = eds("c");
     provided_eds.lb_policy = cluster::LbPolicy::ClusterProvided as i32;
-    let mut ring_hash = eds("c");
-    ring_hash.lb_policy = cluster::LbPolicy::RingHash as i32;
+    let mut policy_config = eds("c");
+    policy_config.lb_policy = cluster::LbPolicy::LoadBalancingPolicyConfig as i32;
     let mut dns = eds("c");
     dns.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
         cluster::DiscoveryType::StrictDns as i32,
@@ -270,8 +281,8 @@ fn cluster_errors() {
                 .into(),
         ),
         (
-            ring_hash,
-            "cluster \"c\": lb_policy: unsupported value \"RING_HASH\"".into(),
+            policy_config,
+            "cluster \"c\": lb_policy: unsupported value \"LOAD_BALANCING_POLICY_CONFIG\"".into(),
         ),
         (
             dns,

@@ -58,6 +58,7 @@ fn localities_are_flattened() {
         weight,
         health,
         locality: locality.into(),
+        priority: 0,
     };
     assert_eq!(
         converted.endpoints,
@@ -128,10 +129,14 @@ fn endpoint_errors() {
         ),
         (
             cla(vec![ep::LocalityLbEndpoints {
-                priority: 1,
+                lb_config: Some(
+                    ep::locality_lb_endpoints::LbConfig::LedsClusterLocalityConfig(
+                        Default::default(),
+                    ),
+                ),
                 ..Default::default()
             }]),
-            format!("{p}.priority: not supported by this proxy"),
+            format!("{p}.lb_config: not supported by this proxy"),
         ),
     ];
     for (proto, expected) in cases {

@@ -108,6 +108,7 @@ fn virtual_outbound() {
         NetworkFilter::Tcp(TcpProxy {
             stat_prefix: "BlackHoleCluster".into(),
             cluster: "BlackHoleCluster".into(),
+            weighted_clusters: vec![],
             idle_timeout: Some(Duration::from_secs(3600)),
         })
     );
@@ -225,10 +226,7 @@ fn virtual_inbound_with_inline_routes_and_listener_filters() {
     );
     assert_eq!(
         config.virtual_hosts[0].routes[0].action,
-        RouteAction::Cluster {
-            cluster: "inbound|9080||".into(),
-            timeout: None
-        }
+        RouteAction::cluster("inbound|9080||")
     );
 }
 
@@ -476,7 +474,7 @@ fn tcp_proxy_timeouts_and_errors() {
                     Default::default(),
                 ))
             }),
-            format!("{prefix}.weighted_clusters: not supported by this proxy"),
+            format!("{prefix}.weighted_clusters.clusters: the weights add up to zero"),
         ),
         (
             with_tcp(|t| t.cluster_specifier = None),

@@ -5,6 +5,7 @@ mod endpoint;
 mod listener;
 mod rbac;
 mod route;
+mod traffic;
 
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, socket_address, Address, AggregatedConfigSource, ConfigSource,

@@ -1,0 +1,732 @@
+//! The phases of [`MeshHttp`]'s `impl ProxyHttp` (see the module docs of [`crate::http`]).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::connectors::l4::BindTo;
+use pingora_core::protocols::l4::ext::TcpKeepalive;
+use pingora_core::protocols::{Digest, ALPN};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result, RetryType};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use xds_client::model::UpstreamProtocol;
+
+use super::ctx::{MatchedRoute, RequestCtx};
+use super::filters::Verdict;
+use super::headers::{apply_request, apply_response, ValueContext};
+use super::reply::{self, LocalReply, Outcome};
+use super::retry::Failure;
+use super::route::RequestInfo;
+use super::{authority, cors, header, new_request_id, normalize_request, protocol_name, MeshHttp};
+use crate::accesslog::{AccessLogEntry, Detail, ResponseFlag};
+use crate::listener::conn::ConnContext;
+use crate::snapshot::HttpRoutes;
+use crate::stats::Stats;
+use crate::upstream::host::AttemptResult;
+use crate::upstream::lb::PickRequest;
+use crate::upstream::limits::Refused;
+
+/// Concurrent streams allowed on one upstream HTTP/2 connection unless the cluster says.
+const MAX_H2_STREAMS: usize = 100;
+/// Transparent retries of a request that met a closed pooled connection.
+const MAX_STALE_RETRIES: u32 = 2;
+
+/// Finish a response header for the downstream: route header operations, CORS, the
+/// hash-policy cookie, the attempt count.
+pub(super) fn finalize_response(ctx: &RequestCtx, protocol: &str, resp: &mut ResponseHeader) {
+    let Some(route) = &ctx.route else {
+        return;
+    };
+    let target = route.target();
+    let cx = ValueContext {
+        downstream_remote: ctx.conn.as_ref().and_then(|c| c.peer_addr),
+        downstream_local: ctx.conn.as_ref().map(|c| c.destination.address),
+        protocol,
+        request: None,
+    };
+    apply_response(&target.headers, resp, &cx);
+    if let (Some(origin), Some(policy)) = (&ctx.cors_origin, target.cors.as_deref()) {
+        cors::annotate(policy, origin, resp);
+    }
+    if let Some(cookie) = ctx.forward.as_ref().and_then(|f| f.set_cookie.as_deref()) {
+        let _ = resp.append_header("set-cookie", cookie);
+    }
+    if route.entry.include_attempt_count_in_response && ctx.retry.attempts > 0 {
+        let _ = resp.insert_header("x-envoy-attempt-count", ctx.retry.attempts.to_string());
+    }
+}
+
+fn replayable(session: &Session) -> bool {
+    session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated()
+}
+
+fn uses_h2(session: &Session, protocol: UpstreamProtocol) -> bool {
+    match protocol {
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::UseDownstream => session.is_http2(),
+    }
+}
+
+impl MeshHttp {
+    /// Match the route and run the filters; `Some(reply)` ends the request locally.
+    async fn run_filters(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        conn: &ConnContext,
+    ) -> Option<LocalReply> {
+        let snapshot = self.shared.snapshot.load();
+        let chain = conn.http_chain()?;
+        let authority = ctx.authority.clone().unwrap_or_default();
+        let info = |req| RequestInfo {
+            req,
+            path_and_query: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            authority: &authority,
+            scheme: "http",
+            is_grpc: reply::is_grpc(req),
+        };
+        let table = match &chain.routes {
+            HttpRoutes::Inline(table) => Some(table),
+            HttpRoutes::Rds(name) => snapshot.route_table(name),
+        };
+        ctx.route = table
+            .and_then(|t| t.route(&info(session.req_header())))
+            .map(|entry| MatchedRoute {
+                target: entry.target_index(rand::random()),
+                entry: entry.clone(),
+            });
+        for filter in &chain.filters {
+            let verdict =
+                filter.on_request(&info(session.req_header()), ctx, &snapshot, conn.peer_addr);
+            match verdict {
+                Verdict::Continue => {}
+                Verdict::Reply(reply) => return Some(reply),
+                Verdict::Delay(delay, abort) => {
+                    tokio::time::sleep(delay).await;
+                    if let Some(reply) = abort {
+                        return Some(reply);
+                    }
+                }
+            }
+        }
+        if ctx.forward.is_none() {
+            return Some(LocalReply::NoRoute);
+        }
+        self.start_mirrors(session, ctx, conn, &snapshot);
+        ctx.snapshot = Some(snapshot);
+        None
+    }
+
+    fn start_mirrors(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        conn: &ConnContext,
+        snapshot: &crate::snapshot::Snapshot,
+    ) {
+        let Some(route) = &ctx.route else { return };
+        let xds_client::model::RouteAction::Forward(action) = &route.entry.route.action else {
+            return;
+        };
+        if action.mirrors.is_empty() {
+            return;
+        }
+        let has_body = !session.as_mut().is_body_empty();
+        let timeout = ctx.forward.as_ref().and_then(|f| f.timeout);
+        for policy in &action.mirrors {
+            if !policy.fraction.hit(rand::random::<u32>() % 1_000_000) {
+                continue;
+            }
+            let Some(cluster) = snapshot.cluster(&policy.cluster) else {
+                continue;
+            };
+            let sender = self.mirrors.start(
+                cluster,
+                &conn.destination,
+                session.req_header(),
+                ctx.authority.as_deref().unwrap_or(""),
+                policy.shadow_suffix,
+                has_body,
+                timeout,
+                session.is_http2(),
+            );
+            ctx.mirrors.extend(sender);
+        }
+    }
+
+    /// A failed attempt: tell outlier detection, then retry it or settle the reply.
+    fn attempt_failed(
+        &self,
+        ctx: &mut RequestCtx,
+        failure: Option<Failure>,
+        replayable: bool,
+        reply: LocalReply,
+    ) -> bool {
+        if let Some(fwd) = &ctx.forward {
+            if let Some(host) = fwd.host.as_ref().and_then(|h| h.state.as_ref()) {
+                fwd.cluster.report(host, AttemptResult::LocalFailure);
+            }
+        }
+        let retry = match (failure, &ctx.forward) {
+            (Some(f), Some(fwd)) if ctx.retry.retriable_failure(f) => {
+                let max = fwd.cluster.cluster().circuit_breakers.max_retries;
+                let limits = fwd.cluster.limits().clone();
+                ctx.retry.take_retry(replayable, &limits, max)
+            }
+            _ => false,
+        };
+        if retry {
+            ctx.failure = None;
+        } else {
+            if ctx.retry.exhausted {
+                ctx.flag(ResponseFlag::UpstreamRetryLimitExceeded);
+            }
+            ctx.failure = Some(reply);
+        }
+        retry
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for MeshHttp {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.conn = ConnContext::from_digest(session.as_downstream().digest());
+        if ctx.conn.is_none() {
+            ctx.failure = Some(LocalReply::Internal);
+            return Error::e_explain(ErrorType::InternalError, "connection context missing");
+        }
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        Stats::incr(&self.shared.stats.downstream_rq_total);
+        let req = session.req_header();
+        ctx.authority = authority(req);
+        ctx.request_id = header(req, "x-request-id");
+        if ctx.request_id.is_none() {
+            ctx.request_id = Some(new_request_id());
+            ctx.generated_request_id = true;
+        }
+        if req.headers.get("x-forwarded-proto").is_none() {
+            let tls = session
+                .as_downstream()
+                .digest()
+                .is_some_and(|d| d.ssl_digest.is_some());
+            ctx.forwarded_proto = Some(if tls { "https" } else { "http" });
+        }
+        let Some(conn) = ctx.conn.clone() else {
+            return self.local_reply(session, ctx, LocalReply::Internal).await;
+        };
+        let Some(chain) = conn.http_chain() else {
+            return self.local_reply(session, ctx, LocalReply::Internal).await;
+        };
+        let normalization = self
+            .shared
+            .path_normalization
+            .unwrap_or(chain.path_normalization);
+        if let Err(e) = normalize_request(session.req_header_mut(), chain, normalization) {
+            tracing::debug!(error = %e, "path refused");
+            return self.local_reply(session, ctx, LocalReply::BadPath).await;
+        }
+        match self.run_filters(session, ctx, &conn).await {
+            Some(reply) => self.local_reply(session, ctx, reply).await,
+            None => Ok(false),
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !ctx.mirrors.is_empty() {
+            if let Some(chunk) = body {
+                // Never wait for a mirror: one that cannot keep up loses its copy.
+                ctx.mirrors.retain(|m| m.try_send(chunk.clone()).is_ok());
+            }
+            if end_of_stream {
+                ctx.mirrors.clear();
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        if let Some(backoff) = ctx.retry.backoff.take() {
+            tokio::time::sleep(backoff).await;
+        }
+        let now = Instant::now();
+        let Some(fwd) = ctx.forward.as_mut() else {
+            ctx.failure = Some(LocalReply::Internal);
+            return Error::e_explain(ErrorType::InternalError, "no route decision");
+        };
+        if ctx.deadline.is_none() {
+            ctx.deadline = fwd.timeout.map(|t| now + t);
+        }
+        if ctx.deadline.is_some_and(|d| now >= d) {
+            ctx.failure = Some(LocalReply::Timeout);
+            return Error::e_explain(ErrorType::ReadTimedout, "route timeout");
+        }
+        let cluster = fwd.cluster.clone();
+        let breakers = cluster.cluster().circuit_breakers;
+        if fwd.request_permit.is_none() {
+            match cluster.limits().request(breakers.max_requests) {
+                Ok(permit) => fwd.request_permit = Some(permit),
+                Err(_) => {
+                    ctx.failure = Some(LocalReply::Overflow);
+                    return Error::e_explain(ErrorType::HTTPStatus(503), "max_requests overflow");
+                }
+            }
+        }
+        let h2 = uses_h2(session, cluster.protocol());
+        if !h2 && fwd.connection_permit.is_none() {
+            let deadline = ctx.deadline;
+            let limits = cluster.limits().clone();
+            match limits
+                .connection(
+                    breakers.max_connections,
+                    breakers.max_pending_requests,
+                    deadline,
+                )
+                .await
+            {
+                Ok(permit) => {
+                    if let Some(fwd) = ctx.forward.as_mut() {
+                        fwd.connection_permit = Some(permit);
+                    }
+                }
+                Err(Refused::Overflow(_)) => {
+                    ctx.failure = Some(LocalReply::Overflow);
+                    return Error::e_explain(ErrorType::HTTPStatus(503), "connection overflow");
+                }
+                Err(Refused::Timeout) => {
+                    ctx.failure = Some(LocalReply::Timeout);
+                    return Error::e_explain(ErrorType::ReadTimedout, "route timeout");
+                }
+            }
+        }
+        let Some(conn) = ctx.conn.clone() else {
+            ctx.failure = Some(LocalReply::Internal);
+            return Error::e_explain(ErrorType::InternalError, "no connection context");
+        };
+        let policy = ctx.retry.policy.clone();
+        let empty: &[SocketAddr] = &[];
+        let Some(fwd) = ctx.forward.as_mut() else {
+            return Error::e_explain(ErrorType::InternalError, "no route decision");
+        };
+        let pick = PickRequest {
+            hash: fwd.hash,
+            avoid: match &policy {
+                Some(p) if p.previous_hosts => &ctx.retry.tried_hosts,
+                _ => empty,
+            },
+            attempts: policy.as_ref().map_or(1, |p| p.host_selection_max_attempts),
+            avoid_priorities: match &policy {
+                Some(p) if p.previous_priorities => &ctx.retry.tried_priorities,
+                _ => &[],
+            },
+        };
+        let picked = match cluster.pick_host(&conn.destination, &pick) {
+            Ok(picked) => picked,
+            Err(e) => {
+                ctx.failure = Some(LocalReply::NoHealthyUpstream);
+                return Error::e_explain(ErrorType::HTTPStatus(503), e.to_string());
+            }
+        };
+        let address = picked.address;
+        fwd.active = picked.state.as_ref().map(|s| s.start_request());
+        ctx.retry.attempts += 1;
+        ctx.retry.tried_hosts.push(address);
+        ctx.retry.tried_priorities.push(picked.priority);
+        fwd.host = Some(picked);
+        fwd.close_connection = false;
+
+        let mut peer = HttpPeer::new(address, false, String::new());
+        peer.group_key = cluster.group_key();
+        let settings = &cluster.cluster().connection;
+        let options = &mut peer.options;
+        options.connection_timeout = Some(cluster.connect_timeout());
+        options.idle_timeout = settings.idle_timeout;
+        if let Some(ka) = settings.tcp_keepalive {
+            options.tcp_keepalive = Some(TcpKeepalive {
+                idle: ka.time.unwrap_or(Duration::from_secs(7200)),
+                interval: ka.interval.unwrap_or(Duration::from_secs(75)),
+                count: ka.probes.unwrap_or(9) as usize,
+                user_timeout: Duration::ZERO,
+            });
+        }
+        if let Some(ip) = cluster.bind_address() {
+            let mut bind = BindTo::default();
+            bind.addr = Some(SocketAddr::new(ip, 0));
+            options.bind_to = Some(bind);
+        }
+        if h2 {
+            options.alpn = ALPN::H2;
+            options.max_h2_streams = settings
+                .h2_max_concurrent_streams
+                .map_or(MAX_H2_STREAMS, |n| n.max(1) as usize);
+            options.h2_stream_window_size = settings.h2_initial_stream_window;
+            options.h2_connection_window_size = settings.h2_initial_connection_window;
+        }
+        // Every read and write gets what is left of the attempt (per-try timeout) and of the
+        // route timeout, and at most the idle timeout; the body filter ends a response still
+        // streaming past the deadlines.
+        let attempt_deadline = match (fwd.per_try_timeout, ctx.deadline) {
+            (Some(t), Some(d)) => Some((now + t).min(d)),
+            (Some(t), None) => Some(now + t),
+            (None, d) => d,
+        };
+        ctx.attempt_deadline = attempt_deadline;
+        let left = attempt_deadline.map(|d| {
+            d.saturating_duration_since(now)
+                .max(Duration::from_millis(1))
+        });
+        let wait = match (left, fwd.idle_timeout) {
+            (Some(l), Some(i)) => Some(l.min(i)),
+            (l, i) => l.or(i),
+        };
+        options.read_timeout = wait;
+        options.write_timeout = wait;
+        ctx.upstream = Some(address);
+        Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(fwd) = ctx.forward.as_mut() else {
+            return Ok(());
+        };
+        let settings = &fwd.cluster.cluster().connection;
+        let mut close = false;
+        if let Some(max) = settings.max_requests_per_connection {
+            close |= fwd.cluster.connection_uses().count(fd, reused) >= max;
+        }
+        if let Some(max_age) = settings.max_connection_duration {
+            let established = digest
+                .and_then(|d| d.timing_digest.first().cloned().flatten())
+                .map(|t| t.established_ts);
+            close |= established
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= max_age);
+        }
+        fwd.close_connection = close;
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.generated_request_id {
+            if let Some(id) = &ctx.request_id {
+                upstream_request.insert_header("x-request-id", id.as_str())?;
+            }
+        }
+        if let Some(proto) = ctx.forwarded_proto {
+            upstream_request.insert_header("x-forwarded-proto", proto)?;
+        }
+        let (Some(route), Some(fwd)) = (&ctx.route, &ctx.forward) else {
+            return Ok(());
+        };
+        let target = route.target();
+        if let Some(path) = &fwd.rewritten_path {
+            let original = upstream_request
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            if let Ok(uri) = path.parse::<http::Uri>() {
+                let _ = upstream_request.insert_header("x-envoy-original-path", original);
+                upstream_request.set_uri(uri);
+            }
+        }
+        if let Some(host) = &target.host_rewrite {
+            upstream_request.insert_header(http::header::HOST, host.as_str())?;
+            if upstream_request.uri.authority().is_some() {
+                let pq = upstream_request
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string();
+                if let Ok(uri) = format!("http://{host}{pq}").parse::<http::Uri>() {
+                    upstream_request.set_uri(uri);
+                }
+            }
+        }
+        if !target.headers.is_empty() {
+            let downstream = session.req_header();
+            let cx = ValueContext {
+                downstream_remote: ctx.conn.as_ref().and_then(|c| c.peer_addr),
+                downstream_local: ctx.conn.as_ref().map(|c| c.destination.address),
+                protocol: protocol_name(downstream.version),
+                request: Some(&downstream.headers),
+            };
+            apply_request(&target.headers, upstream_request, &cx);
+        }
+        if route.entry.include_attempt_count {
+            upstream_request
+                .insert_header("x-envoy-attempt-count", ctx.retry.attempts.to_string())?;
+        }
+        if fwd.close_connection && upstream_request.version != http::Version::HTTP_2 {
+            upstream_request.insert_header(http::header::CONNECTION, "close")?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if upstream_response.status.is_informational() {
+            return Ok(());
+        }
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = Some(status);
+        if let Some(fwd) = &ctx.forward {
+            if let Some(host) = fwd.host.as_ref().and_then(|h| h.state.as_ref()) {
+                fwd.cluster.report(host, AttemptResult::Status(status));
+            }
+            if ctx.retry.retriable_response(upstream_response) {
+                let max = fwd.cluster.cluster().circuit_breakers.max_retries;
+                let limits = fwd.cluster.limits().clone();
+                if ctx.retry.take_retry(replayable(session), &limits, max) {
+                    let mut e = Error::new_up(ErrorType::HTTPStatus(status));
+                    e.set_retry(true);
+                    return Err(e);
+                }
+                if ctx.retry.exhausted {
+                    ctx.flag(ResponseFlag::UpstreamRetryLimitExceeded);
+                }
+            }
+        }
+        let protocol = protocol_name(session.req_header().version);
+        finalize_response(ctx, protocol, upstream_response);
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let now = Instant::now();
+        let expired = ctx.deadline.is_some_and(|d| now >= d)
+            || ctx.attempt_deadline.is_some_and(|d| now >= d);
+        if expired && !end_of_stream && !session.was_upgraded() {
+            ctx.failure = Some(LocalReply::Timeout);
+            return Err(Error::new_up(ErrorType::ReadTimedout));
+        }
+        Ok(None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the upstream: any method may be retried.
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        let retry = self.attempt_failed(
+            ctx,
+            Some(Failure::ConnectFailure),
+            replayable,
+            LocalReply::ConnectFailure,
+        );
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if matches!(e.etype(), ErrorType::HTTPStatus(_)) && e.retry() {
+            // A retry decided on the response.
+            return e;
+        }
+        if *e.esource() == ErrorSource::Downstream {
+            e.set_retry(false);
+            return e;
+        }
+        let replayable = replayable(session);
+        let stale = matches!(e.retry, RetryType::ReusedOnly) && client_reused;
+        if stale && replayable && ctx.retry.stale_retries < MAX_STALE_RETRIES {
+            // The pooled connection was closed under us: try again, not counted as a retry.
+            ctx.retry.stale_retries += 1;
+            ctx.retry.attempts = ctx.retry.attempts.saturating_sub(1);
+            e.set_retry(true);
+            return e;
+        }
+        let now = Instant::now();
+        let (failure, reply) = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                if ctx.deadline.is_some_and(|d| now >= d) {
+                    (None, LocalReply::Timeout)
+                } else if ctx.attempt_deadline.is_some_and(|d| now >= d) {
+                    (Some(Failure::PerTryTimeout), LocalReply::Timeout)
+                } else {
+                    (None, LocalReply::StreamIdleTimeout)
+                }
+            }
+            _ => (
+                Some(Failure::Reset {
+                    before_request: stale,
+                }),
+                LocalReply::UpstreamReset,
+            ),
+        };
+        let retry = self.attempt_failed(ctx, failure, replayable, reply);
+        e.set_retry(retry);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let outcome = match ctx.failure.take() {
+            Some(reply) => Outcome::Reply(reply),
+            None => reply::classify(e),
+        };
+        let reply = match outcome {
+            Outcome::DownstreamGone => {
+                ctx.flag(ResponseFlag::DownstreamConnectionTermination);
+                ctx.details = Some("downstream_remote_disconnect".into());
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            }
+            Outcome::Reply(reply) => reply,
+        };
+        ctx.record(&reply);
+        if session.response_written().is_some() {
+            // Headers already went out: all that is left is to close the stream.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        Stats::incr(&self.shared.stats.downstream_rq_local_reply);
+        let protocol = protocol_name(session.req_header().version);
+        let finalize = |resp: &mut ResponseHeader| finalize_response(ctx, protocol, resp);
+        match reply::send(session, &reply, &finalize).await {
+            Ok(code) => FailToProxy {
+                error_code: code,
+                can_reuse_downstream: true,
+            },
+            Err(_) => FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            },
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        // Failures the access log explains (with a response flag) are not errors of the proxy.
+        !ctx.flags.is_empty()
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _error: &Error,
+        _context: pingora_proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // Retries are the route's policy at work, not warnings.
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.flags.is_empty() {
+            if let Some(e) = e {
+                match reply::classify(e) {
+                    Outcome::DownstreamGone => {
+                        ctx.flag(ResponseFlag::DownstreamConnectionTermination)
+                    }
+                    Outcome::Reply(r) => ctx.flag(r.flag()),
+                }
+            }
+        }
+        let req = session.req_header();
+        let mut entry = AccessLogEntry::new(ctx.start_time);
+        entry.method = Some(req.method.as_str().to_string());
+        entry.path = Some(
+            req.uri
+                .path_and_query()
+                .map_or_else(|| req.uri.path().to_string(), |p| p.as_str().to_string()),
+        );
+        entry.protocol = Some(protocol_name(req.version));
+        entry.user_agent = header(req, "user-agent");
+        entry.x_forwarded_for = header(req, "x-forwarded-for");
+        entry.response_code = session.response_written().map_or(0, |r| r.status.as_u16());
+        entry.response_flags = ctx.flags;
+        entry.response_code_details = ctx.details.take().or_else(|| {
+            (entry.response_code != 0 && ctx.upstream_status.is_some())
+                .then_some(Detail::Static("via_upstream"))
+        });
+        if let Some(shadow) = ctx.shadow.take() {
+            entry.shadow_engine_result = Some(if shadow.allowed { "allowed" } else { "denied" });
+            entry.shadow_effective_policy_id = shadow.policy.map(Detail::Shared);
+        }
+        entry.access_log_hint = ctx.audit;
+        entry.authority = ctx.authority.take();
+        entry.request_id = ctx.request_id.take();
+        entry.duration = ctx.started.elapsed().as_millis() as u64;
+        entry.bytes_received = session.body_bytes_read() as u64;
+        entry.bytes_sent = session.body_bytes_sent() as u64;
+        entry.upstream_host = ctx.upstream;
+        if let Some(route) = &ctx.route {
+            entry.upstream_cluster = route.target().cluster.clone();
+            entry.route_name = Some(route.entry.route.name.clone()).filter(|n| !n.is_empty());
+        }
+        if let Some(conn) = &ctx.conn {
+            entry.downstream_remote_address = conn.peer_addr;
+            entry.downstream_local_address = Some(conn.destination.address);
+        }
+        self.shared.access_log.log(entry);
+    }
+}
