@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::authz::PathNormalization;
 use crate::ca::metrics::CaMetrics;
 use crate::ca::service::{CaService, CertPolicy};
 use crate::ca::tls::{TlsError, TlsServing};
@@ -22,7 +23,7 @@ use crate::config::{ConfigSnapshot, ConfigStore};
 use crate::debug::{self, DebugState};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::registry::workloads::{StateError, STATE_FILE};
-use crate::registry::{spawn_registry, RegistryHandle, Workloads};
+use crate::registry::{spawn_registry, MeshSettings, RegistryHandle, Workloads};
 use crate::watch::{watch_config, ConfigWatcher, Debounce, WatchError};
 use crate::xds::hub::{spawn_config_metrics, spawn_coordinator, PushHub};
 use crate::xds::server::AdsService;
@@ -59,6 +60,9 @@ pub struct Options {
     pub ca_dir: Option<PathBuf>,
     /// Lifetimes of workload certificates.
     pub cert_policy: CertPolicy,
+    /// Path normalization of every connection manager (Istio's
+    /// `meshConfig.pathNormalization`).
+    pub path_normalization: PathNormalization,
 }
 
 impl Options {
@@ -79,6 +83,7 @@ impl Options {
             xds_tls_addr: None,
             ca_dir: None,
             cert_policy: CertPolicy::default(),
+            path_normalization: PathNormalization::default(),
         }
     }
 }
@@ -241,7 +246,10 @@ impl ControlPlane {
         };
         let registry = spawn_registry(
             config.clone(),
-            options.cluster_domain,
+            MeshSettings {
+                cluster_domain: options.cluster_domain,
+                path_normalization: options.path_normalization,
+            },
             options.debounce,
             workloads,
         );

@@ -5,7 +5,8 @@
 //!   and time, the last NACK's message and nonce, and counters (see
 //!   [`crate::xds::status::TypeStatus`]);
 //! - `/debug/configz`: JSON of the objects in force (with their file, and whether they are a
-//!   kept last valid version) and of every rejected document with its error;
+//!   kept last valid version), of every rejected document with its error, and the analyzers'
+//!   messages about the objects in force (`analysis`);
 //! - `/debug/registryz`: JSON of the Services, their ports' protocols and endpoints (from
 //!   Endpoints/EndpointSlice objects and from connected proxies);
 //! - `/debug/config_dump?proxyID=ID`: what the control plane currently computes for a
@@ -52,8 +53,10 @@ struct ErrorView {
     message: String,
 }
 
-/// The body of `/debug/configz`.
-pub fn configz(snapshot: &ConfigSnapshot) -> serde_json::Value {
+/// The body of `/debug/configz`; `analysis` holds the analyzers' messages (what Istio writes
+/// into objects' `status`), e.g. an AuthorizationPolicy with action CUSTOM, which this mesh
+/// enforces by denying (MESH0004).
+pub fn configz(snapshot: &ConfigSnapshot, cluster_domain: &str) -> serde_json::Value {
     let objects: Vec<_> = snapshot
         .objects
         .iter()
@@ -76,11 +79,26 @@ pub fn configz(snapshot: &ConfigSnapshot) -> serde_json::Value {
             message: e.to_string(),
         })
         .collect();
+    let analysis: Vec<_> = crate::analyze::analyze(snapshot, cluster_domain)
+        .messages
+        .into_iter()
+        .map(|m| {
+            json!({
+                "level": m.code.level.to_string(),
+                "code": m.code.code,
+                "name": m.code.name,
+                "object": m.object,
+                "file": m.file.display().to_string(),
+                "message": m.text,
+            })
+        })
+        .collect();
     json!({
         "root": snapshot.root.display().to_string(),
         "generation": snapshot.generation,
         "objects": objects,
         "errors": errors,
+        "analysis": analysis,
     })
 }
 
@@ -229,7 +247,11 @@ pub fn handle(state: &DebugState, req: &Request<Incoming>) -> Response<Full<Byte
     }
     match req.uri().path() {
         "/debug/syncz" => json_reply(&state.status.snapshot()),
-        "/debug/configz" => json_reply(&configz(&state.config.borrow())),
+        "/debug/configz" => {
+            let domain = state.registry.current().cluster_domain.clone();
+            let snapshot = state.config.borrow().clone();
+            json_reply(&configz(&snapshot, &domain))
+        }
         "/debug/registryz" => json_reply(&registryz(&state.registry.current())),
         "/debug/config_dump" => config_dump(state, query_param(req.uri().query(), "proxyID")),
         "/ready" => reply(StatusCode::OK, "text/plain", "ready\n"),

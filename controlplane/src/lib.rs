@@ -9,6 +9,7 @@
 
 pub mod analyze;
 pub mod app;
+pub mod authz;
 pub mod ca;
 pub mod config;
 pub mod debug;

@@ -3,11 +3,14 @@
 //! (`IST0101` ReferencedResourceNotFound, `IST0109`, `IST0110`, `IST0111`, `IST0112`,
 //! `IST0127`, `IST0132`, `IST0145`, `IST0107`), and the store's own findings in the same form
 //! (`IST0106` schema errors, `IST0133` schema warnings, `IST0130`/`IST0131` unreachable
-//! routes). Checks Istio has no code for use `MESH` codes.
+//! routes). Checks Istio has no code for use `MESH` codes (MESH0004: an AuthorizationPolicy
+//! with action CUSTOM, which fails closed here; MESH0005: one with a `targetRef`, which no
+//! sidecar takes).
 //!
 //! Only the store is consulted: there are no pods, so workloads are the WorkloadEntries and
 //! what Services' selectors say of their pods.
 
+mod authorization;
 mod hosts;
 mod index;
 mod workloads;
@@ -79,6 +82,8 @@ codes! {
     VS_HOST_WITHOUT_SERVICE = "MESH0001", "VirtualServiceHostWithoutService", Warning;
     CONFLICTING_DESTINATION_RULES = "MESH0002", "ConflictingDestinationRules", Error;
     SHADOWED_DESTINATION_RULE_POLICY = "MESH0003", "ShadowedDestinationRulePolicy", Warning;
+    CUSTOM_ACTION_UNSUPPORTED = "MESH0004", "AuthorizationPolicyCustomActionUnsupported", Error;
+    TARGET_REF_NOT_FOR_SIDECARS = "MESH0005", "AuthorizationPolicyTargetRefNotForSidecars", Warning;
 }
 
 /// One finding.
@@ -187,6 +192,7 @@ pub fn analyze(snapshot: &ConfigSnapshot, cluster_domain: &str) -> Report {
     let mut found = Vec::new();
     hosts::check(&idx, &mut found);
     workloads::check(&idx, &mut found);
+    authorization::check(&idx, &mut found);
     found.sort_by(|a, b| (&a.object, a.code.code).cmp(&(&b.object, b.code.code)));
     // One message per finding, even when a host is referenced by several routes.
     found.dedup_by(|a, b| a.object == b.object && a.code == b.code && a.text == b.text);

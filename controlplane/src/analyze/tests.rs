@@ -390,3 +390,38 @@ spec: {}
         "{line}"
     );
 }
+
+#[test]
+fn authorization_policies_this_mesh_cannot_enforce_as_written() {
+    let extra = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: default}
+spec:
+  action: CUSTOM
+  provider: {name: opa}
+  rules: [{to: [{operation: {paths: ["/x"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: targeted, namespace: default}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  rules: [{}]
+"#;
+    let (m, report) = run(extra);
+    assert!(
+        has(&m, "MESH0004", "AuthorizationPolicy default/ext", "\"opa\""),
+        "{m:#?}"
+    );
+    assert!(has(
+        &m,
+        "MESH0005",
+        "AuthorizationPolicy default/targeted",
+        "not to sidecars"
+    ));
+    assert!(
+        report.has_errors(),
+        "CUSTOM is an error: meshctl analyze exits 1"
+    );
+}

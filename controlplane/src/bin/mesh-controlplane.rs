@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use controlplane::app::{ControlPlane, Options};
+use controlplane::authz::PathNormalization;
 use controlplane::ca::service::CertPolicy;
 use controlplane::ca::MIN_WORKLOAD_TTL;
 use controlplane::watch::Debounce;
@@ -66,6 +67,11 @@ struct Args {
     /// PILOT_WORKLOAD_ENTRY_GRACE_PERIOD), e.g. `10s`.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     workload_grace_period: Duration,
+    /// How request paths are normalized before authorization and routing (Istio's
+    /// `meshConfig.pathNormalization`): NONE, BASE, MERGE_SLASHES or
+    /// DECODE_AND_MERGE_SLASHES. Sent to every sidecar in its connection managers.
+    #[arg(long, env = "MESH_PATH_NORMALIZATION", default_value = "BASE")]
+    path_normalization: PathNormalization,
 }
 
 #[tokio::main]
@@ -109,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             default_ttl: args.workload_cert_ttl,
             max_ttl: args.max_workload_cert_ttl,
         },
+        path_normalization: args.path_normalization,
     })
     .await
     .context("starting the control plane")?;

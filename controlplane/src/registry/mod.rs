@@ -28,6 +28,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::authz::{Authorization, PathNormalization};
 use crate::config::objects::{EndpointPort, TargetPort};
 use crate::config::{ConfigSnapshot, Object};
 use crate::networking::Rules;
@@ -54,6 +55,8 @@ pub struct MeshSnapshot {
     pub endpoints: BTreeMap<(ServiceKey, u16), Vec<Endpoint>>,
     /// Istio's traffic rules (VirtualServices, DestinationRules), resolved.
     pub networking: Arc<Rules>,
+    /// AuthorizationPolicies and the path normalization of connection managers.
+    pub authorization: Arc<Authorization>,
     /// Publication counter (0 for the first snapshot).
     pub version: u64,
     /// The changes this snapshot answers: config file changes and proxy (dis)connections,
@@ -61,13 +64,46 @@ pub struct MeshSnapshot {
     pub trigger: Option<Trigger>,
 }
 
+/// Mesh-wide settings a snapshot is built with (Istio's mesh config, the parts this control
+/// plane has).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshSettings {
+    /// Cluster DNS domain (and trust domain), `cluster.local`.
+    pub cluster_domain: String,
+    /// `meshConfig.pathNormalization`.
+    pub path_normalization: PathNormalization,
+}
+
+impl From<String> for MeshSettings {
+    fn from(cluster_domain: String) -> MeshSettings {
+        MeshSettings {
+            cluster_domain,
+            ..MeshSettings::default()
+        }
+    }
+}
+
 impl MeshSnapshot {
-    /// Builds the snapshot of `config` with the connected `proxies`.
+    /// Builds the snapshot of `config` with the connected `proxies`, default settings.
     pub fn build<'a>(
         config: &Arc<ConfigSnapshot>,
         proxies: impl IntoIterator<Item = &'a ProxyInfo>,
         cluster_domain: &str,
     ) -> MeshSnapshot {
+        MeshSnapshot::build_with(
+            config,
+            proxies,
+            &MeshSettings::from(cluster_domain.to_string()),
+        )
+    }
+
+    /// Builds the snapshot of `config` with the connected `proxies` and `settings`.
+    pub fn build_with<'a>(
+        config: &Arc<ConfigSnapshot>,
+        proxies: impl IntoIterator<Item = &'a ProxyInfo>,
+        settings: &MeshSettings,
+    ) -> MeshSnapshot {
+        let cluster_domain = settings.cluster_domain.as_str();
         let mut services = BTreeMap::new();
         for object in config.iter() {
             if let Object::Service(svc) = object {
@@ -220,6 +256,7 @@ impl MeshSnapshot {
             services,
             endpoints,
             networking: Arc::new(Rules::build(config, cluster_domain)),
+            authorization: Arc::new(Authorization::build(config, settings.path_normalization)),
             version: 0,
             trigger: None,
         }
@@ -237,6 +274,7 @@ impl MeshSnapshot {
             && self.endpoints == other.endpoints
             && self.networking == other.networking
             && same_objects(&self.config, &other.config)
+            && self.authorization == other.authorization
     }
 }
 
@@ -297,13 +335,14 @@ impl RegistryHandle {
 /// registered so far (see [`Workloads`]). It ends when every [`RegistryHandle`] is dropped.
 pub fn spawn_registry(
     mut config: watch::Receiver<Arc<ConfigSnapshot>>,
-    cluster_domain: String,
+    settings: impl Into<MeshSettings>,
     timing: Debounce,
     mut workloads: Workloads,
 ) -> RegistryHandle {
     let first_config = config.borrow_and_update().clone();
     let first_generation = first_config.generation;
-    let first = MeshSnapshot::build(&first_config, workloads.all(), &cluster_domain);
+    let settings = settings.into();
+    let first = MeshSnapshot::build_with(&first_config, workloads.all(), &settings);
     let (tx, rx) = watch::channel(Arc::new(first));
     let (events_tx, mut events) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -347,7 +386,7 @@ pub fn spawn_registry(
                 .flatten()
                 .reduce(Trigger::merge)
                 .unwrap_or_else(|| Trigger::immediate(now));
-            let mut next = MeshSnapshot::build(&cfg, workloads.all(), &cluster_domain);
+            let mut next = MeshSnapshot::build_with(&cfg, workloads.all(), &settings);
             let current = tx.borrow().clone();
             if next.same_content(&current) {
                 continue;

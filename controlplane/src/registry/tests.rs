@@ -220,7 +220,7 @@ async fn registry_publishes_proxy_changes_after_debounce() {
     };
     let handle = spawn_registry(
         rx,
-        "cluster.local".into(),
+        "cluster.local".to_string(),
         timing,
         Workloads::in_memory(Duration::ZERO),
     );
@@ -338,7 +338,7 @@ async fn a_disconnected_proxy_stays_an_endpoint_for_the_grace_period() {
     let grace = Duration::from_millis(300);
     let handle = spawn_registry(
         rx,
-        "cluster.local".into(),
+        "cluster.local".to_string(),
         timing,
         Workloads::in_memory(grace),
     );

@@ -18,6 +18,7 @@ use super::tcp_routes;
 use super::{
     inbound_cluster_name, inbound_ports, outbound_cluster_name, outbound_ports, PROXY_PORTS,
 };
+use crate::authz;
 use crate::registry::{MeshSnapshot, Protocol, ProxyInfo};
 
 /// Outbound capture port.
@@ -239,6 +240,13 @@ pub fn virtual_inbound(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Listener {
     });
     listener.listener_filters.insert(0, build::original_dst());
     inspect_only_where_needed(&mut listener);
+    let selected = mesh
+        .authorization
+        .select(proxy.namespace.as_deref(), &proxy.labels);
+    if !selected.is_empty() {
+        let filters = authz::InboundFilters::new(&selected, &mesh.cluster_domain);
+        authz::apply_inbound(&mut listener, &filters, "virtualInbound-blackhole");
+    }
     listener
 }
 
@@ -326,5 +334,8 @@ pub fn listeners(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Listener> {
     }
     let mut all = vec![virtual_outbound(), virtual_inbound(mesh, proxy)];
     all.extend(out.into_values());
+    for l in &mut all {
+        authz::normalize_paths(l, mesh.authorization.path_normalization);
+    }
     all
 }

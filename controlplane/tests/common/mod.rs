@@ -82,6 +82,7 @@ pub fn options(dir: &Path) -> Options {
         xds_tls_addr: None,
         ca_dir: Some(ca_dir),
         cert_policy: Default::default(),
+        path_normalization: Default::default(),
     }
 }
 

@@ -27,14 +27,18 @@ use envoy_types::pb::envoy::config::listener::v3::{
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::{Cors, CorsPolicy};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
+    http_connection_manager::{PathWithEscapedSlashesAction, RouteSpecifier},
+    http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::extensions::path::r#match::uri_template::v3::UriTemplateMatchConfig;
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
@@ -50,6 +54,7 @@ use serde_json::{Map, Value};
 
 mod cluster;
 mod endpoint;
+mod rbac;
 mod route;
 
 pub use endpoint::load_assignment;
@@ -231,6 +236,12 @@ pub fn any(any: Any) -> R {
         route::http_fault(decode(&any)?)?
     } else if url == CorsPolicy::type_url() {
         route::cors_policy(decode(&any)?)?
+    } else if url == HttpRbac::type_url() {
+        rbac::http_rbac(decode(&any)?)?
+    } else if url == NetworkRbac::type_url() {
+        rbac::network_rbac(decode(&any)?)?
+    } else if url == UriTemplateMatchConfig::type_url() {
+        rbac::uri_template(decode(&any)?)?
     } else if url == Cors::type_url() {
         Obj::default().done(decode::<Cors>(&any)?, "Cors")?
     } else if url == PreviousHostsPredicate::type_url() {
@@ -592,5 +603,15 @@ fn hcm(mut m: HttpConnectionManager) -> R {
         other => m.route_specifier = other,
     }
     o.list("http_filters", take(&mut m.http_filters), http_filter_json)?;
+    o.msg("normalize_path", m.normalize_path.take(), wrapped_bool)?;
+    o.bool("merge_slashes", take(&mut m.merge_slashes));
+    o.val(
+        "path_with_escaped_slashes_action",
+        enum_name::<PathWithEscapedSlashesAction>(
+            "PathWithEscapedSlashesAction",
+            take(&mut m.path_with_escaped_slashes_action),
+            PathWithEscapedSlashesAction::as_str_name,
+        )?,
+    );
     o.done(m, "HttpConnectionManager")
 }

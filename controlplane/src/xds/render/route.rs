@@ -69,7 +69,8 @@ pub(super) fn string_matcher(mut m: StringMatcher) -> R {
     o.done(m, "StringMatcher")
 }
 
-fn header_matcher(mut m: HeaderMatcher) -> R {
+/// Renders a header matcher.
+pub(super) fn header_matcher(mut m: HeaderMatcher) -> R {
     let mut o = Obj::default();
     o.str("name", take(&mut m.name));
     match m.header_match_specifier.take() {
