@@ -1,7 +1,8 @@
 //! Pushes over real sockets: endpoint-only changes reach only the proxies that subscribe to
 //! them, as EDS alone; a proxy joining pushes EDS alone to the others; a NACK shows in syncz,
 //! in `meshctl proxy-status` and in the metrics; a flood of file writes coalesces into a few
-//! pushes (read from `/metrics`).
+//! pushes (read from `/metrics`); an AuthorizationPolicy added, changed, put in dry-run or
+//! removed pushes LDS alone, to the proxies whose RBAC filters it changes.
 
 mod common;
 
@@ -12,6 +13,13 @@ use common::*;
 use controlplane::app::{ControlPlane, Options};
 use controlplane::watch::Debounce;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_filter, HttpConnectionManager,
+};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use prost::Message;
 
 const CLIENT: &[(&str, &str)] = &[("app", "client")];
 
@@ -332,6 +340,181 @@ async fn a_flood_of_file_writes_coalesces_into_a_few_pushes() {
             &[("type", "Service"), ("event", "add")]
         ),
         200.0
+    );
+    cp.shutdown().await;
+}
+
+/// The HTTP RBAC policies of the proxy's `virtualInbound` listener, over all its chains:
+/// name (`shadow:` first for dry-run rules) to the policy's debug form.
+fn inbound_rbac(lds: &DiscoveryResponse) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let inbound = lds
+        .resources
+        .iter()
+        .map(|a| Listener::decode(a.value.as_slice()).unwrap())
+        .find(|l| l.name == "virtualInbound")
+        .expect("virtualInbound");
+    for chain in &inbound.filter_chains {
+        for f in &chain.filters {
+            let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                continue;
+            };
+            let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
+                continue;
+            };
+            for hf in hcm
+                .http_filters
+                .iter()
+                .filter(|h| h.name == "envoy.filters.http.rbac")
+            {
+                let Some(http_filter::ConfigType::TypedConfig(any)) = &hf.config_type else {
+                    continue;
+                };
+                let rbac = HttpRbac::decode(any.value.as_slice()).unwrap();
+                for (prefix, rules) in [("", &rbac.rules), ("shadow:", &rbac.shadow_rules)] {
+                    for (name, policy) in rules.iter().flat_map(|r| &r.policies) {
+                        out.insert(format!("{prefix}{name}"), format!("{policy:?}"));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The next response, which must be LDS; ACKed.
+async fn lds_push(p: &mut Proxy) -> BTreeMap<String, String> {
+    let r = p.recv().await;
+    assert_eq!(
+        r.type_url, LDS,
+        "an AuthorizationPolicy change pushes LDS alone"
+    );
+    p.ack(&r, &[]).await;
+    inbound_rbac(&r)
+}
+
+fn policy(ns: &str, name: &str, annotations: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+         metadata: {{name: {name}, namespace: {ns}{annotations}}}\nspec: {spec}\n"
+    )
+}
+
+#[tokio::test]
+async fn authorization_policy_changes_push_lds_to_the_affected_proxies() {
+    let dir = config_dir();
+    let cp = start(dir.path()).await;
+    // ratings-1 is selected by the namespace's policy; client-1 is in the same namespace but
+    // not selected; other-1 is in another namespace.
+    let mut ratings = Proxy::connect(
+        cp.xds_addr,
+        node("ratings-1", "10.1.0.30", &[("app", "ratings")]),
+    )
+    .await;
+    let [_, _, lds, _] = ratings.sync(&[REVIEWS], &["9080"]).await;
+    assert!(inbound_rbac(&lds).is_empty());
+    let mut client = Proxy::connect(cp.xds_addr, node("client-1", "10.1.0.50", CLIENT)).await;
+    client.sync(&[REVIEWS], &["9080"]).await;
+    let mut other = Proxy::connect(
+        cp.xds_addr,
+        node_in("other", "other-1", "10.1.0.60", CLIENT),
+    )
+    .await;
+    other.sync(&[REVIEWS], &["9080"]).await;
+    ratings.expect_silence(Duration::from_millis(200)).await;
+    let before = metrics(&cp).await;
+
+    const ALLOW_GET: &str =
+        "{selector: {matchLabels: {app: ratings}}, rules: [{to: [{operation: {methods: [GET]}}]}]}";
+    const RULE: &str = "ns[default]-policy[allow-get]-rule[0]";
+    let file = dir.path().join("allow-get.yaml");
+
+    // Added: the selected proxy gets it, alone.
+    std::fs::write(&file, policy("default", "allow-get", "", ALLOW_GET)).unwrap();
+    let added = lds_push(&mut ratings).await;
+    assert_eq!(added.keys().collect::<Vec<_>>(), [RULE]);
+    assert!(added[RULE].contains("GET") && !added[RULE].contains("HEAD"));
+    client.expect_silence(Duration::from_millis(300)).await;
+    other.expect_silence(Duration::from_millis(10)).await;
+
+    // Changed.
+    std::fs::write(
+        &file,
+        policy(
+            "default",
+            "allow-get",
+            "",
+            &ALLOW_GET.replace("[GET]", "[GET, HEAD]"),
+        ),
+    )
+    .unwrap();
+    let changed = lds_push(&mut ratings).await;
+    assert_eq!(changed.keys().collect::<Vec<_>>(), [RULE]);
+    assert!(changed[RULE].contains("HEAD"), "{changed:?}");
+
+    // Put in dry-run: the same rule, as a shadow rule.
+    std::fs::write(
+        &file,
+        policy(
+            "default",
+            "allow-get",
+            ", annotations: {istio.io/dry-run: \"true\"}",
+            ALLOW_GET,
+        ),
+    )
+    .unwrap();
+    let dry = lds_push(&mut ratings).await;
+    assert_eq!(
+        dry.keys().cloned().collect::<Vec<_>>(),
+        [format!("shadow:{RULE}")]
+    );
+
+    // Mesh-wide from the root namespace: every proxy.
+    let root = dir.path().join("root.yaml");
+    std::fs::write(
+        &root,
+        policy(
+            "istio-system",
+            "deny-debug",
+            "",
+            "{action: DENY, rules: [{to: [{operation: {paths: [\"/debug/*\"]}}]}]}",
+        ),
+    )
+    .unwrap();
+    const ROOT_RULE: &str = "ns[istio-system]-policy[deny-debug]-rule[0]";
+    for p in [&mut ratings, &mut client, &mut other] {
+        assert!(lds_push(p).await.contains_key(ROOT_RULE));
+    }
+
+    // Removed: the namespace's policy leaves the selected proxy only; then the root one
+    // leaves everybody.
+    std::fs::remove_file(&file).unwrap();
+    let removed = lds_push(&mut ratings).await;
+    assert_eq!(removed.keys().collect::<Vec<_>>(), [ROOT_RULE]);
+    client.expect_silence(Duration::from_millis(300)).await;
+    other.expect_silence(Duration::from_millis(10)).await;
+    std::fs::remove_file(&root).unwrap();
+    for p in [&mut ratings, &mut client, &mut other] {
+        assert!(lds_push(p).await.is_empty());
+    }
+    for p in [&mut ratings, &mut client, &mut other] {
+        p.expect_silence(Duration::from_millis(100)).await;
+    }
+
+    let after = metrics(&cp).await;
+    for t in ["cds", "eds", "rds"] {
+        assert_eq!(
+            metric(&after, "pilot_xds_pushes", &[("type", t)]),
+            metric(&before, "pilot_xds_pushes", &[("type", t)]),
+            "{t}: AuthorizationPolicy changes touch listeners only"
+        );
+    }
+    assert_eq!(
+        metric(&after, "pilot_xds_pushes", &[("type", "lds")])
+            - metric(&before, "pilot_xds_pushes", &[("type", "lds")]),
+        // ratings: add, change, dry-run, root, remove, remove root; client and other: root
+        // added and removed.
+        10.0
     );
     cp.shutdown().await;
 }

@@ -104,13 +104,18 @@ pub fn string(s: &str) -> PbValue {
 }
 
 pub fn node(pod: &str, ip: &str, labels: &[(&str, &str)]) -> Node {
+    node_in("default", pod, ip, labels)
+}
+
+/// The node of a sidecar in namespace `ns`.
+pub fn node_in(ns: &str, pod: &str, ip: &str, labels: &[(&str, &str)]) -> Node {
     let labels: HashMap<String, PbValue> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), string(v)))
         .collect();
     let fields = HashMap::from([
         ("NAME".to_string(), string(pod)),
-        ("NAMESPACE".to_string(), string("default")),
+        ("NAMESPACE".to_string(), string(ns)),
         ("INSTANCE_IPS".to_string(), string(ip)),
         (
             "LABELS".to_string(),
@@ -120,7 +125,7 @@ pub fn node(pod: &str, ip: &str, labels: &[(&str, &str)]) -> Node {
         ),
     ]);
     Node {
-        id: format!("sidecar~{ip}~{pod}.default~default.svc.cluster.local"),
+        id: format!("sidecar~{ip}~{pod}.{ns}~{ns}.svc.cluster.local"),
         metadata: Some(Struct { fields }),
         ..Default::default()
     }
