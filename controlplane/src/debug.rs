@@ -8,7 +8,8 @@
 //!   kept last valid version), of every rejected document with its error, and the analyzers'
 //!   messages about the objects in force (`analysis`);
 //! - `/debug/registryz`: JSON of the Services, their ports' protocols and endpoints (from
-//!   Endpoints/EndpointSlice objects and from connected proxies);
+//!   Endpoints/EndpointSlice objects and from connected proxies, with the labels subsets
+//!   select on);
 //! - `/debug/config_dump?proxyID=ID`: what the control plane currently computes for a
 //!   connected proxy (ID: node id, `POD.NAMESPACE` or pod name), in Envoy's JSON form, with
 //!   EDS and RDS for the names that proxy subscribed to;
@@ -121,6 +122,7 @@ pub fn registryz(mesh: &MeshSnapshot) -> serde_json::Value {
                                 "healthy": e.healthy,
                                 "locality": e.locality,
                                 "source": e.source,
+                                "labels": e.labels,
                             })
                         })
                         .collect();
