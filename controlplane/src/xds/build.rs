@@ -11,6 +11,8 @@ use envoy_types::pb::envoy::config::listener::v3::{
     filter, listener_filter, Filter, ListenerFilter,
 };
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
@@ -117,7 +119,17 @@ pub enum Routes {
     Inline(Box<RouteConfiguration>),
 }
 
-/// `envoy.filters.network.http_connection_manager` with the router as its only HTTP filter.
+/// An HTTP filter with an empty typed config.
+fn http_filter(name: &str, config: Any) -> HttpFilter {
+    HttpFilter {
+        name: name.to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    }
+}
+
+/// `envoy.filters.network.http_connection_manager` with Istio's HTTP filters: fault and CORS
+/// (configured per route, `typed_per_filter_config`), then the router.
 pub fn http_connection_manager(stat_prefix: &str, routes: Routes) -> Filter {
     let route_specifier = match routes {
         Routes::Rds(name) => RouteSpecifier::Rds(Rds {
@@ -126,19 +138,16 @@ pub fn http_connection_manager(stat_prefix: &str, routes: Routes) -> Filter {
         }),
         Routes::Inline(config) => RouteSpecifier::RouteConfig(*config),
     };
-    let router = HttpFilter {
-        name: "envoy.filters.http.router".to_string(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-            Router::default(),
-        ))),
-        ..Default::default()
-    };
     network_filter(
         "envoy.filters.network.http_connection_manager",
         pack_any(HttpConnectionManager {
             stat_prefix: stat_prefix.to_string(),
             route_specifier: Some(route_specifier),
-            http_filters: vec![router],
+            http_filters: vec![
+                http_filter("envoy.filters.http.fault", pack_any(HttpFault::default())),
+                http_filter("envoy.filters.http.cors", pack_any(Cors::default())),
+                http_filter("envoy.filters.http.router", pack_any(Router::default())),
+            ],
             ..Default::default()
         }),
     )

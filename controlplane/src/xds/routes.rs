@@ -6,12 +6,12 @@ use envoy_types::pb::envoy::config::route::v3::{
     route::Action,
     route_action::{ClusterSpecifier, HashPolicy},
     route_match::PathSpecifier,
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    Decorator, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 
 use super::build;
 use super::clusters::PASSTHROUGH;
-use super::http_routes::{action, virtual_service_routes, RouteCtx};
+use super::http_routes::{action, policy, virtual_service_routes, RouteCtx};
 use super::outbound_cluster_name;
 use crate::config::istio::names::hosts_match;
 use crate::networking::VirtualServiceRule;
@@ -36,6 +36,32 @@ pub fn route_to(name: &str, cluster: &str) -> Route {
         })),
         ..Default::default()
     }
+}
+
+/// Istio's `BuildDefaultHTTPOutboundRoute`: everything to `cluster`, no timeout (nor gRPC
+/// timeout cap), Istio's default retry policy, the trace operation `HOST:PORT/*`.
+#[allow(deprecated)]
+pub fn default_outbound_route(cluster: &str, host: &str, port: u16) -> Route {
+    let mut route = route_to("default", cluster);
+    if let Some(Action::Route(a)) = &mut route.action {
+        a.retry_policy = Some(policy::default_retry(false));
+        a.max_grpc_timeout = Some(build::seconds(0));
+    }
+    route.decorator = Some(Decorator {
+        operation: format!("{host}:{port}/*"),
+        ..Default::default()
+    });
+    route
+}
+
+/// The route of `allow_any`: everything to the passthrough cluster, no timeout.
+#[allow(deprecated)]
+fn allow_any_route() -> Route {
+    let mut route = route_to("allow_any", PASSTHROUGH);
+    if let Some(Action::Route(a)) = &mut route.action {
+        a.max_grpc_timeout = Some(build::seconds(0));
+    }
+    route
 }
 
 /// The domains of a Service's virtual host on `port`, as seen from `proxy_ns`: `HOST`,
@@ -180,7 +206,8 @@ pub fn outbound_route(mesh: &MeshSnapshot, proxy: &ProxyInfo, port: u16) -> Rout
         if claimed.contains(svc.hostname.as_str()) {
             continue;
         }
-        let mut route = route_to("default", &outbound_cluster_name(port, &svc.hostname));
+        let cluster = outbound_cluster_name(port, &svc.hostname);
+        let mut route = default_outbound_route(&cluster, &svc.hostname, port);
         if let Some(Action::Route(a)) = &mut route.action {
             a.hash_policy.extend(service_hash(&ctx, svc, sp.port));
         }
@@ -209,6 +236,7 @@ pub fn outbound_route(mesh: &MeshSnapshot, proxy: &ProxyInfo, port: u16) -> Rout
             name: p.name,
             domains,
             routes: p.routes,
+            include_request_attempt_count: true,
             ..Default::default()
         });
     }
@@ -216,7 +244,8 @@ pub fn outbound_route(mesh: &MeshSnapshot, proxy: &ProxyInfo, port: u16) -> Rout
     virtual_hosts.push(VirtualHost {
         name: "allow_any".to_string(),
         domains: vec!["*".to_string()],
-        routes: vec![route_to("allow_any", PASSTHROUGH)],
+        routes: vec![allow_any_route()],
+        include_request_attempt_count: true,
         ..Default::default()
     });
     RouteConfiguration {
