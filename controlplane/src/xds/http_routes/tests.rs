@@ -113,7 +113,7 @@ mod vhosts {
                 .collect(),
             ..Default::default()
         };
-        let mesh = MeshSnapshot::build(&snap, [&proxy], "cluster.local");
+        let mesh = MeshSnapshot::build(&std::sync::Arc::new(snap), [&proxy], "cluster.local");
         let rc = outbound_route(&mesh, &proxy, 9080);
         let vh = rc
             .virtual_hosts
