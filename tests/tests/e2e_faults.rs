@@ -1,14 +1,15 @@
 //! The mesh around its control plane: proxies started before it, a control plane killed and
-//! restarted under traffic, config changes pushed while everything runs, and a proxy whose
-//! control plane is unreachable for a while.
+//! restarted under traffic, config changes pushed while everything runs, a config the proxies
+//! reject (NACKed, reported, the previous config kept), and a proxy whose control plane is
+//! unreachable for a while.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use common::{config_dump, curl, readiness, s, wait_for, Mesh, Traffic, HTTP_PORT};
-use mesh_tests::harness::{Pod, ServiceSpec};
+use common::{config_dump, curl, readiness, s, wait_for, Mesh, Traffic, HTTP_PORT, REVIEWS_HOST};
+use mesh_tests::harness::{bin, Pod, ServiceSpec};
 use serde_json::Value;
 
 /// The proxies `/debug/syncz` lists with every type acked at the version last sent, each
@@ -123,6 +124,12 @@ fn control_plane_killed_and_restarted_under_traffic() -> Result<()> {
         // A graceful restart too.
         mesh.cp.restart()?;
         reconnected("both proxies to reconnect after a graceful restart")?;
+        // The new control plane counts them.
+        wait_for(
+            "pilot_xds to count both proxies",
+            Duration::from_secs(5),
+            || Ok(metric(&mesh.cp.metrics()?, "pilot_xds", &[]) == 2.0),
+        )?;
         std::thread::sleep(Duration::from_millis(500));
         let report = traffic.stop()?;
 
@@ -271,6 +278,155 @@ fn a_proxy_retries_an_unreachable_control_plane_until_one_appears() -> Result<()
         ensure!(
             status["connected"] == true && status["connects"] == 1,
             "{status}"
+        );
+        Ok(())
+    })
+}
+
+/// The sum of the series `name` whose labels include `labels`, in Prometheus text.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
+}
+
+/// A DestinationRule Istio accepts whose translation `mesh-proxy` (like Envoy) cannot apply: a
+/// ring-hash load balancer whose minimum ring size is above the 8M entries a proxy allows
+/// (Istio's validation sets no upper bound). The control plane puts it on the cluster
+/// `outbound|9080||reviews...`; the proxy NACKs the whole CDS response with a message naming
+/// that cluster and field. (If the proxy learns to apply this, the test fails on the missing
+/// NACK: pick another field it still rejects.)
+const UNAPPLICABLE_RULE: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy:
+    loadBalancer:
+      consistentHash:
+        httpHeaderName: x-user
+        ringHash: {minimumRingSize: 10000000}
+";
+
+#[test]
+fn a_config_the_proxies_cannot_apply_is_nacked_reported_and_the_old_one_kept() -> Result<()> {
+    mesh_tests::skip_unless_netns!();
+    let test = "a_config_the_proxies_cannot_apply_is_nacked_reported_and_the_old_one_kept";
+    let (mesh, client, servers) = Mesh::standard(test, &["v1"])?;
+    mesh.check(|| {
+        let cluster = format!("outbound|{HTTP_PORT}||{REVIEWS_HOST}");
+        let before = mesh.cp.metrics()?;
+        let versions_before = config_dump(&client)?["config"]["versions"].clone();
+        let traffic = Traffic::start(&client, &format!("http://reviews:{HTTP_PORT}/nack"), 5);
+        std::thread::sleep(Duration::from_millis(300));
+
+        mesh.topo
+            .write_config("dr-reviews.yaml", UNAPPLICABLE_RULE)?;
+        // Both sidecars reject the new CDS: syncz shows the NACK with the proxy's message.
+        let nacked = |pod: &Pod| -> Result<Option<String>> {
+            let all: Vec<Value> = serde_json::from_str(&mesh.cp.syncz()?)?;
+            Ok(all
+                .iter()
+                .find(|p| p["pod"] == pod.name())
+                .and_then(|p| p["types"]["cds"]["last_nack"].as_str())
+                .map(str::to_owned))
+        };
+        for pod in [&client, &servers[0]] {
+            wait_for("the CDS NACK in syncz", Duration::from_secs(10), || {
+                Ok(nacked(pod)?.is_some())
+            })?;
+            let message = nacked(pod)?.unwrap_or_default();
+            ensure!(
+                message.contains(&format!("cluster \"{cluster}\""))
+                    && message.contains("ring_hash_lb_config"),
+                "{}: {message}",
+                pod.name()
+            );
+        }
+        // The metrics count it, per type and per proxy.
+        let after = mesh.cp.metrics()?;
+        let rejects = metric(&after, "pilot_total_xds_rejects", &[("type", "cds")])
+            - metric(&before, "pilot_total_xds_rejects", &[("type", "cds")]);
+        ensure!(
+            rejects >= 2.0,
+            "pilot_total_xds_rejects{{type=cds}} grew by {rejects}"
+        );
+        let all: Vec<Value> = serde_json::from_str(&mesh.cp.syncz()?)?;
+        let node = all
+            .iter()
+            .find(|p| p["pod"] == client.name())
+            .map(|p| s(p, "node_id").to_owned())
+            .context("the client in syncz")?;
+        ensure!(
+            metric(&after, "pilot_xds_cds_reject", &[("node", &node)]) >= 1.0,
+            "no pilot_xds_cds_reject for {node}"
+        );
+        // meshctl proxy-status, as an operator runs it, names it.
+        let out = std::process::Command::new(bin("meshctl"))
+            .args([
+                "proxy-status",
+                "--cp-addr",
+                &mesh.cp.debug_address().to_string(),
+            ])
+            .output()?;
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{}.default ", client.name())))
+            .with_context(|| format!("no row for the client:\n{table}"))?;
+        ensure!(
+            out.status.success() && row.contains("STALE (NACK: cluster"),
+            "{table}"
+        );
+        ensure!(
+            table.contains(&format!("{}.default CDS: ", client.name())),
+            "{table}"
+        );
+
+        // The proxy keeps its previous clusters and serves with them.
+        let status = xds_status(&client)?;
+        ensure!(status["nacks"].as_u64() >= Some(1), "{status}");
+        let dump = config_dump(&client)?;
+        ensure!(
+            dump["config"]["versions"]["Cluster"] == versions_before["Cluster"],
+            "{} -> {}",
+            versions_before,
+            dump["config"]["versions"]
+        );
+        ensure!(
+            dump["config"]["clusters"].get(&cluster).is_some(),
+            "cluster gone"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let report = traffic.stop()?;
+        ensure!(
+            report.failures.is_empty(),
+            "failed requests: {:#?}",
+            report.failures
+        );
+        ensure!(report.ok >= 5, "only {} requests", report.ok);
+
+        // Removing the rule: the proxies ACK again and syncz clears the NACK.
+        mesh.topo.remove_config("dr-reviews.yaml")?;
+        for pod in [&client, &servers[0]] {
+            wait_for("the NACK to clear", Duration::from_secs(10), || {
+                Ok(nacked(pod)?.is_none())
+            })?;
+        }
+        let reply = curl(&client, &[&format!("http://reviews:{HTTP_PORT}/after")])?;
+        ensure!(reply.status == 200, "{reply:?}");
+        eprintln!(
+            "e2e: {} requests while the rule was rejected, none failed",
+            report.ok
         );
         Ok(())
     })

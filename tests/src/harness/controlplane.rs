@@ -179,6 +179,21 @@ impl ControlPlane {
         self.topo.write_tokens()
     }
 
+    /// `10.211.N.1:15014`.
+    pub fn monitoring_address(&self) -> SocketAddr {
+        self.topo.host_addr(MONITORING_PORT)
+    }
+
+    /// The body of `/metrics` on the monitoring address (Prometheus text).
+    pub fn metrics(&self) -> Result<String> {
+        Ok(http_get(
+            self.monitoring_address(),
+            "/metrics",
+            Duration::from_secs(5),
+        )?
+        .body)
+    }
+
     /// `GET PATH` on the debug address.
     pub fn debug_get(&self, path: &str) -> Result<HttpResponse> {
         http_get(self.debug_address(), path, Duration::from_secs(5))

@@ -195,7 +195,10 @@ impl StreamState {
     ) -> Option<DiscoveryResponse> {
         let (resources, took) = cds?;
         let names: BTreeSet<&String> = resources.iter().map(|(n, _, _)| n).collect();
-        let changed = !self.changed(Cluster, &resources).is_empty();
+        // After a NACK the proxy is told again, even of what it holds, so that it ends on an
+        // ACKed response.
+        let changed = !self.changed(Cluster, &resources).is_empty()
+            || self.types.get(&Cluster).is_some_and(|t| t.nacked);
         let pending = self.removal.take().unwrap_or_default();
         let waiting = !pending.wait.is_empty();
         let previous_wait = pending.wait;

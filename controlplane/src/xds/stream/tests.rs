@@ -453,3 +453,26 @@ fn a_cluster_nothing_references_leaves_at_once() {
     assert_eq!(kinds(&out), [C]);
     assert!(!clusters(&out[0]).contains("outbound|5000||cache.default.svc.cluster.local"));
 }
+
+#[test]
+fn a_nacked_full_state_type_is_sent_again_by_the_next_push_that_concerns_it() {
+    let m = mesh(&two_services(), 0);
+    let mut f = Fixture::new(&m);
+    let (_, out) = f.req(&m, C, &[], None);
+    f.nack(
+        &m,
+        &out[0].clone(),
+        &[],
+        "cluster \"x\": outlier_detection: not supported",
+    );
+    // Nothing changed, but the proxy's last CDS is a rejected one: it is told again.
+    let again = f.s.on_push(&PushRequest::everything(Instant::now()), &m);
+    assert_eq!(kinds(&again), [C]);
+    assert_eq!(again[0].version_info, out[0].version_info);
+    assert!(f.ack(&m, &again[0].clone(), &[]).is_empty());
+    assert_eq!(f.type_status("cds").last_nack, None);
+    assert!(f
+        .s
+        .on_push(&PushRequest::everything(Instant::now()), &m)
+        .is_empty());
+}
