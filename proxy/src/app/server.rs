@@ -33,7 +33,9 @@ pub fn server_conf(settings: &Settings) -> ServerConf {
         upstream_keepalive_pool_size: UPSTREAM_KEEPALIVE_POOL,
         grace_period_seconds: Some(settings.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(settings.shutdown_timeout_secs),
-        max_retries: 3,
+        // Pingora's bound on attempts per request; the route's retry policy (and the
+        // stale-connection allowance) decide the real number, so this must never cut in.
+        max_retries: usize::MAX,
         ..ServerConf::default()
     }
 }

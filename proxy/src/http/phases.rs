@@ -18,7 +18,7 @@ use super::ctx::{MatchedRoute, RequestCtx};
 use super::filters::Verdict;
 use super::headers::{apply_request, apply_response, ValueContext};
 use super::reply::{self, LocalReply, Outcome};
-use super::retry::Failure;
+use super::retry::{Failure, RetryState};
 use super::route::RequestInfo;
 use super::{authority, cors, header, new_request_id, normalize_request, protocol_name, MeshHttp};
 use crate::accesslog::{AccessLogEntry, Detail, ResponseFlag};
@@ -61,6 +61,13 @@ pub(super) fn finalize_response(ctx: &RequestCtx, protocol: &str, resp: &mut Res
 
 fn replayable(session: &Session) -> bool {
     session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated()
+}
+
+/// Whether a request whose bytes reached the upstream may be sent again after `resp`: an
+/// idempotent one, or a gRPC call the upstream answered with a status the route retries.
+fn replayable_after(session: &Session, retry: &RetryState, resp: &ResponseHeader) -> bool {
+    replayable(session)
+        || (!session.as_ref().retry_buffer_truncated() && retry.retriable_grpc_status(resp))
 }
 
 fn uses_h2(session: &Session, protocol: UpstreamProtocol) -> bool {
@@ -520,7 +527,8 @@ impl ProxyHttp for MeshHttp {
             if ctx.retry.retriable_response(upstream_response) {
                 let max = fwd.cluster.cluster().circuit_breakers.max_retries;
                 let limits = fwd.cluster.limits().clone();
-                if ctx.retry.take_retry(replayable(session), &limits, max) {
+                let replayable = replayable_after(session, &ctx.retry, upstream_response);
+                if ctx.retry.take_retry(replayable, &limits, max) {
                     let mut e = Error::new_up(ErrorType::HTTPStatus(status));
                     e.set_retry(true);
                     return Err(e);
@@ -603,7 +611,7 @@ impl ProxyHttp for MeshHttp {
                 if ctx.deadline.is_some_and(|d| now >= d) {
                     (None, LocalReply::Timeout)
                 } else if ctx.attempt_deadline.is_some_and(|d| now >= d) {
-                    (Some(Failure::PerTryTimeout), LocalReply::Timeout)
+                    (Some(Failure::PerTryTimeout), LocalReply::PerTryTimeout)
                 } else {
                     (None, LocalReply::StreamIdleTimeout)
                 }

@@ -35,8 +35,10 @@ pub enum LocalReply {
     NoHealthyUpstream,
     /// Connecting to the upstream failed: 503 `UF`.
     ConnectFailure,
-    /// The route's (or the attempt's) timeout elapsed: 504 `UT`.
+    /// The route's timeout elapsed: 504 `UT`.
     Timeout,
+    /// The last attempt's own timeout (`per_try_timeout`) elapsed: 504 `UT`.
+    PerTryTimeout,
     /// The route's idle timeout elapsed: 408 `SI`.
     StreamIdleTimeout,
     /// The upstream closed or reset before answering: 503 `UC`.
@@ -83,7 +85,7 @@ impl LocalReply {
             | LocalReply::ConnectFailure
             | LocalReply::UpstreamReset
             | LocalReply::Overflow => 503,
-            LocalReply::Timeout => 504,
+            LocalReply::Timeout | LocalReply::PerTryTimeout => 504,
             LocalReply::StreamIdleTimeout => 408,
             LocalReply::FaultAbort { status, .. } => match status {
                 AbortStatus::Http(code) => *code,
@@ -103,7 +105,7 @@ impl LocalReply {
             LocalReply::NoCluster(_) => ResponseFlag::NoClusterFound,
             LocalReply::NoHealthyUpstream => ResponseFlag::NoHealthyUpstream,
             LocalReply::ConnectFailure => ResponseFlag::UpstreamConnectionFailure,
-            LocalReply::Timeout => ResponseFlag::UpstreamRequestTimeout,
+            LocalReply::Timeout | LocalReply::PerTryTimeout => ResponseFlag::UpstreamRequestTimeout,
             LocalReply::StreamIdleTimeout => ResponseFlag::StreamIdleTimeout,
             LocalReply::UpstreamReset => ResponseFlag::UpstreamConnectionTermination,
             LocalReply::Overflow => ResponseFlag::UpstreamOverflow,
@@ -125,7 +127,7 @@ impl LocalReply {
             LocalReply::RbacDenied => "RBAC: access denied".into(),
             LocalReply::NoHealthyUpstream => "no healthy upstream".into(),
             LocalReply::ConnectFailure => format!("{RESET_PREFIX}connection failure"),
-            LocalReply::Timeout => "upstream request timeout".into(),
+            LocalReply::Timeout | LocalReply::PerTryTimeout => "upstream request timeout".into(),
             LocalReply::StreamIdleTimeout => "stream timeout".into(),
             LocalReply::UpstreamReset => format!("{RESET_PREFIX}connection termination"),
             LocalReply::Overflow => format!("{RESET_PREFIX}overflow"),
@@ -146,6 +148,7 @@ impl LocalReply {
                 "upstream_reset_before_response_started{connection_failure}"
             }
             LocalReply::Timeout => "response_timeout",
+            LocalReply::PerTryTimeout => "upstream_per_try_timeout",
             LocalReply::StreamIdleTimeout => "stream_idle_timeout",
             LocalReply::UpstreamReset => {
                 "upstream_reset_before_response_started{connection_termination}"

@@ -108,21 +108,34 @@ impl RetryState {
         {
             return true;
         }
-        if let Some(code) = header("grpc-status")
+        self.retriable_grpc_status(resp)
+    }
+
+    /// Whether the response carries a gRPC status (a trailers-only answer) the policy's
+    /// gRPC `retry_on` values name (`cancelled`, `deadline-exceeded`, `internal`,
+    /// `resource-exhausted`, `unavailable`). The route asked for exactly these retries of
+    /// gRPC calls, which are all POSTs, so they apply to non-idempotent requests too.
+    pub fn retriable_grpc_status(&self, resp: &ResponseHeader) -> bool {
+        let Some(policy) = &self.policy else {
+            return false;
+        };
+        let Some(code) = resp
+            .headers
+            .get("grpc-status")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u32>().ok())
-        {
-            let wanted = match code {
-                1 => RetryOn::GRPC_CANCELLED,
-                4 => RetryOn::GRPC_DEADLINE_EXCEEDED,
-                8 => RetryOn::GRPC_RESOURCE_EXHAUSTED,
-                13 => RetryOn::GRPC_INTERNAL,
-                14 => RetryOn::GRPC_UNAVAILABLE,
-                _ => RetryOn::empty(),
-            };
-            return on.intersects(wanted);
-        }
-        false
+        else {
+            return false;
+        };
+        let wanted = match code {
+            1 => RetryOn::GRPC_CANCELLED,
+            4 => RetryOn::GRPC_DEADLINE_EXCEEDED,
+            8 => RetryOn::GRPC_RESOURCE_EXHAUSTED,
+            13 => RetryOn::GRPC_INTERNAL,
+            14 => RetryOn::GRPC_UNAVAILABLE,
+            _ => RetryOn::empty(),
+        };
+        policy.retry_on.intersects(wanted)
     }
 
     /// Whether the policy retries this failure.

@@ -1,0 +1,584 @@
+//! Traffic management through the real `mesh-proxy` on loopback, fed Istio-shaped routes and
+//! clusters by an in-process ADS server, in front of `mesh-echo` servers (in process, from
+//! the `mesh-tests` crate): retries on failing calls (`x-echo-fail-first`), per-try and route
+//! timeouts, fault abort and delay, weighted splits, header routes, redirects, direct
+//! responses, rewrites, CORS, mirrors, consistent hashing, outlier ejection, connection-pool
+//! overflow, and gRPC retry and abort.
+
+mod common;
+#[path = "traffic_support/config.rs"]
+mod traffic_config;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Ports, Proxy};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mesh_tests::echo::proto::echo::echo_service_client::EchoServiceClient;
+use mesh_tests::echo::proto::echo::EchoRequest;
+use mesh_tests::echo::{BoundServer, ServerArgs};
+use traffic_config::{resources, Backends};
+
+/// A `mesh-echo` server named `reviews` at `version`, on a free HTTP (and gRPC) port.
+async fn echo(version: &str) -> (SocketAddr, SocketAddr) {
+    let server = BoundServer::bind(&ServerArgs {
+        http_ports: vec![0],
+        grpc_ports: vec![0],
+        tcp_ports: vec![],
+        tcp_banner_ports: vec![],
+        name: "reviews".into(),
+        version: version.into(),
+        namespace: None,
+    })
+    .await
+    .expect("mesh-echo binds");
+    let ports = server.ports().clone();
+    tokio::spawn(server.run());
+    (
+        SocketAddr::from(([127, 0, 0, 1], ports.http[0])),
+        SocketAddr::from(([127, 0, 0, 1], ports.grpc[0])),
+    )
+}
+
+/// An HTTP server that answers every request with `status` and records each request's
+/// `Host` header.
+async fn recorder(status: u16) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            let host = req
+                                .headers()
+                                .get("host")
+                                .and_then(|h| h.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            let _ = req.into_body().collect().await;
+                            record.lock().unwrap().push(host);
+                            let mut resp = hyper::Response::new(Full::new(Bytes::from("recorded")));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+struct Setup {
+    proxy: Proxy,
+    mirrored: Arc<Mutex<Vec<String>>>,
+    failed: Arc<Mutex<Vec<String>>>,
+    v1: SocketAddr,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+async fn start() -> Setup {
+    let (v1, grpc) = echo("v1").await;
+    let (v2, _) = echo("v2").await;
+    let (v3, _) = echo("v3").await;
+    let (failing, failed) = recorder(503).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (mirror, mirrored) = recorder(200).await;
+    let ports = Ports::new();
+    let backends = Backends {
+        v1,
+        v2,
+        v3,
+        grpc,
+        failing,
+        mirror,
+        closed,
+    };
+    let ads = common::xds::serve_ads(resources(&ports, &backends)).await;
+    let proxy = Proxy::start(ads, ports, &[]);
+    proxy.wait_ready().await;
+    Setup {
+        proxy,
+        mirrored,
+        failed,
+        v1,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+    }
+}
+
+/// A response as the test sees it.
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+    took: Duration,
+}
+
+impl Answer {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn version(&self) -> String {
+        self.json()["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl Setup {
+    async fn send(&self, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.proxy.outbound))
+            .header("host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let body = if method == "POST" {
+            Full::new(Bytes::from_static(b"payload"))
+        } else {
+            Full::new(Bytes::new())
+        };
+        let started = Instant::now();
+        let resp = tokio::time::timeout(
+            Duration::from_secs(20),
+            self.client.request(req.body(body).unwrap()),
+        )
+        .await
+        .expect("answer in time")
+        .expect("request succeeds");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            took: started.elapsed(),
+        }
+    }
+
+    async fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+        self.send("GET", host, path, headers).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_until_the_upstream_answers_and_flags_exhaustion() {
+    let s = start().await;
+    // Two failures, then success: the retry policy (5xx, 3 retries) hides them.
+    let r = s
+        .get(
+            "retry",
+            "/r1",
+            &[("x-echo-fail-first", "2"), ("x-echo-fail-key", "r1")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let log = s.proxy.wait_log(|l| l["path"] == "/r1").await;
+    assert_eq!(log["response_flags"], "-");
+    // More failures than retries: the last 503 goes through, flagged URX.
+    let r = s
+        .get(
+            "retry",
+            "/r2",
+            &[("x-echo-fail-first", "9"), ("x-echo-fail-key", "r2")],
+        )
+        .await;
+    assert_eq!(r.status, 503);
+    let log = s.proxy.wait_log(|l| l["path"] == "/r2").await;
+    assert_eq!(log["response_flags"], "URX");
+    assert_eq!(log["response_code_details"], "via_upstream");
+    // A POST reached the upstream: it is not retried.
+    let r = s
+        .send(
+            "POST",
+            "retry",
+            "/r3",
+            &[("x-echo-fail-first", "1"), ("x-echo-fail-key", "r3")],
+        )
+        .await;
+    assert_eq!(r.status, 503, "non-idempotent requests are not retried");
+    // Without 5xx in retry_on, a 503 is final.
+    let r = s
+        .get(
+            "noretry",
+            "/r4",
+            &[("x-echo-fail-first", "1"), ("x-echo-fail-key", "r4")],
+        )
+        .await;
+    assert_eq!(r.status, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_goes_to_another_endpoint() {
+    let s = start().await;
+    // Ring hash over [always-503, mesh-echo] by `x-user`: a user hashed to the failing host
+    // would meet it on every try; previous_hosts sends the retry to the other endpoint.
+    for i in 0..12 {
+        let user = format!("user{i}");
+        let path = format!("/other/{i}");
+        let r = s.get("otherhost", &path, &[("x-user", &user)]).await;
+        assert_eq!(r.status, 200, "{user}: {}", r.body);
+        let log = s.proxy.wait_log(|l| l["path"] == path.as_str()).await;
+        assert_eq!(log["upstream_host"], s.v1.to_string());
+    }
+    let first_tries_on_failing = s.failed.lock().unwrap().len();
+    assert!(
+        (1..12).contains(&first_tries_on_failing),
+        "some users hash to the failing host and got retried elsewhere: {first_tries_on_failing}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_healthy_upstream_and_connect_failure_as_envoy_writes_them() {
+    let s = start().await;
+    let r = s.get("empty", "/uh", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (503, "no healthy upstream"));
+    let log = s.proxy.wait_log(|l| l["path"] == "/uh").await;
+    assert_eq!(log["response_flags"], "UH");
+    assert_eq!(log["response_code_details"], "no_healthy_upstream");
+    let r = s.get("closed", "/uf", &[]).await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body
+            .starts_with("upstream connect error or disconnect/reset before headers. "),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("connection failure"), "{}", r.body);
+    let log = s.proxy.wait_log(|l| l["path"] == "/uf").await;
+    assert_eq!(log["response_flags"], "UF");
+    assert_eq!(
+        log["response_code_details"],
+        "upstream_reset_before_response_started{connection_failure}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_and_route_timeouts_answer_504_ut() {
+    let s = start().await;
+    // Each try gets 300 ms: two tries, then 504, well before the upstream's 3 s.
+    let r = s.get("pertry", "/slow", &[("x-echo-delay", "3s")]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (504, "upstream request timeout")
+    );
+    assert!(r.took < Duration::from_millis(2500), "{:?}", r.took);
+    assert!(
+        r.took >= Duration::from_millis(550),
+        "two tries: {:?}",
+        r.took
+    );
+    // Envoy flags the exhausted retry (URX) and the timeout (UT), in its flag order.
+    let log = s.proxy.wait_log(|l| l["path"] == "/slow").await;
+    assert_eq!(log["response_flags"], "UT,URX");
+    assert_eq!(log["response_code_details"], "upstream_per_try_timeout");
+    // The route timeout (300 ms) bounds the whole request.
+    let r = s.get("timeout", "/t", &[("x-echo-delay", "2s")]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (504, "upstream request timeout")
+    );
+    assert!(r.took < Duration::from_millis(1500), "{:?}", r.took);
+    let log = s.proxy.wait_log(|l| l["path"] == "/t").await;
+    assert_eq!(log["response_flags"], "UT");
+    assert_eq!(log["response_code_details"], "response_timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_abort_and_delay() {
+    let s = start().await;
+    let r = s.get("abort", "/a", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (500, "fault filter abort"));
+    let log = s.proxy.wait_log(|l| l["path"] == "/a").await;
+    assert_eq!(log["response_flags"], "FI");
+    assert_eq!(log["response_code_details"], "fault_filter_abort");
+    let r = s.get("delay", "/d", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.took >= Duration::from_millis(300), "{:?}", r.took);
+    let log = s.proxy.wait_log(|l| l["path"] == "/d").await;
+    assert_eq!(log["response_flags"], "DI");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_split_and_header_route() {
+    let s = Arc::new(start().await);
+    let mut tasks = Vec::new();
+    for worker in 0..20 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            for i in 0..50 {
+                let r = s.get("split", &format!("/s/{worker}/{i}"), &[]).await;
+                assert_eq!(r.status, 200);
+                *counts.entry(r.version()).or_default() += 1;
+            }
+            counts
+        }));
+    }
+    let mut total: HashMap<String, usize> = HashMap::new();
+    for t in tasks {
+        for (k, v) in t.await.unwrap() {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    let v1 = total.get("v1").copied().unwrap_or(0);
+    let v2 = total.get("v2").copied().unwrap_or(0);
+    assert_eq!(v1 + v2, 1000, "{total:?}");
+    // 80/20 over 1,000 requests: the standard deviation is about 13.
+    assert!((740..=860).contains(&v1), "{total:?}");
+    for _ in 0..5 {
+        let jason = s.get("header", "/h", &[("end-user", "jason")]).await;
+        assert_eq!(jason.version(), "v2");
+        let other = s.get("header", "/h", &[("end-user", "someone")]).await;
+        assert_eq!(other.version(), "v1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_direct_response_and_rewrites() {
+    let s = start().await;
+    let r = s.get("redirect", "/old?q=1", &[]).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.headers.get("location").unwrap(),
+        "http://new.example/login?q=1"
+    );
+    let r = s.get("direct", "/", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (418, "short and stout"));
+    let r = s.get("rewrite", "/old/page?x=1", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = r.json();
+    assert_eq!(seen["path"], "/new/page?x=1");
+    assert_eq!(seen["host"], "rewritten.local");
+    assert_eq!(seen["headers"]["x-envoy-original-path"][0], "/old/page?x=1");
+    assert_eq!(seen["headers"]["x-route"][0], "rewrite");
+    assert_eq!(r.headers.get("x-served-by").unwrap(), "mesh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflight_and_response_headers() {
+    let s = start().await;
+    let pre = s
+        .send(
+            "OPTIONS",
+            "cors",
+            "/",
+            &[
+                ("origin", "https://ok.example"),
+                ("access-control-request-method", "PUT"),
+            ],
+        )
+        .await;
+    assert_eq!(pre.status, 200);
+    assert_eq!(
+        pre.headers.get("access-control-allow-origin").unwrap(),
+        "https://ok.example"
+    );
+    assert_eq!(
+        pre.headers.get("access-control-allow-methods").unwrap(),
+        "GET,PUT"
+    );
+    assert_eq!(pre.headers.get("access-control-max-age").unwrap(), "3600");
+    let simple = s
+        .get("cors", "/", &[("origin", "https://ok.example")])
+        .await;
+    assert_eq!(simple.status, 200);
+    assert_eq!(
+        simple.headers.get("access-control-allow-origin").unwrap(),
+        "https://ok.example"
+    );
+    let other = s
+        .get("cors", "/", &[("origin", "https://no.example")])
+        .await;
+    assert!(other.headers.get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_gets_a_shadow_copy() {
+    let s = start().await;
+    let r = s.send("POST", "mirror", "/m", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version(), "v1", "the original goes to its own cluster");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if s.mirrored
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h == "mirror-shadow")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            s.mirrored.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_is_sticky() {
+    let s = start().await;
+    for user in ["alice", "bob", "carol"] {
+        let first = s.get("hash", "/", &[("x-user", user)]).await.version();
+        for _ in 0..10 {
+            assert_eq!(
+                s.get("hash", "/", &[("x-user", user)]).await.version(),
+                first
+            );
+        }
+    }
+    let mut versions = std::collections::HashSet::new();
+    for i in 0..30 {
+        versions.insert(
+            s.get("hash", "/", &[("x-user", &format!("u{i}"))])
+                .await
+                .version(),
+        );
+    }
+    assert!(versions.len() >= 2, "{versions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_a_failing_endpoint_for_the_ejection_time() {
+    let s = start().await;
+    // Round robin over a good and a failing endpoint; two consecutive 5xx eject the failing
+    // one for 2 s.
+    let mut failures = 0;
+    let mut i = 0;
+    while failures < 2 {
+        let r = s.get("outlier", &format!("/o/{i}"), &[]).await;
+        i += 1;
+        if r.status == 503 {
+            failures += 1;
+        }
+        assert!(i < 20, "the failing endpoint is never reached");
+    }
+    let ejected_at = Instant::now();
+    let mut served = 0;
+    while ejected_at.elapsed() < Duration::from_millis(1500) {
+        let r = s.get("outlier", "/after", &[]).await;
+        assert_eq!(r.status, 200, "an ejected endpoint gets no traffic");
+        served += 1;
+    }
+    assert!(served >= 5);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut back = false;
+    for _ in 0..6 {
+        if s.get("outlier", "/back", &[]).await.status == 503 {
+            back = true;
+            break;
+        }
+    }
+    assert!(
+        back,
+        "after its ejection time the endpoint gets traffic again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_overflow_answers_503_uo_at_once() {
+    let s = Arc::new(start().await);
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.get("pool", &format!("/p/{i}"), &[("x-echo-delay", "800ms")])
+                .await
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut ok = 0;
+    let mut overflow = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(
+                    r.body,
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+                );
+                assert!(
+                    r.took < Duration::from_millis(500),
+                    "no queueing: {:?}",
+                    r.took
+                );
+                overflow += 1;
+            }
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    // One connection and one pending request: two served, three refused.
+    assert_eq!((ok, overflow), (2, 3));
+    let log = s
+        .proxy
+        .wait_log(|l| l["authority"] == "pool" && l["response_code"] == 503)
+        .await;
+    assert_eq!(log["response_flags"], "UO");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_retry_on_unavailable_and_abort_with_grpc_status() {
+    let s = start().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.proxy.outbound))
+        .unwrap()
+        .origin("http://grpc".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut client = EchoServiceClient::new(channel);
+    let mut req = tonic::Request::new(EchoRequest {
+        message: "hi".into(),
+    });
+    req.metadata_mut()
+        .insert("x-echo-fail-first", "2".parse().unwrap());
+    req.metadata_mut()
+        .insert("x-echo-fail-key", "g1".parse().unwrap());
+    let reply = client.echo(req).await.expect("retried on unavailable");
+    assert_eq!(reply.get_ref().message, "hi");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.proxy.outbound))
+        .unwrap()
+        .origin("http://grpcabort".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut client = EchoServiceClient::new(channel);
+    let status = client
+        .echo(EchoRequest {
+            message: "hi".into(),
+        })
+        .await
+        .expect_err("aborted");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "fault filter abort");
+    let log = s.proxy.wait_log(|l| l["authority"] == "grpcabort").await;
+    assert_eq!(log["response_flags"], "FI");
+    assert_eq!(log["response_code"], 200);
+}
