@@ -1,7 +1,7 @@
 //! The mesh around its control plane: proxies started before it, a control plane killed and
 //! restarted under traffic, config changes pushed while everything runs, a config the proxies
-//! reject (NACKed, reported, the previous config kept), and a proxy whose control plane is
-//! unreachable for a while.
+//! reject (NACKed, reported, the previous config kept), a proxy whose control plane is
+//! unreachable for a while, and a flood of file changes coalesced into few pushes.
 
 mod common;
 
@@ -427,6 +427,82 @@ fn a_config_the_proxies_cannot_apply_is_nacked_reported_and_the_old_one_kept() -
         eprintln!(
             "e2e: {} requests while the rule was rejected, none failed",
             report.ok
+        );
+        Ok(())
+    })
+}
+
+/// The `x-flood` VirtualService of version `n`: every response of reviews carries
+/// `x-flood: n`.
+fn flood_rule(n: usize) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews]
+  http:
+  - headers:
+      response:
+        set: {{x-flood: \"{n}\"}}
+    route:
+    - destination: {{host: reviews}}
+"
+    )
+}
+
+/// A flood of file changes (50 writes in well under a second, each a new version of one
+/// VirtualService, as an editor or a sync tool produces them) coalesces into few pushes
+/// (istiod's debounce: 100 ms quiet, 10 s at most), counted on the control plane's
+/// monitoring port, and the proxies end on the last version.
+#[test]
+fn a_flood_of_file_changes_coalesces_into_few_pushes() -> Result<()> {
+    mesh_tests::skip_unless_netns!();
+    let test = "a_flood_of_file_changes_coalesces_into_few_pushes";
+    let (mesh, client, servers) = Mesh::standard(test, &["v1"])?;
+    mesh.check(|| {
+        const WRITES: usize = 50;
+        let proxies = 1 + servers.len();
+        let before = mesh.cp.metrics()?;
+        let started = Instant::now();
+        for n in 1..=WRITES {
+            mesh.topo.write_config("vs-reviews.yaml", &flood_rule(n))?;
+            std::thread::sleep(Duration::from_millis(8));
+        }
+        let writing = started.elapsed();
+        ensure!(
+            writing < Duration::from_secs(1),
+            "the writes took {writing:?} (machine too slow for the test's premise)"
+        );
+        let url = format!("http://reviews:{HTTP_PORT}/flood");
+        wait_for(
+            "the last version at the client",
+            Duration::from_secs(15),
+            || Ok(curl(&client, &[&url])?.header("x-flood") == Some(&WRITES.to_string())),
+        )?;
+        // Every proxy ACKed the last push, and nothing more is on its way.
+        wait_for("every proxy synced", Duration::from_secs(10), || {
+            Ok(synced_proxies(&mesh.cp.syncz()?)?.len() == proxies)
+        })?;
+        std::thread::sleep(Duration::from_millis(500));
+        let after = mesh.cp.metrics()?;
+        let delta = |name: &str, labels: &[(&str, &str)]| {
+            metric(&after, name, labels) - metric(&before, name, labels)
+        };
+        let reloads = delta("pilot_debounce_time_count", &[]);
+        let rds = delta("pilot_xds_pushes", &[("type", "rds")]);
+        let triggers = delta("pilot_push_triggers", &[("type", "config")]);
+        eprintln!(
+            "e2e: {WRITES} writes in {writing:?}: {reloads} debounced pushes, \
+             {rds} RDS responses to {proxies} proxies, {triggers} config triggers"
+        );
+        ensure!(
+            (1.0..=3.0).contains(&reloads),
+            "{WRITES} writes gave {reloads} debounced pushes"
+        );
+        ensure!(
+            (1.0..=3.0 * proxies as f64).contains(&rds),
+            "{WRITES} writes gave {rds} RDS responses to {proxies} proxies"
         );
         Ok(())
     })
