@@ -1,6 +1,6 @@
 //! End-to-end test support: the `mesh-echo` test app ([`echo`]), the harness that builds
 //! pods out of network namespaces ([`harness`]), and ADS tooling (a simulated Envoy-like
-//! subscriber and a fault-injecting relay, [`ads`]).
+//! subscriber, [`ads`]).
 
 pub mod ads;
 pub mod demo;
