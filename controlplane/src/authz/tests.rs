@@ -215,6 +215,8 @@ fn filters_go_first_in_inbound_chains_but_the_black_hole() {
             "envoy.filters.http.rbac",
             "envoy.filters.http.rbac",
             "envoy.filters.http.rbac",
+            "envoy.filters.http.fault",
+            "envoy.filters.http.cors",
             "envoy.filters.http.router"
         ]
     );
