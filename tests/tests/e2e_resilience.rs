@@ -1,0 +1,315 @@
+//! Resilience end to end: VirtualService retries and timeouts and DestinationRule connection
+//! pools, written as YAML into the control plane's config directory, translated by it, and
+//! applied by the client pod's captured sidecar in front of `mesh-echo` pods (whose `x-echo-*`
+//! controls fail the first N calls or delay the answer). Each outcome is checked in the reply
+//! and in the client sidecar's JSON access log (flags and details as Envoy writes them).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use common::{
+    config_dump, curl, s, seen_header, wait_for, wait_log, Mesh, Reply, HTTP_PORT, REVIEWS_HOST,
+};
+use mesh_tests::harness::Pod;
+use serde_json::Value;
+
+/// How long a config change gets to reach the client's sidecar.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Envoy's body for a request refused by a circuit breaker.
+const OVERFLOW_BODY: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+
+/// `GET http://reviews:9080PATH` from `pod` with `headers` (`name: value`).
+fn get<S: AsRef<str>>(pod: &Pod, path: &str, headers: &[S]) -> Result<Reply> {
+    send(pod, path, headers, &[])
+}
+
+/// A request to `http://reviews:9080PATH` from `pod` with `headers` and more curl `args`.
+fn send<S: AsRef<str>>(pod: &Pod, path: &str, headers: &[S], args: &[&str]) -> Result<Reply> {
+    let url = format!("http://reviews:{HTTP_PORT}{path}");
+    let mut argv: Vec<&str> = vec!["--max-time", "10"];
+    for h in headers {
+        argv.extend(["-H", h.as_ref()]);
+    }
+    argv.extend_from_slice(args);
+    argv.push(&url);
+    curl(pod, &argv)
+}
+
+/// The controls failing the first `n` calls counted on `key` with a 500.
+fn fail(n: u32, key: &str) -> [String; 3] {
+    [
+        format!("x-echo-fail-first: {n}"),
+        "x-echo-fail-status: 500".to_owned(),
+        format!("x-echo-fail-key: {key}"),
+    ]
+}
+
+/// The client sidecar's access-log line for the outbound request to `path`.
+fn outbound_log(client: &Pod, path: &str) -> Result<Value> {
+    wait_log(client, path, |e| {
+        e["path"] == path && s(e, "upstream_cluster").starts_with("outbound|")
+    })
+}
+
+const RETRIES: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+    retries: {attempts: 3, retryOn: 5xx}
+";
+
+#[test]
+fn virtual_service_retries_hide_failing_first_calls() -> Result<()> {
+    mesh_tests::skip_unless_netns!();
+    let test = "virtual_service_retries_hide_failing_first_calls";
+    let (mesh, client, _servers) = Mesh::standard(test, &["v1"])?;
+    mesh.check(|| {
+        // Istio's default policy retries 503 and gRPC codes, not a 500.
+        let before = get(&client, "/before", &fail(1, "before"))?;
+        ensure!(before.status == 500, "{before:?}");
+
+        mesh.topo.write_config("vs-reviews.yaml", RETRIES)?;
+        let mut probe = 0;
+        wait_for("the VirtualService's retries", PUSH_TIMEOUT, || {
+            probe += 1;
+            let controls = fail(1, &format!("probe{probe}"));
+            Ok(get(&client, &format!("/probe/{probe}"), &controls)?.status == 200)
+        })?;
+
+        // Two failures, then success: the caller sees 200 from the third attempt.
+        let two = get(&client, "/two", &fail(2, "two"))?;
+        ensure!(two.status == 200, "{two:?}");
+        ensure!(
+            seen_header(&two.json()?, "x-envoy-attempt-count") == Some("3"),
+            "{}",
+            two.body
+        );
+        let log = outbound_log(&client, "/two")?;
+        ensure!(log["response_flags"] == "-", "{log}");
+
+        // More failures than retries: the fourth 500 goes through, flagged URX.
+        let nine = get(&client, "/nine", &fail(9, "nine"))?;
+        ensure!(nine.status == 500, "{nine:?}");
+        let log = outbound_log(&client, "/nine")?;
+        ensure!(
+            log["response_flags"] == "URX" && log["response_code_details"] == "via_upstream",
+            "{log}"
+        );
+
+        // A POST whose bytes reached the upstream is not retried.
+        let post = send(
+            &client,
+            "/post",
+            &fail(1, "post"),
+            &["-X", "POST", "--data", "payload"],
+        )?;
+        ensure!(
+            post.status == 500,
+            "non-idempotent request retried: {post:?}"
+        );
+        Ok(())
+    })
+}
+
+const STICKY: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+";
+
+#[test]
+fn a_retry_goes_to_another_endpoint() -> Result<()> {
+    mesh_tests::skip_unless_netns!();
+    let mesh = Mesh::new("a_retry_goes_to_another_endpoint")?;
+    mesh.topo.start_control_plane()?;
+    let live = mesh.reviews_pod("v1")?;
+    // A pod whose app is down: its sidecar answers 503 (UF) for it.
+    let down = mesh.topo.injected_pod(
+        "reviews-v2",
+        common::NS,
+        &[("app", "reviews"), ("version", "v2")],
+    )?;
+    let client = mesh.client_pod()?;
+    mesh.check(|| {
+        mesh.wait_converged(&client, &[live.clone(), down.clone()])?;
+        mesh.topo.write_config("dr-reviews.yaml", STICKY)?;
+        let cluster = format!("outbound|{HTTP_PORT}||{REVIEWS_HOST}");
+        wait_for("the ring-hash cluster", PUSH_TIMEOUT, || {
+            let c = config_dump(&client)?["config"]["clusters"][&cluster].to_string();
+            Ok(c.to_ascii_lowercase().contains("ring"))
+        })?;
+        // Every user's calls stick to one pod; users hashed to the pod that is down get its
+        // 503, and Istio's default retry (503, previous hosts) takes them to the other pod.
+        let mut retried = 0;
+        for i in 0..16 {
+            let path = format!("/user/{i}");
+            let user = format!("x-user: user{i}");
+            let reply = get(&client, &path, &[&user])?;
+            ensure!(reply.status == 200, "{path}: {reply:?}");
+            ensure!(reply.json()?["version"] == "v1", "{}", reply.body);
+            let log = outbound_log(&client, &path)?;
+            ensure!(
+                s(&log, "upstream_host").starts_with(&format!("{}:", live.ip())),
+                "{log}"
+            );
+            let id = s(&log, "request_id").to_owned();
+            if common::access_log(&down)
+                .iter()
+                .any(|e| e["request_id"] == id.as_str())
+            {
+                let first = wait_log(&down, &id, |e| e["request_id"] == id.as_str())?;
+                ensure!(
+                    first["response_code"] == 503 && first["response_flags"] == "UF",
+                    "{first}"
+                );
+                retried += 1;
+            }
+        }
+        ensure!(
+            (1..16).contains(&retried),
+            "some users hash to the pod that is down and are retried elsewhere: {retried}"
+        );
+        Ok(())
+    })
+}
+
+const TIMEOUTS: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /pertry}}]
+    route:
+    - destination: {host: reviews}
+    timeout: 5s
+    retries: {attempts: 2, perTryTimeout: 200ms, retryOn: 5xx}
+  - route:
+    - destination: {host: reviews}
+    timeout: 300ms
+";
+
+#[test]
+fn virtual_service_timeouts_answer_504_ut() -> Result<()> {
+    mesh_tests::skip_unless_netns!();
+    let test = "virtual_service_timeouts_answer_504_ut";
+    let (mesh, client, _servers) = Mesh::standard(test, &["v1"])?;
+    mesh.check(|| {
+        mesh.topo.write_config("vs-reviews.yaml", TIMEOUTS)?;
+        let mut probe = 0;
+        wait_for("the VirtualService's timeout", PUSH_TIMEOUT, || {
+            probe += 1;
+            let reply = get(&client, &format!("/probe/{probe}"), &["x-echo-delay: 1s"])?;
+            Ok(reply.status == 504)
+        })?;
+
+        // The route timeout bounds the request.
+        let started = Instant::now();
+        let reply = get(&client, "/route", &["x-echo-delay: 3s"])?;
+        let took = started.elapsed();
+        ensure!(
+            (reply.status, reply.body.as_str()) == (504, "upstream request timeout"),
+            "{reply:?}"
+        );
+        ensure!(took < Duration::from_millis(2000), "{took:?}");
+        let log = outbound_log(&client, "/route")?;
+        ensure!(
+            log["response_flags"] == "UT" && log["response_code_details"] == "response_timeout",
+            "{log}"
+        );
+
+        // Three tries of 200 ms each, then 504, long before the route's 5 s.
+        let started = Instant::now();
+        let reply = get(&client, "/pertry", &["x-echo-delay: 4s"])?;
+        let took = started.elapsed();
+        ensure!(
+            (reply.status, reply.body.as_str()) == (504, "upstream request timeout"),
+            "{reply:?}"
+        );
+        ensure!(took < Duration::from_millis(2500), "{took:?}");
+        let log = outbound_log(&client, "/pertry")?;
+        ensure!(
+            log["response_flags"] == "UT,URX"
+                && log["response_code_details"] == "upstream_per_try_timeout",
+            "{log}"
+        );
+        ensure!(
+            log["duration"].as_u64().is_some_and(|d| d >= 550),
+            "three tries: {log}"
+        );
+        Ok(())
+    })
+}
+
+const POOL: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1, http2MaxRequests: 2}
+";
+
+#[test]
+fn destination_rule_pool_overflow_answers_503_uo_at_once() -> Result<()> {
+    mesh_tests::skip_unless_netns!();
+    let test = "destination_rule_pool_overflow_answers_503_uo_at_once";
+    let (mesh, client, _servers) = Mesh::standard(test, &["v1"])?;
+    mesh.check(|| {
+        mesh.topo.write_config("dr-reviews.yaml", POOL)?;
+        let cluster = format!("outbound|{HTTP_PORT}||{REVIEWS_HOST}");
+        wait_for("the connection pool limits", PUSH_TIMEOUT, || {
+            let c = &config_dump(&client)?["config"]["clusters"][&cluster];
+            Ok(c.to_string().contains("\"max_pending_requests\":1"))
+        })?;
+        // Five concurrent calls against a slow endpoint: one on the connection, one waiting,
+        // three refused at once.
+        let calls: Vec<_> = (0..5)
+            .map(|i| {
+                let client = client.clone();
+                let handle = std::thread::spawn(move || {
+                    get(&client, &format!("/pool/{i}"), &["x-echo-delay: 1500ms"])
+                });
+                std::thread::sleep(Duration::from_millis(60));
+                handle
+            })
+            .collect();
+        let mut ok = 0;
+        let mut overflow = 0;
+        for (i, call) in calls.into_iter().enumerate() {
+            let reply = call
+                .join()
+                .map_err(|_| anyhow::anyhow!("call {i} panicked"))??;
+            match reply.status {
+                200 => ok += 1,
+                503 => {
+                    ensure!(reply.body == OVERFLOW_BODY, "{reply:?}");
+                    let log = outbound_log(&client, &format!("/pool/{i}"))?;
+                    ensure!(
+                        log["response_flags"] == "UO"
+                            && log["duration"].as_u64().is_some_and(|d| d < 300),
+                        "refused at once: {log}"
+                    );
+                    overflow += 1;
+                }
+                _ => anyhow::bail!("call {i}: {reply:?}"),
+            }
+        }
+        ensure!((ok, overflow) == (2, 3), "{ok} served, {overflow} refused");
+        Ok(())
+    })
+}
