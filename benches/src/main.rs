@@ -4,12 +4,15 @@
 //!
 //! `mesh-bench` alone runs the main comparison (S0, S1, S2); `--paths all` adds HTTP/2, gRPC,
 //! connection-per-request and config scale; `--smoke` runs every path and peer for a few
-//! seconds (what the test suite runs). The subcommands are its own parts, started inside the
-//! pods: the load generator, the upstream app and the bare Pingora forwarder.
+//! seconds (what the test suite runs). `mesh-bench cp-scale` is the control plane's config-scale
+//! benchmark (simulated ADS clients, no root). The hidden subcommands are its own parts,
+//! started inside the pods: the load generator, the upstream app and the bare Pingora
+//! forwarder.
 #![forbid(unsafe_code)]
 
 mod bench;
 mod charts;
+mod cp_scale;
 mod forwarder;
 mod load;
 mod paths;
@@ -55,6 +58,9 @@ enum Command {
     /// The bare Pingora forwarder.
     #[command(hide = true)]
     Forwarder(forwarder::ForwarderArgs),
+    /// The control plane at config scale: 1,000 services, 5,000 endpoints, 100 simulated ADS
+    /// clients on loopback (full-push and endpoint-change times, RSS, bytes per proxy; no root).
+    CpScale(cp_scale::CpScaleArgs),
 }
 
 fn parse_paths(s: &str) -> Result<Vec<PathId>, String> {
@@ -150,6 +156,19 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Upstream(args)) => upstream::run(&args)?,
         Some(Command::Forwarder(args)) => forwarder::run(&args)?,
+        Some(Command::CpScale(args)) => {
+            let results = cp_scale::run(&args, |m| eprintln!("mesh-bench cp-scale: {m}"))
+                .context("mesh-bench cp-scale failed")?;
+            let text = cp_scale::render(&results);
+            print!("{text}");
+            let out = args
+                .out
+                .clone()
+                .unwrap_or_else(|| mesh_tests::harness::target_dir().join("mesh-bench"));
+            let files = cp_scale::write_outputs(&results, &text, &out)
+                .with_context(|| format!("writing results to {}", out.display()))?;
+            eprintln!("mesh-bench: wrote {}", files.join(", "));
+        }
         None => {
             let a = cli.run;
             let command = std::env::args().collect::<Vec<_>>().join(" ");
