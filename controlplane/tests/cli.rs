@@ -95,6 +95,46 @@ fn analyze_warnings_exit_0_and_cross_object_errors_exit_1() {
     );
 }
 
+#[test]
+fn analyze_names_the_field_of_bad_traffic_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("good.yaml"), GOOD).unwrap();
+    let bad = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: regex}\n\
+               spec: {hosts: [reviews], http: [{match: [{uri: {regex: \"(a\"}}], route: [{destination: {host: reviews}}]}]}\n\
+               ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: weights}\n\
+               spec: {hosts: [ratings], http: [{route: [{destination: {host: ratings}, weight: -10}, {destination: {host: ratings}, weight: 110}]}]}\n\
+               ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: zero}\n\
+               spec: {hosts: [details], http: [{route: [{destination: {host: details}, weight: 0}, {destination: {host: details}, weight: 0}]}]}\n\
+               ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: timeout}\n\
+               spec: {hosts: [productpage], http: [{route: [{destination: {host: productpage}}], retries: {attempts: 2, perTryTimeout: -1s}}]}\n\
+               ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: pool}\n\
+               spec: {host: reviews, trafficPolicy: {connectionPool: {tcp: {connectTimeout: -1s}}}}\n";
+    std::fs::write(dir.path().join("traffic.yaml"), bad).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .arg("analyze")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let file = dir.path().join("traffic.yaml").display().to_string();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let want = [
+        "(VirtualService default/regex) FILE: spec.http[0].match[0].uri: \"uri\": error parsing regexp: unclosed group: \"(a\"",
+        "(VirtualService default/weights) FILE: spec.http[0].route[0].weight: weight -10 < 0",
+        "(VirtualService default/zero) FILE: spec.http[0].route: total destination weight = 0",
+        "(VirtualService default/timeout) FILE: spec.http[0].retries.perTryTimeout: duration must be greater than 1ms",
+        "(DestinationRule default/pool) FILE: spec.trafficPolicy.connectionPool.tcp.connectTimeout: duration must be greater than 1ms",
+    ];
+    for line in want {
+        let line = format!("Error [IST0106] {}", line.replace("FILE", &file));
+        assert!(
+            stdout.lines().any(|l| l.starts_with(&line)),
+            "missing {line:?} in:\n{stdout}"
+        );
+    }
+    assert_eq!(stdout.lines().count(), want.len(), "{stdout}");
+}
+
 fn get(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();

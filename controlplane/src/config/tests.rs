@@ -349,3 +349,103 @@ fn subsets_of_destination_rules_in_other_namespaces_count_only_when_exported() {
     let snap = ConfigStore::load(dir.path()).current();
     assert!(snap.errors.is_empty(), "{:?}", snap.errors);
 }
+
+/// Traffic rules Istio's validation refuses: a regex that does not compile, a negative weight,
+/// weights adding up to 0, negative durations (VirtualService and DestinationRule).
+const BAD_TRAFFIC_RULES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: regex, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {regex: "(unclosed"}}]
+    route: [{destination: {host: reviews}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: weights, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - route:
+    - {destination: {host: ratings}, weight: -10}
+    - {destination: {host: ratings}, weight: 110}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: zero, namespace: default}
+spec:
+  hosts: [details]
+  http:
+  - route:
+    - {destination: {host: details}, weight: 0}
+    - {destination: {host: details}, weight: 0}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: timeout, namespace: default}
+spec:
+  hosts: [productpage]
+  http:
+  - route: [{destination: {host: productpage}}]
+    timeout: -2s
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: outlier, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    outlierDetection: {interval: -5s}
+"#;
+
+#[test]
+fn bad_traffic_rules_are_rejected_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "good.yaml", GOOD);
+    write(dir.path(), "traffic.yaml", BAD_TRAFFIC_RULES);
+    let snap = ConfigStore::load(dir.path()).current();
+    let file = dir.path().join("traffic.yaml");
+    let want = [
+        (
+            "VirtualService default/regex",
+            "spec.http[0].match[0].uri",
+            "error parsing regexp: unclosed group: \"(unclosed\"",
+        ),
+        (
+            "VirtualService default/weights",
+            "spec.http[0].route[0].weight",
+            "weight -10 < 0",
+        ),
+        (
+            "VirtualService default/zero",
+            "spec.http[0].route",
+            "total destination weight = 0",
+        ),
+        (
+            "VirtualService default/timeout",
+            "spec.http[0].timeout",
+            "duration must be greater than 1ms",
+        ),
+        (
+            "DestinationRule default/outlier",
+            "spec.trafficPolicy.outlierDetection.interval",
+            "duration must be greater than 1ms",
+        ),
+    ];
+    for (object, field, message) in want {
+        let e = snap
+            .errors
+            .iter()
+            .find(|e| e.object().as_deref() == Some(object))
+            .unwrap_or_else(|| panic!("{object} not rejected: {:#?}", messages(&snap)));
+        assert_eq!(e.field(), Some(field), "{e}");
+        assert_eq!(e.file(), file);
+        assert!(e.to_string().contains(message), "{e}");
+        assert!(!e.to_string().contains('\n'), "one line: {e}");
+    }
+    assert_eq!(snap.errors.len(), want.len(), "{:#?}", messages(&snap));
+    // Only the Service is in force.
+    assert_eq!(snap.objects.len(), 1);
+}

@@ -346,8 +346,26 @@ pub fn validate_regex(re: &str, where_: &'static str) -> Result<(), Problem> {
     }
     Regex::new(re).map(|_| ()).map_err(|e| Problem::Regex {
         where_,
-        error: e.to_string(),
+        error: one_line_regex_error(re, &e),
     })
+}
+
+/// The compiler's message on one line (its syntax errors draw a caret under the pattern over
+/// several lines): `error parsing regexp: unclosed group: "(a"`.
+fn one_line_regex_error(re: &str, e: &regex::Error) -> String {
+    match e {
+        regex::Error::Syntax(text) => {
+            let cause = text
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or_default();
+            let cause = cause.strip_prefix("error: ").unwrap_or(cause);
+            format!("error parsing regexp: {cause}: {re:?}")
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Istio's `validateStringMatchRegexp`: a regex match must be non-empty and compile.
