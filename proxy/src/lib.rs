@@ -4,7 +4,8 @@
 //! listeners ([`listener`]) hand each connection to the HTTP proxy ([`http`]) or the TCP proxy
 //! ([`tcp`]) according to the configuration snapshot ([`snapshot`]); [`upstream`] picks
 //! endpoints, [`identity`] holds the workload certificate from the CA, [`accesslog`] writes one
-//! line per request or connection, [`admin`] serves the admin and readiness ports.
+//! line per request or connection, [`metrics`] keeps Istio's and Envoy's metrics, [`trace`]
+//! continues traces and exports spans, [`admin`] serves the admin, readiness and stats ports.
 
 pub mod accesslog;
 pub mod admin;
@@ -16,8 +17,10 @@ mod fixtures;
 pub mod http;
 pub mod identity;
 pub mod listener;
+pub mod metrics;
 pub mod shared;
 pub mod snapshot;
 pub mod stats;
 pub mod tcp;
+pub mod trace;
 pub mod upstream;

@@ -1,9 +1,10 @@
 //! State shared by every part of the running sidecar: the current config snapshot, the
-//! workload identity, the access log, the counters and the lifecycle (draining, quit requests).
+//! workload identity, the access log, the counters and metrics, the tracer and the lifecycle
+//! (draining, quit requests).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -11,8 +12,10 @@ use xds_client::model::PathNormalization;
 
 use crate::accesslog::AccessLog;
 use crate::identity::Identity;
+use crate::metrics::Metrics;
 use crate::snapshot::SnapshotCell;
 use crate::stats::Stats;
+use crate::trace::Tracer;
 
 /// Shared by the capture listeners, the HTTP and TCP proxies and the admin servers.
 #[derive(Debug)]
@@ -30,6 +33,12 @@ pub struct Shared {
     /// Path normalization forced on every HTTP chain (`--path-normalization`); `None`: each
     /// chain's own.
     pub path_normalization: Option<PathNormalization>,
+    /// Istio's standard metrics and the Envoy-named health metrics (one registry).
+    pub metrics: Arc<Metrics>,
+    /// The tracer, when tracing is on (`--tracing-otlp-endpoint`).
+    pub tracer: Option<Arc<Tracer>>,
+    /// When the sidecar started.
+    pub started: std::time::Instant,
 }
 
 impl Shared {
@@ -48,17 +57,42 @@ impl Shared {
             stats,
             lifecycle: Lifecycle::default(),
             path_normalization: None,
+            metrics: Metrics::unlabelled(),
+            tracer: None,
+            started: std::time::Instant::now(),
         }
     }
 }
 
 /// Whether the sidecar is draining, and the channel through which `/quitquitquit` asks it
 /// to.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Lifecycle {
     draining: AtomicBool,
     quit: Notify,
+    epoch: std::time::Instant,
+    /// Milliseconds after `epoch` from which the capture listeners refuse new connections
+    /// (`/drain_listeners`); `u64::MAX`: never.
+    refuse_after_ms: AtomicU64,
+    /// Whether only the inbound listener refuses them.
+    inbound_only: AtomicBool,
 }
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            draining: AtomicBool::new(false),
+            quit: Notify::new(),
+            epoch: std::time::Instant::now(),
+            refuse_after_ms: AtomicU64::new(u64::MAX),
+            inbound_only: AtomicBool::new(false),
+        }
+    }
+}
+
+/// How long `/drain_listeners?graceful` keeps accepting connections (while readiness already
+/// fails) before the listeners refuse new ones.
+pub const GRACEFUL_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Lifecycle {
     /// True once a shutdown has started.
@@ -69,6 +103,29 @@ impl Lifecycle {
     /// Mark the shutdown as started (readiness turns 503).
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// `/drain_listeners`: readiness fails from now on, and the capture listeners (or only
+    /// the inbound one) refuse new connections at once, or after [`GRACEFUL_DRAIN`] when
+    /// `graceful`. Open connections are left to finish.
+    pub fn drain_listeners(&self, graceful: bool, inbound_only: bool) {
+        self.start_draining();
+        let delay = if graceful {
+            GRACEFUL_DRAIN
+        } else {
+            std::time::Duration::ZERO
+        };
+        let at = (self.epoch.elapsed() + delay).as_millis() as u64;
+        self.inbound_only.store(inbound_only, Ordering::Relaxed);
+        self.refuse_after_ms.fetch_min(at, Ordering::Relaxed);
+    }
+
+    /// Whether a capture listener (`inbound` or not) refuses new connections now.
+    pub fn refuses_connections(&self, inbound: bool) -> bool {
+        let at = self.refuse_after_ms.load(Ordering::Relaxed);
+        at != u64::MAX
+            && (inbound || !self.inbound_only.load(Ordering::Relaxed))
+            && self.epoch.elapsed().as_millis() as u64 >= at
     }
 
     /// Ask for a graceful exit (as SIGTERM does).

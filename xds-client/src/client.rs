@@ -74,6 +74,8 @@ pub struct XdsStatus {
     pub nacks: u64,
     /// The error detail of the last NACK.
     pub last_nack: Option<String>,
+    /// Per type (`cds`, `eds`, `lds`, `rds`): responses applied and rejected.
+    pub by_type: std::collections::BTreeMap<&'static str, (u64, u64)>,
 }
 
 /// The proxy's view of the client: the current config and status.
@@ -238,7 +240,10 @@ impl XdsClient {
                     "ACK"
                 );
                 self.config_tx.send_replace(Arc::new(snapshot));
-                self.status_tx.send_modify(|s| s.acks += 1);
+                self.status_tx.send_modify(|s| {
+                    s.acks += 1;
+                    s.by_type.entry(resource_type.short_name()).or_default().0 += 1;
+                });
                 requests
             }
             Outcome::Rejected {
@@ -256,6 +261,7 @@ impl XdsClient {
                 );
                 self.status_tx.send_modify(|s| {
                     s.nacks += 1;
+                    s.by_type.entry(resource_type.short_name()).or_default().1 += 1;
                     s.last_nack = Some(message);
                 });
                 vec![*request]

@@ -1,5 +1,6 @@
-//! Access log: one JSON line per HTTP request and per TCP connection, written to stdout with
-//! Istio's JSON field names.
+//! Access log: one line per HTTP request and per TCP connection, written to stdout as JSON with
+//! Istio's JSON field names (`EnvoyJSONLogFormatIstio`) or in Istio's default TEXT layout
+//! ([`text`]), per `--access-log-format json|text`; `--access-log off` turns it off.
 //!
 //! The data path never blocks on it: [`AccessLog::log`] hands the entry to a bounded channel
 //! and returns; a dedicated writer thread formats and writes the lines (stdout may be a slow
@@ -17,8 +18,32 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
 
+pub mod text;
+
 #[cfg(test)]
 mod tests;
+
+/// How lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line, Istio's field names.
+    #[default]
+    Json,
+    /// Istio's default text layout.
+    Text,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Format, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "json" => Ok(Format::Json),
+            "text" => Ok(Format::Text),
+            _ => Err(format!("`{s}`: expected json or text")),
+        }
+    }
+}
 
 /// Errors of the access log.
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +297,15 @@ pub struct AccessLogEntry {
     pub downstream_local_address: Option<SocketAddr>,
     /// Name of the route that matched.
     pub route_name: Option<String>,
+    /// Milliseconds from sending the request upstream to the first byte of the response
+    /// (Envoy's `x-envoy-upstream-service-time`, written as a string as Envoy does).
+    pub upstream_service_time: Option<String>,
+    /// The local address of the upstream connection.
+    pub upstream_local_address: Option<SocketAddr>,
+    /// The TLS server name the downstream asked for.
+    pub requested_server_name: Option<String>,
+    /// Why the upstream TLS handshake failed.
+    pub upstream_transport_failure_reason: Option<String>,
 }
 
 impl AccessLogEntry {
@@ -301,7 +335,19 @@ impl AccessLogEntry {
             downstream_remote_address: None,
             downstream_local_address: None,
             route_name: None,
+            upstream_service_time: None,
+            upstream_local_address: None,
+            requested_server_name: None,
+            upstream_transport_failure_reason: None,
         }
+    }
+
+    /// The response flags as Envoy writes them (`-` for none).
+    pub fn response_flags_str(&self) -> String {
+        serde_json::to_value(&self.response_flags)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "-".to_string())
     }
 }
 
@@ -318,7 +364,7 @@ enum Message {
 /// The access log sink: cheap to call from any thread, never blocks.
 #[derive(Debug)]
 pub struct AccessLog {
-    tx: SyncSender<Message>,
+    tx: Option<SyncSender<Message>>,
     dropped: AtomicU64,
 }
 
@@ -337,25 +383,50 @@ impl AccessLog {
         AccessLog::spawn(std::io::stdout(), capacity)
     }
 
-    /// Start a writer thread that writes to `out`, with room for `capacity` pending lines.
+    /// Start a writer thread that writes JSON lines to `out`, with room for `capacity`
+    /// pending lines.
     pub fn spawn<W: Write + Send + 'static>(
         out: W,
         capacity: usize,
     ) -> Result<Arc<AccessLog>, Error> {
+        AccessLog::spawn_with(out, capacity, Format::Json)
+    }
+
+    /// Start a writer thread that writes lines in `format` to `out`, with room for `capacity`
+    /// pending lines.
+    pub fn spawn_with<W: Write + Send + 'static>(
+        out: W,
+        capacity: usize,
+        format: Format,
+    ) -> Result<Arc<AccessLog>, Error> {
         let (tx, rx) = mpsc::sync_channel(capacity.max(1));
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer(rx, out))
+            .spawn(move || writer(rx, out, format))
             .map_err(Error::Spawn)?;
         Ok(Arc::new(AccessLog {
-            tx,
+            tx: Some(tx),
             dropped: AtomicU64::new(0),
         }))
     }
 
+    /// An access log that writes nothing (`--access-log off`).
+    pub fn off() -> Arc<AccessLog> {
+        Arc::new(AccessLog {
+            tx: None,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether lines are written at all (callers may skip building entries otherwise).
+    pub fn is_on(&self) -> bool {
+        self.tx.is_some()
+    }
+
     /// Queue one entry; drops (and counts) it when the queue is full.
     pub fn log(&self, entry: AccessLogEntry) {
-        match self.tx.try_send(Message::Entry(Box::new(entry))) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(Message::Entry(Box::new(entry))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -371,11 +442,12 @@ impl AccessLog {
     /// Wait (at most `timeout`) until every entry queued before this call is written and
     /// flushed. Returns whether that happened in time. May block: not for the data path.
     pub fn flush(&self, timeout: Duration) -> bool {
+        let Some(tx) = &self.tx else { return true };
         let (ack_tx, ack_rx) = mpsc::sync_channel(1);
         let deadline = std::time::Instant::now() + timeout;
         let mut message = Message::Flush(ack_tx);
         loop {
-            match self.tx.try_send(message) {
+            match tx.try_send(message) {
                 Ok(()) => break,
                 Err(TrySendError::Disconnected(_)) => return false,
                 Err(TrySendError::Full(m)) => {
@@ -392,20 +464,29 @@ impl AccessLog {
     }
 }
 
-fn writer<W: Write>(rx: Receiver<Message>, out: W) {
+fn writer<W: Write>(rx: Receiver<Message>, out: W, format: Format) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut line = Vec::with_capacity(1024);
+    let mut text_line = String::with_capacity(1024);
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
-                Message::Entry(entry) => {
-                    line.clear();
-                    if serde_json::to_writer(&mut line, &*entry).is_ok() {
-                        line.push(b'\n');
-                        let _ = out.write_all(&line);
+                Message::Entry(entry) => match format {
+                    Format::Json => {
+                        line.clear();
+                        if serde_json::to_writer(&mut line, &*entry).is_ok() {
+                            line.push(b'\n');
+                            let _ = out.write_all(&line);
+                        }
                     }
-                }
+                    Format::Text => {
+                        text_line.clear();
+                        text::render(&entry, &mut text_line);
+                        text_line.push('\n');
+                        let _ = out.write_all(text_line.as_bytes());
+                    }
+                },
                 Message::Flush(ack) => {
                     let _ = out.flush();
                     let _ = ack.try_send(());

@@ -107,3 +107,39 @@ fn full_queue_drops_and_counts_without_blocking() {
         let _ = release.send(());
     }
 }
+
+#[test]
+fn text_format_is_istios_default_layout() {
+    let mut e = sample();
+    e.request_id = Some("abc".into());
+    e.upstream_service_time = Some("7".into());
+    e.duration = 12;
+    let mut line = String::new();
+    super::text::render(&e, &mut line);
+    assert_eq!(
+        line,
+        "[2023-11-14T22:13:20.123Z] \"GET /a?b=c HTTP/1.1\" 503 UH - - \"-\" 0 0 12 7 \"-\" \"-\" \
+         \"abc\" \"-\" \"-\" outbound|80||a.default.svc.cluster.local - 10.96.0.1:80 - - -"
+    );
+}
+
+#[test]
+fn text_lines_are_written_and_off_writes_nothing() {
+    let buf = SharedBuf::default();
+    let log = AccessLog::spawn_with(buf.clone(), 8, Format::Text).unwrap();
+    log.log(sample());
+    assert!(log.flush(Duration::from_secs(5)));
+    let written = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        written.starts_with("[2023-11-14T22:13:20.123Z] \"GET"),
+        "{written}"
+    );
+    assert!(written.ends_with('\n'));
+    let off = AccessLog::off();
+    off.log(sample());
+    assert!(off.flush(Duration::from_millis(10)));
+    assert!(!off.is_on());
+    assert_eq!(off.dropped(), 0);
+    assert_eq!("TEXT".parse::<Format>(), Ok(Format::Text));
+    assert!("yaml".parse::<Format>().is_err());
+}

@@ -33,6 +33,7 @@ fn state_with(identity: crate::identity::Identity) -> AdminState {
         shared: Arc::new(Shared::with_identity(log, Arc::new(identity))),
         xds,
         node,
+        logging: None,
     }
 }
 

@@ -78,6 +78,40 @@ pub struct RunArgs {
     /// Readiness listener (`/healthz/ready`).
     #[arg(long, default_value = "0.0.0.0:15021")]
     pub readiness_addr: SocketAddr,
+    /// Prometheus listener (`/stats/prometheus`: Istio's standard metrics and the proxy's
+    /// Envoy-named health metrics), Envoy's 15090.
+    #[arg(long, default_value = "0.0.0.0:15090")]
+    pub stats_addr: SocketAddr,
+    /// Merged stats and health listener (`/stats/prometheus`, `/healthz/ready`), Istio's
+    /// pilot-agent status port 15020.
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub status_addr: SocketAddr,
+    /// Access logging: `on` (each listener as its configuration says) or `off` (no access
+    /// log at all, whatever the configuration says).
+    #[arg(long, env = "MESH_ACCESS_LOG", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub access_log: bool,
+    /// Access-log line format: `json` (Istio's JSON field names) or `text` (Istio's default
+    /// text layout).
+    #[arg(long, env = "MESH_ACCESS_LOG_FORMAT", default_value = "json")]
+    pub access_log_format: crate::accesslog::Format,
+    /// OTLP/gRPC collector spans are exported to (`http://HOST:4317`). Turns tracing on:
+    /// trace context (W3C and B3) is continued and propagated, and a span is recorded per
+    /// sampled request. Without it the proxy leaves trace headers alone.
+    #[arg(long, env = "MESH_TRACING_OTLP_ENDPOINT")]
+    pub tracing_otlp_endpoint: Option<String>,
+    /// Percentage of requests sampled when no upstream decision came with them (0-100;
+    /// Istio's default 1).
+    #[arg(long, env = "MESH_TRACING_SAMPLING", default_value_t = 1.0)]
+    pub tracing_sampling: f64,
+    /// Workload name for metrics and peer metadata (Istio's `ISTIO_META_WORKLOAD_NAME`);
+    /// default: derived from the pod name as Istio does (a Deployment's pod name without its
+    /// hashes, a StatefulSet's without its ordinal).
+    #[arg(long, env = "ISTIO_META_WORKLOAD_NAME")]
+    pub workload_name: Option<String>,
+    /// Mesh id, for the `istio.mesh_id` span tag and peer metadata (Istio's default: the
+    /// trust domain, here the cluster domain).
+    #[arg(long, env = "ISTIO_META_MESH_ID")]
+    pub mesh_id: Option<String>,
     /// How long to wait for a client's first bytes before treating it as TCP (`100ms`, `1s`).
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub protocol_detection_timeout: Duration,
@@ -148,6 +182,15 @@ pub fn parse_labels(s: &str) -> Result<Labels, String> {
         }
     }
     Ok(Labels(labels))
+}
+
+/// Parse `on` or `off`.
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("`{s}`: expected on or off")),
+    }
 }
 
 /// Parse a duration such as `100ms`, `5s` or `1m`.
@@ -311,6 +354,8 @@ impl RunArgs {
             ("--inbound-addr", self.inbound_addr),
             ("--admin-addr", self.admin_addr),
             ("--readiness-addr", self.readiness_addr),
+            ("--stats-addr", self.stats_addr),
+            ("--status-addr", self.status_addr),
         ];
         for (i, (flag, addr)) in addrs.iter().enumerate() {
             if addr.port() == 0 {
@@ -318,6 +363,26 @@ impl RunArgs {
             }
             if let Some((other, _)) = addrs[..i].iter().find(|(_, a)| a.port() == addr.port()) {
                 return invalid(flag, format!("uses port {} like {other}", addr.port()));
+            }
+        }
+        if !(0.0..=100.0).contains(&self.tracing_sampling) {
+            return invalid(
+                "--tracing-sampling",
+                format!(
+                    "{} is not a percentage between 0 and 100",
+                    self.tracing_sampling
+                ),
+            );
+        }
+        if let Some(endpoint) = &self.tracing_otlp_endpoint {
+            let ok = endpoint.parse::<http::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http") | Some("https")) && u.authority().is_some()
+            });
+            if !ok {
+                return invalid(
+                    "--tracing-otlp-endpoint",
+                    format!("`{endpoint}` is not an http:// or https:// URL with a host"),
+                );
             }
         }
         let drain_secs =

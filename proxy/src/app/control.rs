@@ -34,6 +34,19 @@ impl<T> Slot<T> {
     }
 }
 
+/// The pre-bound listeners of the control service.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Admin (15000).
+    pub admin: std::net::TcpListener,
+    /// Readiness (15021).
+    pub readiness: std::net::TcpListener,
+    /// Prometheus (15090).
+    pub stats: std::net::TcpListener,
+    /// Merged stats and health (15020).
+    pub status: std::net::TcpListener,
+}
+
 /// The control background service.
 pub struct Control {
     client: Slot<XdsClient>,
@@ -41,8 +54,7 @@ pub struct Control {
     xds: XdsHandle,
     shared: Arc<Shared>,
     admin: Arc<AdminState>,
-    admin_listener: Slot<std::net::TcpListener>,
-    readiness_listener: Slot<std::net::TcpListener>,
+    listeners: Slot<Listeners>,
 }
 
 impl Control {
@@ -52,8 +64,7 @@ impl Control {
         client: XdsClient,
         renewal: Option<(CaClient, Option<Duration>)>,
         admin: Arc<AdminState>,
-        admin_listener: std::net::TcpListener,
-        readiness_listener: std::net::TcpListener,
+        listeners: Listeners,
     ) -> Control {
         Control {
             client: Slot::new(client),
@@ -61,8 +72,7 @@ impl Control {
             xds: admin.xds.clone(),
             shared: admin.shared.clone(),
             admin,
-            admin_listener: Slot::new(admin_listener),
-            readiness_listener: Slot::new(readiness_listener),
+            listeners: Slot::new(listeners),
         }
     }
 }
@@ -91,11 +101,28 @@ impl BackgroundService for Control {
             tokio::spawn(crate::identity::renew::run(identity, ca, forced));
         }
         tokio::spawn(follow_config(self.xds.clone(), self.shared.clone()));
-        for (slot, port) in [
-            (&self.admin_listener, Port::Admin),
-            (&self.readiness_listener, Port::Readiness),
-        ] {
-            if let Some(listener) = slot.take() {
+        if let Some(tracer) = &self.shared.tracer {
+            if let (Some(rx), Some(endpoint)) =
+                (tracer.take_receiver(), tracer.settings().endpoint.clone())
+            {
+                let service = tracer.settings().service_name.clone();
+                let (exported, dropped) = (tracer.exported.clone(), tracer.dropped.clone());
+                tokio::spawn(async move {
+                    if let Err(e) =
+                        crate::trace::export::run(rx, endpoint, service, exported, dropped).await
+                    {
+                        tracing::error!(error = %e, "span exporter stopped");
+                    }
+                });
+            }
+        }
+        if let Some(l) = self.listeners.take() {
+            for (listener, port) in [
+                (l.admin, Port::Admin),
+                (l.readiness, Port::Readiness),
+                (l.stats, Port::Stats),
+                (l.status, Port::Status),
+            ] {
                 let state = self.admin.clone();
                 tokio::spawn(async move {
                     if let Err(e) = admin::serve(listener, port, state).await {

@@ -25,10 +25,13 @@ use xds_client::{ClientOptions, NodeInfo, XdsClient};
 pub use self::args::RunArgs;
 use self::args::Settings;
 use crate::accesslog::{self, AccessLog};
+use crate::admin::pages::LogControl;
 use crate::admin::AdminState;
 use crate::identity::client::CaClient;
 use crate::identity::Identity;
+use crate::metrics::{LocalMetadata, Metrics};
 use crate::shared::Shared;
+use crate::trace::{Tracer, TracingSettings};
 
 /// Access-log lines that may wait for the writer before new ones are dropped.
 const ACCESS_LOG_QUEUE: usize = 16 * 1024;
@@ -62,19 +65,36 @@ pub enum Error {
     /// The access log could not start.
     #[error(transparent)]
     AccessLog(#[from] accesslog::Error),
+    /// The metrics could not be registered.
+    #[error(transparent)]
+    Metrics(crate::metrics::RegisterError),
 }
 
 fn bind(flag: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
     std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { flag, addr, source })
 }
 
-fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// Install the log subscriber (stderr, `RUST_LOG`, default `info`) with a reloadable
+/// filter; the returned control is what the admin port's `/logging` changes.
+fn init_tracing() -> Option<Arc<LogControl>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let initial = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|f| EnvFilter::try_new(f).is_ok())
+        .unwrap_or_else(|| "info".to_string());
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(EnvFilter::new(&initial));
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal());
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .ok()?;
+    Some(Arc::new(LogControl::new(&initial, move |f| {
+        handle.reload(f).map_err(|e| e.to_string())
+    })))
 }
 
 /// The xDS node for these settings.
@@ -93,7 +113,7 @@ pub fn node_info(settings: &Settings) -> NodeInfo {
 /// Run the sidecar until SIGTERM, SIGQUIT or `/quitquitquit` (drain, then exit) or SIGINT
 /// (exit at once). Fails before starting anything when a flag is invalid or a port is taken.
 pub fn run(args: RunArgs) -> Result<(), Error> {
-    init_tracing();
+    let logging = init_tracing();
     let settings = args.validate()?;
     let a = &settings.args;
 
@@ -101,6 +121,8 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
     // inside Pingora's listener setup.
     let admin_listener = bind("--admin-addr", a.admin_addr)?;
     let readiness_listener = bind("--readiness-addr", a.readiness_addr)?;
+    let stats_listener = bind("--stats-addr", a.stats_addr)?;
+    let status_listener = bind("--status-addr", a.status_addr)?;
     drop(bind("--outbound-addr", a.outbound_addr)?);
     drop(bind("--inbound-addr", a.inbound_addr)?);
 
@@ -111,7 +133,44 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         initial_backoff: XDS_INITIAL_BACKOFF,
         max_backoff: XDS_MAX_BACKOFF,
     });
-    let access_log = AccessLog::stdout(ACCESS_LOG_QUEUE)?;
+    let access_log = if a.access_log {
+        AccessLog::spawn_with(std::io::stdout(), ACCESS_LOG_QUEUE, a.access_log_format)?
+    } else {
+        AccessLog::off()
+    };
+    let mesh_id = a
+        .mesh_id
+        .clone()
+        .unwrap_or_else(|| a.cluster_domain.clone());
+    let local = LocalMetadata::new(
+        &node,
+        a.workload_name.as_deref(),
+        xds_client::node::CLUSTER_ID,
+        &mesh_id,
+    );
+    let metrics = Arc::new(Metrics::new(local.clone()).map_err(Error::Metrics)?);
+    let tracer = a.tracing_otlp_endpoint.as_ref().map(|endpoint| {
+        let info = &local.info;
+        Arc::new(Tracer::new(TracingSettings {
+            sampling: a.tracing_sampling,
+            endpoint: Some(endpoint.clone()),
+            service_name: format!("{}.{}", info.canonical_service, info.namespace),
+            tags: vec![
+                (
+                    "istio.canonical_service",
+                    info.canonical_service.to_string(),
+                ),
+                (
+                    "istio.canonical_revision",
+                    info.canonical_revision.to_string(),
+                ),
+                ("istio.mesh_id", mesh_id.clone()),
+                ("istio.namespace", info.namespace.to_string()),
+                ("istio.cluster_id", info.cluster.to_string()),
+                ("node_id", node.node_id()),
+            ],
+        }))
+    });
     let identity = Arc::new(match &settings.identity {
         Some(id) => Identity::new(id.spiffe_id.clone()),
         None => {
@@ -125,19 +184,34 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         .map(|id| (CaClient::new(id.ca.clone()), id.forced_renewal));
     let mut shared = Shared::with_identity(access_log.clone(), identity);
     shared.path_normalization = a.path_normalization;
+    shared.metrics = metrics;
+    shared.tracer = tracer;
     let shared = Arc::new(shared);
     let admin = Arc::new(AdminState {
         shared: shared.clone(),
         xds,
         node,
+        logging,
     });
-    let control = control::Control::new(client, renewal, admin, admin_listener, readiness_listener);
+    let control = control::Control::new(
+        client,
+        renewal,
+        admin,
+        control::Listeners {
+            admin: admin_listener,
+            readiness: readiness_listener,
+            stats: stats_listener,
+            status: status_listener,
+        },
+    );
     let server = server::build(&settings, shared.clone(), control);
     tracing::info!(
         outbound = %a.outbound_addr,
         inbound = %a.inbound_addr,
         admin = %a.admin_addr,
         readiness = %a.readiness_addr,
+        stats = %a.stats_addr,
+        status = %a.status_addr,
         xds = %a.xds_address,
         threads = settings.threads,
         "mesh-proxy starting"

@@ -182,3 +182,37 @@ fn identity_flags() {
         "--ca-root-cert"
     );
 }
+
+#[test]
+fn telemetry_flags() {
+    let s = parse(&[]).unwrap().validate().unwrap();
+    let a = &s.args;
+    assert_eq!(a.stats_addr.to_string(), "0.0.0.0:15090");
+    assert_eq!(a.status_addr.to_string(), "0.0.0.0:15020");
+    assert!(a.access_log);
+    assert_eq!(a.access_log_format, crate::accesslog::Format::Json);
+    assert_eq!(a.tracing_sampling, 1.0);
+    assert!(a.tracing_otlp_endpoint.is_none());
+    let off = parse(&["--access-log", "off", "--access-log-format", "text"]).unwrap();
+    assert!(!off.access_log);
+    assert_eq!(off.access_log_format, crate::accesslog::Format::Text);
+    assert!(parse(&["--access-log", "maybe"]).is_err());
+    assert!(parse(&["--access-log-format", "xml"]).is_err());
+    for (flags, flag) in [
+        (&["--tracing-sampling", "100.5"][..], "--tracing-sampling"),
+        (
+            &["--tracing-otlp-endpoint", "collector:4317"][..],
+            "--tracing-otlp-endpoint",
+        ),
+        (&["--stats-addr", "0.0.0.0:15021"][..], "--stats-addr"),
+    ] {
+        match parse(flags).unwrap().validate() {
+            Err(Error::InvalidFlag { flag: f, .. }) => assert_eq!(f, flag),
+            other => panic!("{flags:?}: {other:?}"),
+        }
+    }
+    assert!(parse(&["--tracing-otlp-endpoint", "http://10.0.0.9:4317"])
+        .unwrap()
+        .validate()
+        .is_ok());
+}

@@ -113,6 +113,8 @@ pub struct RequestCtx {
     pub mirrors: Vec<mpsc::Sender<Bytes>>,
     /// The upstream response status (last attempt).
     pub upstream_status: Option<u16>,
+    /// Peer metadata, span, upstream timing: metrics, tracing and the access log.
+    pub telemetry: super::telemetry::RequestTelemetry,
 }
 
 impl RequestCtx {
@@ -142,6 +144,7 @@ impl RequestCtx {
             cors_origin: None,
             mirrors: Vec::new(),
             upstream_status: None,
+            telemetry: super::telemetry::RequestTelemetry::default(),
         }
     }
 

@@ -20,7 +20,9 @@ use super::headers::{apply_request, apply_response, ValueContext};
 use super::reply::{self, LocalReply, Outcome};
 use super::retry::{Failure, RetryState};
 use super::route::RequestInfo;
-use super::{authority, cors, header, new_request_id, normalize_request, protocol_name, MeshHttp};
+use super::{
+    authority, cors, header, new_request_id, normalize_request, protocol_name, telemetry, MeshHttp,
+};
 use crate::accesslog::{AccessLogEntry, Detail, ResponseFlag};
 use crate::listener::conn::ConnContext;
 use crate::snapshot::HttpRoutes;
@@ -174,8 +176,17 @@ impl MeshHttp {
         reply: LocalReply,
     ) -> bool {
         if let Some(fwd) = &ctx.forward {
+            let stats =
+                telemetry::cluster_stats(&self.shared, &mut ctx.telemetry, fwd.cluster.name());
             if let Some(host) = fwd.host.as_ref().and_then(|h| h.state.as_ref()) {
-                fwd.cluster.report(host, AttemptResult::LocalFailure);
+                if fwd.cluster.report(host, AttemptResult::LocalFailure) {
+                    stats.outlier_detection_ejections_enforced_total.inc();
+                }
+            }
+            match &failure {
+                Some(Failure::ConnectFailure) => stats.upstream_cx_connect_fail.inc(),
+                Some(Failure::PerTryTimeout) => stats.upstream_rq_per_try_timeout.inc(),
+                _ => {}
             }
         }
         let retry = match (failure, &ctx.forward) {
@@ -187,6 +198,9 @@ impl MeshHttp {
             _ => false,
         };
         if retry {
+            if let Some(stats) = &ctx.telemetry.cluster {
+                stats.upstream_rq_retry.inc();
+            }
             ctx.failure = None;
         } else {
             if ctx.retry.exhausted {
@@ -238,6 +252,12 @@ impl ProxyHttp for MeshHttp {
         let Some(conn) = ctx.conn.clone() else {
             return self.local_reply(session, ctx, LocalReply::Internal).await;
         };
+        telemetry::on_request(
+            &self.shared,
+            &conn,
+            session.req_header_mut(),
+            &mut ctx.telemetry,
+        );
         let Some(chain) = conn.http_chain() else {
             return self.local_reply(session, ctx, LocalReply::Internal).await;
         };
@@ -301,6 +321,9 @@ impl ProxyHttp for MeshHttp {
                 Ok(permit) => fwd.request_permit = Some(permit),
                 Err(_) => {
                     ctx.failure = Some(LocalReply::Overflow);
+                    let stats =
+                        telemetry::cluster_stats(&self.shared, &mut ctx.telemetry, cluster.name());
+                    stats.upstream_rq_pending_overflow.inc();
                     return Error::e_explain(ErrorType::HTTPStatus(503), "max_requests overflow");
                 }
             }
@@ -324,6 +347,10 @@ impl ProxyHttp for MeshHttp {
                 }
                 Err(Refused::Overflow(_)) => {
                     ctx.failure = Some(LocalReply::Overflow);
+                    let stats =
+                        telemetry::cluster_stats(&self.shared, &mut ctx.telemetry, cluster.name());
+                    stats.upstream_rq_pending_overflow.inc();
+                    stats.upstream_cx_overflow.inc();
                     return Error::e_explain(ErrorType::HTTPStatus(503), "connection overflow");
                 }
                 Err(Refused::Timeout) => {
@@ -430,6 +457,11 @@ impl ProxyHttp for MeshHttp {
         let Some(fwd) = ctx.forward.as_mut() else {
             return Ok(());
         };
+        if !reused {
+            telemetry::cluster_stats(&self.shared, &mut ctx.telemetry, fwd.cluster.name())
+                .upstream_cx_total
+                .inc();
+        }
         let settings = &fwd.cluster.cluster().connection;
         let mut close = false;
         if let Some(max) = settings.max_requests_per_connection {
@@ -506,6 +538,16 @@ impl ProxyHttp for MeshHttp {
         if fwd.close_connection && upstream_request.version != http::Version::HTTP_2 {
             upstream_request.insert_header(http::header::CONNECTION, "close")?;
         }
+        if let Some(conn) = &ctx.conn {
+            let cluster = fwd.cluster.name();
+            telemetry::on_upstream_request(
+                &self.shared,
+                conn,
+                Some(cluster),
+                upstream_request,
+                &mut ctx.telemetry,
+            )?;
+        }
         Ok(())
     }
 
@@ -522,13 +564,20 @@ impl ProxyHttp for MeshHttp {
         ctx.upstream_status = Some(status);
         if let Some(fwd) = &ctx.forward {
             if let Some(host) = fwd.host.as_ref().and_then(|h| h.state.as_ref()) {
-                fwd.cluster.report(host, AttemptResult::Status(status));
+                if fwd.cluster.report(host, AttemptResult::Status(status)) {
+                    telemetry::cluster_stats(&self.shared, &mut ctx.telemetry, fwd.cluster.name())
+                        .outlier_detection_ejections_enforced_total
+                        .inc();
+                }
             }
             if ctx.retry.retriable_response(upstream_response) {
                 let max = fwd.cluster.cluster().circuit_breakers.max_retries;
                 let limits = fwd.cluster.limits().clone();
                 let replayable = replayable_after(session, &ctx.retry, upstream_response);
                 if ctx.retry.take_retry(replayable, &limits, max) {
+                    telemetry::cluster_stats(&self.shared, &mut ctx.telemetry, fwd.cluster.name())
+                        .upstream_rq_retry
+                        .inc();
                     let mut e = Error::new_up(ErrorType::HTTPStatus(status));
                     e.set_retry(true);
                     return Err(e);
@@ -538,8 +587,31 @@ impl ProxyHttp for MeshHttp {
                 }
             }
         }
+        if let Some(conn) = ctx.conn.clone() {
+            telemetry::on_upstream_response(
+                &self.shared,
+                &conn,
+                upstream_response,
+                &mut ctx.telemetry,
+            )?;
+        }
         let protocol = protocol_name(session.req_header().version);
         finalize_response(ctx, protocol, upstream_response);
+        Ok(())
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        upstream_trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(s) = upstream_trailers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+        {
+            ctx.telemetry.grpc_status = Some(s);
+        }
         Ok(())
     }
 
@@ -734,6 +806,11 @@ impl ProxyHttp for MeshHttp {
         if let Some(conn) = &ctx.conn {
             entry.downstream_remote_address = conn.peer_addr;
             entry.downstream_local_address = Some(conn.destination.address);
+            entry.requested_server_name = conn.server_name().map(str::to_string);
+        }
+        entry.upstream_service_time = ctx.telemetry.upstream_service_time.map(|ms| ms.to_string());
+        if let Some(conn) = ctx.conn.clone() {
+            telemetry::on_logging(&self.shared, &conn, ctx, &entry);
         }
         self.shared.access_log.log(entry);
     }

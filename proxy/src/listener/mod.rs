@@ -95,6 +95,13 @@ impl CaptureApp {
             tracing::warn!(?local_addr, "connection on an unknown capture listener");
             return;
         };
+        if shared
+            .lifecycle
+            .refuses_connections(capture.role == Role::Inbound)
+        {
+            tracing::debug!(?peer_addr, "listeners drained: closing a new connection");
+            return;
+        }
         let Some(original_dst) = digest
             .as_ref()
             .and_then(|d| d.original_dst()?.as_inet().copied())

@@ -156,6 +156,9 @@ pub struct Snapshot {
     routes: HashMap<String, Arc<RouteTable>>,
     clusters: HashMap<String, Arc<ClusterRuntime>>,
     counters: Arc<Counters>,
+    /// Endpoint address → the first (by name) outbound cluster without subset holding it:
+    /// which Service an inbound connection's original destination belongs to (metrics).
+    endpoint_clusters: HashMap<SocketAddr, String>,
 }
 
 impl Snapshot {
@@ -230,6 +233,21 @@ impl Snapshot {
                 (c.name.clone(), Arc::new(runtime))
             })
             .collect();
+        let mut endpoint_clusters = HashMap::new();
+        for (name, cla) in &config.endpoints {
+            let plain = matches!(
+                name.split('|').collect::<Vec<_>>().as_slice(),
+                ["outbound", _, "", _]
+            );
+            if !plain {
+                continue;
+            }
+            for e in &cla.endpoints {
+                endpoint_clusters
+                    .entry(e.address)
+                    .or_insert_with(|| name.clone());
+            }
+        }
         Snapshot {
             config,
             listeners,
@@ -237,7 +255,14 @@ impl Snapshot {
             routes,
             clusters,
             counters,
+            endpoint_clusters,
         }
+    }
+
+    /// The outbound cluster (`outbound|PORT||HOST`) whose endpoints include `addr`, if any:
+    /// the Service an inbound connection to `addr` is for.
+    pub fn cluster_of_endpoint(&self, addr: SocketAddr) -> Option<&str> {
+        self.endpoint_clusters.get(&addr).map(String::as_str)
     }
 
     /// The registry of configuration-named counters.

@@ -236,6 +236,23 @@ impl ClusterRuntime {
         })
     }
 
+    /// Each endpoint's address, whether outlier detection has ejected it now, and its
+    /// requests in flight (admin `/clusters`, metrics).
+    pub fn host_states(&self) -> Vec<(SocketAddr, bool, u32)> {
+        let now = Instant::now();
+        self.balancer
+            .hosts()
+            .iter()
+            .map(|h| {
+                (
+                    h.address,
+                    h.state.is_ejected(now),
+                    h.state.active_requests(),
+                )
+            })
+            .collect()
+    }
+
     /// Tell outlier detection how an attempt against `host` went; ejects the host when a
     /// detector trips and the cluster's ejection cap allows it. Returns whether it did.
     pub fn report(&self, host: &HostState, result: AttemptResult) -> bool {

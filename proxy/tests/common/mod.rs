@@ -27,17 +27,22 @@ pub struct Ports {
     pub inbound: SocketAddr,
     pub admin: SocketAddr,
     pub readiness: SocketAddr,
+    pub stats: SocketAddr,
+    pub status: SocketAddr,
 }
 
 impl Ports {
     pub fn new() -> Ports {
         let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let [outbound, inbound, admin, readiness]: [SocketAddr; 4] = [0, 1, 2, 3].map(port);
+        let [outbound, inbound, admin, readiness, stats, status]: [SocketAddr; 6] =
+            [0, 1, 2, 3, 4, 5].map(port);
         Ports {
             outbound,
             inbound,
             admin,
             readiness,
+            stats,
+            status,
         }
     }
 }
@@ -49,6 +54,8 @@ pub struct Proxy {
     pub inbound: SocketAddr,
     pub admin: SocketAddr,
     pub readiness: SocketAddr,
+    pub stats: SocketAddr,
+    pub status: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
@@ -65,21 +72,36 @@ fn collect(reader: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<Stri
 impl Proxy {
     /// Start the proxy on `ports` against the ADS server at `xds`, with extra flags.
     pub fn start(xds: SocketAddr, ports: Ports, extra: &[&str]) -> Proxy {
+        Proxy::start_as(xds, ports, "test-pod", "app=test", extra)
+    }
+
+    /// [`Proxy::start`] for the pod `pod` with labels `labels` (`k=v,k=v`).
+    pub fn start_as(
+        xds: SocketAddr,
+        ports: Ports,
+        pod: &str,
+        labels: &str,
+        extra: &[&str],
+    ) -> Proxy {
         let Ports {
             outbound,
             inbound,
             admin,
             readiness,
+            stats,
+            status,
         } = ports;
         let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-proxy"))
             .arg("run")
             .args(["--xds-address", &format!("http://{xds}")])
-            .args(["--pod-name", "test-pod", "--namespace", "default"])
-            .args(["--ip", "127.0.0.1", "--labels", "app=test"])
+            .args(["--pod-name", pod, "--namespace", "default"])
+            .args(["--ip", "127.0.0.1", "--labels", labels])
             .args(["--outbound-addr", &outbound.to_string()])
             .args(["--inbound-addr", &inbound.to_string()])
             .args(["--admin-addr", &admin.to_string()])
             .args(["--readiness-addr", &readiness.to_string()])
+            .args(["--stats-addr", &stats.to_string()])
+            .args(["--status-addr", &status.to_string()])
             .args(["--drain-duration", "3s"])
             .args(extra)
             .env("RUST_LOG", "info")
@@ -97,6 +119,8 @@ impl Proxy {
             inbound,
             admin,
             readiness,
+            stats,
+            status,
             logs,
             stderr,
         }
