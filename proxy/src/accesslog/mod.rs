@@ -344,10 +344,7 @@ impl AccessLogEntry {
 
     /// The response flags as Envoy writes them (`-` for none).
     pub fn response_flags_str(&self) -> String {
-        serde_json::to_value(&self.response_flags)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_else(|| "-".to_string())
+        self.response_flags.to_string()
     }
 }
 

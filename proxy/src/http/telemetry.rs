@@ -11,7 +11,7 @@ use http::HeaderName;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::ctx::RequestCtx;
-use crate::accesslog::AccessLogEntry;
+use crate::accesslog::{AccessLogEntry, ResponseFlag};
 use crate::listener::conn::{ConnContext, Role};
 use crate::metrics::istio::{HttpKey, Parties, RequestProtocol};
 use crate::metrics::peer::{METADATA_HEADER, METADATA_ID_HEADER};
@@ -174,7 +174,9 @@ pub fn on_logging(shared: &Shared, conn: &ConnContext, ctx: &mut RequestCtx, e: 
     let flags = e.response_flags_str();
     let t = &mut ctx.telemetry;
     if let Some(stats) = &t.cluster {
-        if flags.split(',').any(|f| f == "UT") {
+        if e.response_flags
+            .contains(ResponseFlag::UpstreamRequestTimeout)
+        {
             stats.upstream_rq_timeout.inc();
         }
         if ctx.retry.attempts > 1 && (1..500).contains(&e.response_code) {
