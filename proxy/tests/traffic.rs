@@ -6,6 +6,8 @@
 //! overflow, and gRPC retry and abort.
 
 mod common;
+#[path = "traffic_support/ads.rs"]
+mod push_ads;
 #[path = "traffic_support/config.rs"]
 mod traffic_config;
 
@@ -22,7 +24,8 @@ use hyper_util::rt::TokioExecutor;
 use mesh_tests::echo::proto::echo::echo_service_client::EchoServiceClient;
 use mesh_tests::echo::proto::echo::EchoRequest;
 use mesh_tests::echo::{BoundServer, ServerArgs};
-use traffic_config::{resources, Backends};
+use push_ads::PushAds;
+use traffic_config::{resources, resources_with, route_to_cluster, route_with_bad_regex, Backends};
 
 /// A `mesh-echo` server named `reviews` at `version`, on a free HTTP (and gRPC) port.
 async fn echo(version: &str) -> (SocketAddr, SocketAddr) {
@@ -87,6 +90,9 @@ async fn recorder(status: u16) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
 }
 
 struct Setup {
+    ads: PushAds,
+    ports: Ports,
+    backends: Backends,
     proxy: Proxy,
     mirrored: Arc<Mutex<Vec<String>>>,
     failed: Arc<Mutex<Vec<String>>>,
@@ -114,10 +120,13 @@ async fn start() -> Setup {
         mirror,
         closed,
     };
-    let ads = common::xds::serve_ads(resources(&ports, &backends)).await;
-    let proxy = Proxy::start(ads, ports, &[]);
+    let ads = PushAds::start(resources(&ports, &backends)).await;
+    let proxy = Proxy::start(ads.addr, ports, &[]);
     proxy.wait_ready().await;
     Setup {
+        ads,
+        ports,
+        backends,
         proxy,
         mirrored,
         failed,
@@ -581,4 +590,56 @@ async fn grpc_retry_on_unavailable_and_abort_with_grpc_status() {
     let log = s.proxy.wait_log(|l| l["authority"] == "grpcabort").await;
     assert_eq!(log["response_flags"], "FI");
     assert_eq!(log["response_code"], 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_the_proxy_cannot_apply_is_nacked_and_the_old_one_kept() {
+    let s = start().await;
+    assert_eq!(s.get("retry", "/before", &[]).await.status, 200);
+    // Version 2 adds a virtual host whose route regex does not compile.
+    s.ads.push(resources_with(
+        &s.ports,
+        &s.backends,
+        vec![("broken", vec![route_with_bad_regex()])],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let nack = loop {
+        if let Some(n) = s
+            .ads
+            .nacks()
+            .into_iter()
+            .find(|n| n.type_url.ends_with("RouteConfiguration"))
+        {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no RDS NACK: {:?}",
+            s.ads.nacks()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(nack.kept_version, "1");
+    assert!(
+        nack.message
+            .contains(&format!("\"{}\"", s.ports.outbound.port()))
+            && nack.message.contains("safe_regex"),
+        "names the route configuration and the field: {}",
+        nack.message
+    );
+    // The old routes keep serving; the refused virtual host does not exist.
+    assert_eq!(s.get("retry", "/after", &[]).await.status, 200);
+    let r = s.get("broken", "/", &[]).await;
+    assert_eq!(r.status, 404);
+    // Version 3 is valid: applied.
+    s.ads.push(resources_with(
+        &s.ports,
+        &s.backends,
+        vec![("fixed", vec![route_to_cluster("v1")])],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.get("fixed", "/", &[]).await.status != 200 {
+        assert!(Instant::now() < deadline, "version 3 never applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

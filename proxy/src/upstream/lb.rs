@@ -170,13 +170,20 @@ impl Balancer {
             .find(|l| !req.avoid_priorities.contains(&l.priority) && has_usable(l))
             .or_else(|| self.levels.iter().find(|l| has_usable(l)))?;
         let attempts = req.attempts.max(1);
+        let avoided = |i: usize| req.avoid.contains(&self.hosts[i].address);
         let mut chosen = None;
         for attempt in 0..attempts {
             let i = self.pick_in(level, req.hash, attempt, &usable)?;
             chosen = Some(i);
-            if !req.avoid.contains(&self.hosts[i].address) {
+            if !avoided(i) {
                 break;
             }
+        }
+        if chosen.is_some_and(avoided) {
+            // Every attempt met a host already tried (likely with a sticky hash and few
+            // hosts): take the policy's next host that was not tried, when one exists.
+            let fresh = |i: usize| usable(i) && !avoided(i);
+            chosen = self.pick_in(level, req.hash, attempts, &fresh).or(chosen);
         }
         chosen.map(|i| &self.hosts[i])
     }

@@ -187,6 +187,43 @@ fn consistent_hashing_is_sticky_and_survives_snapshots() {
 }
 
 #[test]
+fn a_retry_avoids_the_hosts_already_tried_whenever_another_exists() {
+    for policy in [
+        LbPolicy::RingHash,
+        LbPolicy::Maglev,
+        LbPolicy::RoundRobin,
+        LbPolicy::LeastRequest,
+        LbPolicy::Random,
+    ] {
+        let (c, cla) = hosts_cluster(policy, 2);
+        let rt = ClusterRuntime::new(&c, Some(&cla), None);
+        for i in 0..200 {
+            let hash = Some(lb::hash64(format!("user-{i}").as_bytes()));
+            let pick = |avoid: &[SocketAddr], attempts: u32| {
+                rt.pick_host(
+                    &REDIRECTED,
+                    &PickRequest {
+                        hash,
+                        avoid,
+                        attempts,
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+                .address
+            };
+            let first = pick(&[], 1);
+            for attempts in [1, 5] {
+                assert_ne!(pick(&[first], attempts), first, "{policy:?} user-{i}");
+            }
+            // Every host tried: one of them is still chosen.
+            let other = pick(&[first], 1);
+            pick(&[first, other], 5);
+        }
+    }
+}
+
+#[test]
 fn least_request_prefers_idle_hosts() {
     let (c, cla) = hosts_cluster(LbPolicy::LeastRequest, 2);
     let rt = ClusterRuntime::new(&c, Some(&cla), None);

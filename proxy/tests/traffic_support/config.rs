@@ -335,12 +335,39 @@ fn routes() -> Vec<(&'static str, Vec<Route>)> {
     ]
 }
 
+/// A route to `cluster` for every path.
+pub fn route_to_cluster(cluster: &str) -> Route {
+    forward(cluster, |_| {})
+}
+
+/// A route whose path regex does not compile (what no proxy can apply).
+pub fn route_with_bad_regex() -> Route {
+    let mut r = forward("v1", |_| {});
+    r.r#match.as_mut().unwrap().path_specifier = Some(PathSpecifier::SafeRegex(
+        envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher {
+            regex: "/(unclosed".into(),
+            ..Default::default()
+        },
+    ));
+    r
+}
+
 /// Every resource of the traffic tests.
 pub fn resources(ports: &Ports, b: &Backends) -> Resources {
+    resources_with(ports, b, vec![])
+}
+
+/// [`resources`] with more virtual hosts (`(domain, routes)`).
+pub fn resources_with(
+    ports: &Ports,
+    b: &Backends,
+    extra: Vec<(&'static str, Vec<Route>)>,
+) -> Resources {
     let out = ports.outbound.port();
     let rds = out.to_string();
     let vhosts = routes()
         .into_iter()
+        .chain(extra)
         .map(|(name, routes)| vhost(name, &[name], routes))
         .collect();
     let mut ring = static_cluster("ring", &[b.v1, b.v2, b.v3], Proto::Http1);
