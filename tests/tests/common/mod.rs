@@ -10,6 +10,8 @@
 // Each test binary uses a part of this module.
 #![allow(dead_code)]
 
+pub mod bookinfo;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,49 +163,61 @@ impl Mesh {
     /// Runs a test's checks; when they fail (an error or a panic), saves the diagnostics
     /// ([`Mesh::save_diagnostics`]) first.
     pub fn check<T>(&self, body: impl FnOnce() -> Result<T>) -> Result<T> {
-        match catch_unwind(AssertUnwindSafe(body)) {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                self.save_diagnostics();
-                Err(e)
-            }
-            Err(panic) => {
-                self.save_diagnostics();
-                resume_unwind(panic)
-            }
-        }
+        check(&self.topo, &self.cp, body)
     }
 
     /// Saves every sidecar's `/config_dump` and `/stats` and the control plane's
     /// `/debug/syncz` into the artifact directory (`<pod>.config_dump.json`,
     /// `<pod>.stats.txt`, `controlplane.syncz.json`), and says where on stderr.
     pub fn save_diagnostics(&self) {
-        let dir = self.topo.artifact_dir();
-        let mut saved = Vec::new();
-        let mut save = |file: String, body: String| {
-            let path = dir.join(file);
-            if std::fs::write(&path, body).is_ok() {
-                saved.push(path.display().to_string());
-            }
-        };
-        for pod in self.topo.pods() {
-            if pod.proxy().is_none() {
-                continue;
-            }
-            for (path, file) in [
-                ("/config_dump", "config_dump.json"),
-                ("/stats", "stats.txt"),
-            ] {
-                let body = pod.admin(path).unwrap_or_else(|e| format!("{path}: {e}\n"));
-                save(format!("{}.{file}", pod.name()), body);
-            }
-        }
-        if self.cp.process().is_some() {
-            let body = self.cp.syncz().unwrap_or_else(|e| format!("syncz: {e}\n"));
-            save("controlplane.syncz.json".to_owned(), body);
-        }
-        eprintln!("e2e: diagnostics saved: {}", saved.join(", "));
+        save_diagnostics(&self.topo, &self.cp);
     }
+}
+
+/// Runs a test's checks on any topology; when they fail (an error or a panic), saves the
+/// diagnostics ([`save_diagnostics`]) first.
+pub fn check<T>(topo: &Topology, cp: &ControlPlane, body: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => {
+            save_diagnostics(topo, cp);
+            Err(e)
+        }
+        Err(panic) => {
+            save_diagnostics(topo, cp);
+            resume_unwind(panic)
+        }
+    }
+}
+
+/// Saves every sidecar's `/config_dump` and `/stats` and the control plane's `/debug/syncz`
+/// of any topology, as [`Mesh::save_diagnostics`] does.
+pub fn save_diagnostics(topo: &Topology, cp: &ControlPlane) {
+    let dir = topo.artifact_dir();
+    let mut saved = Vec::new();
+    let mut save = |file: String, body: String| {
+        let path = dir.join(file);
+        if std::fs::write(&path, body).is_ok() {
+            saved.push(path.display().to_string());
+        }
+    };
+    for pod in topo.pods() {
+        if pod.proxy().is_none() {
+            continue;
+        }
+        for (path, file) in [
+            ("/config_dump", "config_dump.json"),
+            ("/stats", "stats.txt"),
+        ] {
+            let body = pod.admin(path).unwrap_or_else(|e| format!("{path}: {e}\n"));
+            save(format!("{}.{file}", pod.name()), body);
+        }
+    }
+    if cp.process().is_some() {
+        let body = cp.syncz().unwrap_or_else(|e| format!("syncz: {e}\n"));
+        save("controlplane.syncz.json".to_owned(), body);
+    }
+    eprintln!("e2e: diagnostics saved: {}", saved.join(", "));
 }
 
 /// A reply read by [`curl`].
