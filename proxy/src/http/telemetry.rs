@@ -143,17 +143,60 @@ pub fn on_upstream_response(
 }
 
 /// The destination Service of the request: outbound, from the route's cluster; inbound, the
-/// Service whose endpoints hold the original destination.
-fn service(shared: &Shared, conn: &ConnContext, cluster: Option<&str>) -> Arc<ServiceInfo> {
+/// Service whose endpoints hold the original destination (when several Services select the
+/// workload on that port, the one the request's authority names, else the first by name).
+fn service(
+    shared: &Shared,
+    conn: &ConnContext,
+    cluster: Option<&str>,
+    authority: Option<&str>,
+) -> Arc<ServiceInfo> {
     match conn.role {
         Role::Outbound => shared.metrics.services.for_cluster(cluster.unwrap_or("")),
         Role::Inbound => {
             let snapshot = shared.snapshot.load();
-            match snapshot.cluster_of_endpoint(conn.destination.address) {
+            let candidates = snapshot.clusters_of_endpoint(conn.destination.address);
+            let named = authority.and_then(|a| {
+                let host = a.rsplit_once(':').map_or(a, |(h, _)| h);
+                candidates.iter().find(|c| {
+                    let fqdn = c.rsplit('|').next().unwrap_or("");
+                    !host.is_empty()
+                        && (fqdn == host
+                            || fqdn
+                                .strip_prefix(host)
+                                .is_some_and(|rest| rest.starts_with('.')))
+                })
+            });
+            match named.or(candidates.first()) {
                 Some(c) => shared.metrics.services.for_cluster(c),
                 None => shared.metrics.services.unknown(),
             }
         }
+    }
+}
+
+/// The two parties of a request or connection as this proxy reports them: reporter from the
+/// listener's direction, the peer's workload when its metadata came with the request
+/// (else unknown), the principals of mutual TLS, the destination Service (inbound, the one
+/// `authority` names among those of the workload's port).
+pub fn parties(
+    shared: &Shared,
+    conn: &ConnContext,
+    peer: Option<Arc<PeerInfo>>,
+    cluster: Option<&str>,
+    authority: Option<&str>,
+) -> Parties {
+    Parties {
+        reporter: match conn.role {
+            Role::Outbound => Reporter::Source,
+            Role::Inbound => Reporter::Destination,
+        },
+        local: shared.metrics.local.info.clone(),
+        peer: peer.unwrap_or_else(|| shared.metrics.peers.unknown().clone()),
+        local_principal: shared.metrics.local_principal.clone().filter(|_| conn.tls),
+        peer_principal: conn.peer_principal.clone(),
+        mutual_tls: conn.tls && conn.peer_principal.is_some(),
+        service: service(shared, conn, cluster, authority),
     }
 }
 
@@ -184,23 +227,14 @@ pub fn on_logging(shared: &Shared, conn: &ConnContext, ctx: &mut RequestCtx, e: 
         }
     }
     let cluster = e.upstream_cluster.as_deref();
-    let reporter = match conn.role {
-        Role::Outbound => Reporter::Source,
-        Role::Inbound => Reporter::Destination,
-    };
     let key = HttpKey {
-        parties: Parties {
-            reporter,
-            local: shared.metrics.local.info.clone(),
-            peer: t
-                .peer
-                .clone()
-                .unwrap_or_else(|| shared.metrics.peers.unknown().clone()),
-            local_principal: shared.metrics.local_principal.clone().filter(|_| conn.tls),
-            peer_principal: conn.peer_principal.clone(),
-            mutual_tls: conn.tls && conn.peer_principal.is_some(),
-            service: service(shared, conn, cluster),
-        },
+        parties: parties(
+            shared,
+            conn,
+            t.peer.clone(),
+            cluster,
+            e.authority.as_deref(),
+        ),
         protocol: if t.grpc {
             RequestProtocol::Grpc
         } else {

@@ -156,9 +156,9 @@ pub struct Snapshot {
     routes: HashMap<String, Arc<RouteTable>>,
     clusters: HashMap<String, Arc<ClusterRuntime>>,
     counters: Arc<Counters>,
-    /// Endpoint address → the first (by name) outbound cluster without subset holding it:
-    /// which Service an inbound connection's original destination belongs to (metrics).
-    endpoint_clusters: HashMap<SocketAddr, String>,
+    /// Endpoint address → the outbound clusters without subset holding it, sorted by name:
+    /// which Services an inbound connection's original destination belongs to (metrics).
+    endpoint_clusters: HashMap<SocketAddr, Vec<String>>,
 }
 
 impl Snapshot {
@@ -245,8 +245,13 @@ impl Snapshot {
             for e in &cla.endpoints {
                 endpoint_clusters
                     .entry(e.address)
-                    .or_insert_with(|| name.clone());
+                    .or_insert_with(Vec::new)
+                    .push(name.clone());
             }
+        }
+        for names in endpoint_clusters.values_mut() {
+            names.sort();
+            names.dedup();
         }
         Snapshot {
             config,
@@ -259,10 +264,10 @@ impl Snapshot {
         }
     }
 
-    /// The outbound cluster (`outbound|PORT||HOST`) whose endpoints include `addr`, if any:
-    /// the Service an inbound connection to `addr` is for.
-    pub fn cluster_of_endpoint(&self, addr: SocketAddr) -> Option<&str> {
-        self.endpoint_clusters.get(&addr).map(String::as_str)
+    /// The outbound clusters (`outbound|PORT||HOST`) whose endpoints include `addr`, sorted
+    /// by name: the Services an inbound connection to `addr` may be for.
+    pub fn clusters_of_endpoint(&self, addr: SocketAddr) -> &[String] {
+        self.endpoint_clusters.get(&addr).map_or(&[], Vec::as_slice)
     }
 
     /// The registry of configuration-named counters.

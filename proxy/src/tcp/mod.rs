@@ -17,6 +17,7 @@ use xds_client::model::TcpProxy;
 
 use crate::accesslog::{AccessLogEntry, ResponseFlag};
 use crate::listener::conn::ConnContext;
+use crate::metrics::istio::TcpKey;
 use crate::shared::Shared;
 use crate::stats::Stats;
 use crate::upstream::host::AttemptResult;
@@ -145,10 +146,13 @@ where
     let mut entry = AccessLogEntry::new(start_time);
     entry.downstream_remote_address = conn.peer_addr;
     entry.downstream_local_address = Some(conn.destination.address);
+    entry.requested_server_name = conn.server_name().map(str::to_string);
 
     let snapshot = shared.snapshot.load();
     let cluster_name = choose_cluster(settings, rand::random());
     entry.upstream_cluster = Some(cluster_name.to_string());
+    let parties = crate::http::telemetry::parties(shared, conn, None, Some(cluster_name), None);
+    let mut opened = None;
     match snapshot.cluster(cluster_name) {
         None => entry.response_flags = ResponseFlag::NoClusterFound.into(),
         Some(cluster) => match cluster.pick_host(&conn.destination, &PickRequest::default()) {
@@ -174,6 +178,14 @@ where
                         }
                         Ok(mut upstream) => {
                             let _active = picked.state.as_ref().map(|s| s.start_request());
+                            // Counted as open while it is, under the label set of a
+                            // connection without flags.
+                            let handles = shared.metrics.istio.tcp(&TcpKey {
+                                parties: parties.clone(),
+                                response_flags: shared.metrics.flags("-"),
+                            });
+                            handles.opened.inc();
+                            opened = Some(handles);
                             let _permit = permit;
                             drop(snapshot);
                             let relayed =
@@ -190,6 +202,25 @@ where
         },
     }
     entry.duration = started.elapsed().as_millis() as u64;
+    let key = TcpKey {
+        parties,
+        response_flags: shared.metrics.flags(&entry.response_flags.to_string()),
+    };
+    let closed = match opened {
+        Some(h) if key.response_flags.as_ref() == "-" => h,
+        _ => {
+            // A connection that failed (or ended flagged) is counted under its flags, as
+            // Envoy's TCP stats filter does: opened and closed there.
+            let h = shared.metrics.istio.tcp(&key);
+            if opened.is_none() {
+                h.opened.inc();
+            }
+            h
+        }
+    };
+    closed.closed.inc();
+    closed.received.inc_by(entry.bytes_received);
+    closed.sent.inc_by(entry.bytes_sent);
     shared.access_log.log(entry);
 }
 
