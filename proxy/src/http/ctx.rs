@@ -14,7 +14,7 @@ use super::route::{RouteEntry, Target};
 use crate::accesslog::{Detail, ResponseFlag, ResponseFlags};
 use crate::authz::ShadowOutcome;
 use crate::listener::conn::ConnContext;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ChainRuntime, Snapshot};
 use crate::upstream::host::ActiveRequest;
 use crate::upstream::limits::Permit;
 use crate::upstream::{ClusterRuntime, Picked};
@@ -75,6 +75,9 @@ pub struct RequestCtx {
     pub conn: Option<Arc<ConnContext>>,
     /// The snapshot the request was routed under.
     pub snapshot: Option<Arc<Snapshot>>,
+    /// The filter chain that handles the request: the connection's, or the one that replaced
+    /// it since the connection was accepted (see [`crate::listener::current_chain`]).
+    pub chain: Option<Arc<ChainRuntime>>,
     /// The request's authority.
     pub authority: Option<String>,
     /// `x-request-id` (received or generated).
@@ -125,6 +128,7 @@ impl RequestCtx {
             started: Instant::now(),
             conn: None,
             snapshot: None,
+            chain: None,
             authority: None,
             request_id: None,
             generated_request_id: false,

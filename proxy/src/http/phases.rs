@@ -1,6 +1,7 @@
 //! The phases of [`MeshHttp`]'s `impl ProxyHttp` (see the module docs of [`crate::http`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -25,7 +26,7 @@ use super::{
 };
 use crate::accesslog::{AccessLogEntry, Detail, ResponseFlag};
 use crate::listener::conn::ConnContext;
-use crate::snapshot::HttpRoutes;
+use crate::snapshot::{ChainKind, HttpRoutes};
 use crate::stats::Stats;
 use crate::upstream::host::AttemptResult;
 use crate::upstream::lb::PickRequest;
@@ -89,7 +90,10 @@ impl MeshHttp {
         conn: &ConnContext,
     ) -> Option<LocalReply> {
         let snapshot = self.shared.snapshot.load();
-        let chain = conn.http_chain()?;
+        let runtime = ctx.chain.clone()?;
+        let ChainKind::Http(chain) = &runtime.kind else {
+            return None;
+        };
         let authority = ctx.authority.clone().unwrap_or_default();
         let info = |req| RequestInfo {
             req,
@@ -258,7 +262,24 @@ impl ProxyHttp for MeshHttp {
             session.req_header_mut(),
             &mut ctx.telemetry,
         );
-        let Some(chain) = conn.http_chain() else {
+        // A listener update since the connection was accepted: the request is handled (and
+        // authorized) by the chain that applies now, and the connection closes after the
+        // response (Envoy drains connections of replaced filter chains), so that an
+        // AuthorizationPolicy change reaches pooled connections at once.
+        let chain_now = {
+            let snapshot = self.shared.snapshot.load();
+            crate::listener::current_chain(&conn, &snapshot)
+        };
+        let runtime = match chain_now {
+            Some(now) if Arc::ptr_eq(&now, &conn.chain) => now,
+            now => {
+                session.set_keepalive(None);
+                now.filter(|c| matches!(c.kind, ChainKind::Http(_)))
+                    .unwrap_or_else(|| conn.chain.clone())
+            }
+        };
+        ctx.chain = Some(runtime.clone());
+        let ChainKind::Http(chain) = &runtime.kind else {
             return self.local_reply(session, ctx, LocalReply::Internal).await;
         };
         let normalization = self

@@ -42,6 +42,8 @@ impl Role {
 pub struct ConnContext {
     /// The capture listener that accepted it.
     pub role: Role,
+    /// The address that capture listener is bound to.
+    pub capture: SocketAddr,
     /// The downstream peer.
     pub peer_addr: Option<SocketAddr>,
     /// The local address of the accepted socket (the capture listener).

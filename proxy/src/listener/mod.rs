@@ -39,7 +39,7 @@ use crate::accesslog::{AccessLogEntry, Detail, ResponseFlag};
 use crate::authz;
 use crate::http::MeshHttp;
 use crate::shared::Shared;
-use crate::snapshot::ChainKind;
+use crate::snapshot::{ChainKind, ChainRuntime, Snapshot};
 use crate::stats::Stats;
 use crate::upstream::OriginalDestination;
 
@@ -160,6 +160,7 @@ impl CaptureApp {
         };
         let conn = Arc::new(ConnContext {
             role: capture.role,
+            capture: capture.bound,
             peer_addr,
             local_addr,
             destination,
@@ -192,6 +193,30 @@ impl CaptureApp {
             }
         }
     }
+}
+
+/// The chain that applies to `conn` under `snapshot`: the connection's own chain while the
+/// snapshot still holds it (its listener is unchanged), else the chain selection picks for the
+/// same connection now (`None` when no chain would take it). A connection outlives the
+/// configuration it was accepted under; what it carries must not.
+pub fn current_chain(conn: &ConnContext, snapshot: &Snapshot) -> Option<Arc<ChainRuntime>> {
+    let capture = snapshot.capture_listener(conn.capture, conn.role.listener_name())?;
+    let listener = select::virtual_listener(snapshot, capture, conn.destination.address);
+    let held = listener
+        .chains
+        .iter()
+        .chain(listener.default_chain.iter())
+        .any(|c| Arc::ptr_eq(c, &conn.chain));
+    if held {
+        return Some(conn.chain.clone());
+    }
+    let facts = ConnectionFacts {
+        destination: conn.destination.address,
+        server_name: conn.server_name(),
+        transport_protocol: if conn.tls { "tls" } else { RAW_BUFFER },
+    };
+    let candidates = select::candidates(&listener.chains, &facts);
+    select::chain_for(listener, candidates, conn.application_protocol)
 }
 
 /// The chain's network RBAC filters, once per connection, before anything reaches the

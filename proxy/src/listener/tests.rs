@@ -221,3 +221,101 @@ async fn binary_first_byte_decides_at_once() {
     assert_eq!(detected, Detected::Tcp);
     assert!(started.elapsed() < Duration::from_secs(1));
 }
+
+/// A connection keeps its chain while the listener is unchanged (other resources may change);
+/// once the listener is replaced, the chain that applies now is the new one.
+#[test]
+fn current_chain_follows_listener_updates() {
+    use std::sync::Arc;
+
+    use xds_client::model::rbac::{RbacAction, RbacRules};
+    use xds_client::model::RouteSource;
+
+    use super::conn::{ConnContext, Role};
+    use crate::fixtures::{cla, config, http_chain, listener};
+    use crate::snapshot::Snapshot;
+    use crate::upstream::OriginalDestination;
+
+    let inbound = |deny_all: bool| {
+        let mut chain = http_chain("inbound-9080", port(9080), RouteSource::Rds("r".into()));
+        if let xds_client::model::NetworkFilter::Http(hcm) = &mut chain.filter {
+            if deny_all {
+                hcm.http_filters.insert(
+                    0,
+                    xds_client::model::HttpFilter::Rbac(Box::new(xds_client::model::rbac::Rbac {
+                        rules: Some(RbacRules {
+                            action: RbacAction::Allow,
+                            policies: Default::default(),
+                        }),
+                        ..Default::default()
+                    })),
+                );
+            }
+        }
+        listener(
+            "virtualInbound",
+            "0.0.0.0:15006",
+            true,
+            false,
+            vec![chain],
+            None,
+        )
+    };
+    let first = Snapshot::build(
+        Arc::new(config(vec![inbound(false)], vec![], vec![], vec![])),
+        None,
+    );
+    let capture: SocketAddr = "0.0.0.0:15006".parse().unwrap();
+    let conn = ConnContext {
+        role: Role::Inbound,
+        capture,
+        peer_addr: None,
+        local_addr: None,
+        destination: OriginalDestination {
+            address: "10.0.0.2:9080".parse().unwrap(),
+            redirected: true,
+        },
+        listener: "virtualInbound".into(),
+        chain: first
+            .capture_listener(capture, "virtualInbound")
+            .unwrap()
+            .chains[0]
+            .clone(),
+        application_protocol: None,
+        tls: false,
+        peer_principal: None,
+        server_name: None,
+    };
+    // Endpoints change, the listener does not: the same chain.
+    let same = Snapshot::build(
+        Arc::new(config(
+            vec![inbound(false)],
+            vec![],
+            vec![],
+            vec![cla("c", &["10.0.0.9:80"])],
+        )),
+        Some(&first),
+    );
+    let now = super::current_chain(&conn, &same).unwrap();
+    assert!(Arc::ptr_eq(&now, &conn.chain));
+    // An AuthorizationPolicy lands: the listener is replaced, the new chain applies.
+    let denied = Snapshot::build(
+        Arc::new(config(vec![inbound(true)], vec![], vec![], vec![])),
+        Some(&same),
+    );
+    let now = super::current_chain(&conn, &denied).unwrap();
+    assert!(!Arc::ptr_eq(&now, &conn.chain));
+    let crate::snapshot::ChainKind::Http(http) = &now.kind else {
+        panic!("not HTTP");
+    };
+    assert!(matches!(
+        http.filters[0],
+        crate::http::filters::Filter::Rbac(_)
+    ));
+    // The listener is gone: no chain applies.
+    let gone = Snapshot::build(
+        Arc::new(config(vec![], vec![], vec![], vec![])),
+        Some(&denied),
+    );
+    assert!(super::current_chain(&conn, &gone).is_none());
+}
