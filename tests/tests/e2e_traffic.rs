@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use common::bookinfo::{
-    check_split, requests, same_proportion, samples_or_skip, url, Bookinfo, Tally,
+    binomial_within, check_split, requests, same_proportion, samples_or_skip, url, Bookinfo, Tally,
 };
 use common::wait_log;
 use mesh_tests::harness::Peer;
@@ -140,6 +140,27 @@ fn every_sample_is_tested_or_skipped_for_a_reason() {
         .map(str::to_owned)
         .collect();
     assert_eq!(on_disk, known, "samples in {}", dir.display());
+}
+
+/// The tolerance cannot let a wrong split pass: at 1,000 requests each sample's exact
+/// expectation passes, and the count of a split 10 points away fails.
+#[test]
+fn split_tolerance_accepts_the_weights_and_rejects_a_split_10_points_off() {
+    let n = SPLIT_REQUESTS;
+    for p in [0.1, 0.2, 0.5, 0.8, 0.9] {
+        let at = |q: f64| (q * n as f64).round() as usize;
+        assert!(binomial_within("exact", at(p), n, p).is_ok(), "p = {p}");
+        for wrong in [p - 0.1, p + 0.1] {
+            if (0.0..=1.0).contains(&wrong) {
+                assert!(
+                    binomial_within("off", at(wrong), n, p).is_err(),
+                    "{wrong} vs {p}"
+                );
+            }
+        }
+    }
+    assert!(binomial_within("none", 0, n, 0.0).is_ok());
+    assert!(binomial_within("some", 1, n, 0.0).is_err());
 }
 
 /// A split sample over reviews v1, v2 and v3: `SPLIT_REQUESTS` requests, every one a 200, each
