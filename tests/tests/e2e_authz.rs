@@ -221,6 +221,20 @@ fn rules_by_path_method_port_and_ip_blocks_deny_with_403_and_dry_run_logs() -> R
                 && !l.ends_with(": 0")),
             "no shadow denial counted:\n{stats}"
         );
+        // Denials are counted under Envoy's names: HTTP under the connection manager's
+        // prefix, TCP under the network filter's.
+        let counted = |prefix: &str| {
+            stats
+                .lines()
+                .filter_map(|l| l.split_once(": "))
+                .any(|(k, v)| {
+                    k.starts_with(prefix)
+                        && k.ends_with("rbac.denied")
+                        && v.trim().parse::<u64>().unwrap_or(0) > 0
+                })
+        };
+        ensure!(counted("http."), "no HTTP denial counted:\n{stats}");
+        ensure!(counted("tcp."), "no TCP denial counted:\n{stats}");
 
         // Removing the policies opens everything again.
         mesh.topo.remove_config("authz.yaml")?;
