@@ -131,7 +131,12 @@ async fn start() -> Setup {
         mirrored,
         failed,
         v1,
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        // A new connection per request: each scenario is about one request. (mesh-proxy
+        // closes an HTTP/1.1 connection after some local replies while answering
+        // `connection: keep-alive`; a pooled connection would race with that.)
+        client: Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build_http(),
     }
 }
 
