@@ -122,6 +122,21 @@ pub fn registryz(mesh: &MeshSnapshot) -> serde_json::Value {
                                 "healthy": e.healthy,
                                 "locality": e.locality,
                                 "source": e.source,
+                                "weight": e.weight,
+                                "tls_mode": e.tls_mode.as_str(),
+                                "labels": e.labels,
+                            })
+                        })
+                        .collect();
+                    let dns_endpoints: Vec<_> = mesh
+                        .dns_endpoints_of(key, p.port)
+                        .iter()
+                        .map(|e| {
+                            json!({
+                                "host": e.host,
+                                "port": e.port,
+                                "locality": e.locality,
+                                "source": e.source,
                                 "labels": e.labels,
                             })
                         })
@@ -132,6 +147,7 @@ pub fn registryz(mesh: &MeshSnapshot) -> serde_json::Value {
                         "target_port": p.target_port,
                         "protocol": p.protocol,
                         "endpoints": endpoints,
+                        "dns_endpoints": dns_endpoints,
                     })
                 })
                 .collect();
@@ -140,6 +156,11 @@ pub fn registryz(mesh: &MeshSnapshot) -> serde_json::Value {
                 "name": svc.name,
                 "hostname": svc.hostname,
                 "cluster_ip": svc.cluster_ip,
+                "addresses": svc.addresses,
+                "origin": svc.origin,
+                "resolution": svc.resolution,
+                "mesh_external": svc.mesh_external,
+                "export_to": svc.export_to,
                 "selector": svc.selector,
                 "ports": ports,
             })

@@ -312,7 +312,14 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// `spec.selector`; `None` when absent or empty (such a Service selects no workload).
     pub selector: Option<BTreeMap<String, String>>,
+    /// The namespaces it is exported to, from the `networking.istio.io/exportTo` annotation
+    /// (comma separated, as Istio reads it); empty when the annotation is absent (the mesh
+    /// default, `*`, applies).
+    pub export_to: Vec<String>,
 }
+
+/// The annotation that limits a Service's visibility, as a ServiceEntry's `exportTo` does.
+pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
 
 /// Transport protocol of a port (`protocol`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -12,6 +12,8 @@ use serde::Deserialize;
 pub(crate) struct RawMeta {
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, String>>,
 }
 
 /// An integer or a string (`targetPort`).

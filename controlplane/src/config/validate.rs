@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use super::objects::{
     ClusterIp, EndpointAddress, EndpointPort, EndpointSlice, EndpointSubset, Endpoints, Namespace,
-    Service, ServicePort, SliceEndpoint, TargetPort, Transport,
+    Service, ServicePort, SliceEndpoint, TargetPort, Transport, EXPORT_TO_ANNOTATION,
 };
 use super::raw::{
     IntOrString, RawEndpointAddress, RawEndpointPort, RawEndpointSlice, RawEndpoints, RawMeta,
@@ -280,6 +280,18 @@ fn meta_labels(p: &mut Problems, meta: RawMeta) -> BTreeMap<String, String> {
 pub(crate) fn service(ns: &str, name: &str, raw: RawService) -> Result<Service, Problems> {
     let mut p = Problems::default();
     p.name("metadata.name", name, NameRule::Dns1035Label);
+    let export_to = raw
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
+        .map(|v| {
+            v.split(',')
+                .map(|ns| ns.trim().to_string())
+                .filter(|ns| !ns.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
     let labels = meta_labels(&mut p, raw.metadata);
     let spec = raw.spec.unwrap_or_default();
     match spec.service_type.as_deref() {
@@ -354,6 +366,7 @@ pub(crate) fn service(ns: &str, name: &str, raw: RawService) -> Result<Service, 
         cluster_ip,
         ports,
         selector,
+        export_to,
     })
 }
 

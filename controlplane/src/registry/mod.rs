@@ -1,10 +1,13 @@
-//! The service registry: Services and their endpoints, from the config store and from the
+//! The service registry: Services and their endpoints, from the config store (Kubernetes
+//! Services, Endpoints, EndpointSlices, ServiceEntries, WorkloadEntries, Sidecars) and from the
 //! proxies connected to the control plane (Istio's workload auto-registration).
 //!
 //! Contract:
 //! - [`MeshSnapshot::build`] is a pure function of a config snapshot and the connected
-//!   proxies; the snapshot keeps the config it was built from (what a push is computed from,
-//!   istiod's `PushContext`).
+//!   proxies ([`build`], [`service_entry`]); the snapshot keeps the config it was built
+//!   from (what a push is computed from, istiod's `PushContext`).
+//! - What one proxy is sent is its [`ProxyScope`]: the services exported to its namespace
+//!   ([`visibility`]), narrowed by the Sidecar governing it ([`sidecar`]).
 //! - [`spawn_registry`] runs the registry's only writer: it rebuilds the snapshot at once on
 //!   every config change, and debounced (100 ms / 10 s) on proxy connects and disconnects;
 //!   readers get `Arc<MeshSnapshot>`s from a `watch` channel. A snapshot is published only
@@ -17,25 +20,33 @@
 //! - A proxy stays registered for a grace period after its connection ends, and optionally
 //!   across restarts of the control plane ([`workloads`]).
 
+mod build;
 pub mod model;
 pub mod proxy;
+pub mod scope;
+pub mod service_entry;
+pub mod sidecar;
+pub mod visibility;
 pub mod workloads;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::authz::{Authorization, PathNormalization};
-use crate::config::objects::{EndpointPort, TargetPort};
-use crate::config::{ConfigSnapshot, Object};
+use crate::config::ConfigSnapshot;
 use crate::networking::Rules;
 use crate::watch::{sleep_until, Debounce, Debouncer, Trigger};
 
-pub use model::{Endpoint, EndpointSource, Locality, Protocol, Service, ServiceKey, ServicePort};
+pub use model::{
+    DnsEndpoint, Endpoint, EndpointSource, Locality, Protocol, Resolution, Service, ServiceKey,
+    ServiceOrigin, ServicePort, TlsMode,
+};
 pub use proxy::ProxyInfo;
+pub use scope::ProxyScope;
+pub use sidecar::{OutboundMode, SidecarRule};
 pub use workloads::Workloads;
 
 /// A connection of a proxy to the control plane (unique per stream).
@@ -57,6 +68,11 @@ pub struct MeshSnapshot {
     pub networking: Arc<Rules>,
     /// AuthorizationPolicies and the path normalization of connection managers.
     pub authorization: Arc<Authorization>,
+    /// Host-named endpoints of DNS-resolved Service ports (resolved by the proxies), sorted,
+    /// unique by host and port.
+    pub dns_endpoints: BTreeMap<(ServiceKey, u16), Vec<DnsEndpoint>>,
+    /// The Sidecar resources, by namespace and name.
+    pub sidecars: Vec<Arc<SidecarRule>>,
     /// Publication counter (0 for the first snapshot).
     pub version: u64,
     /// The changes this snapshot answers: config file changes and proxy (dis)connections,
@@ -97,171 +113,6 @@ impl MeshSnapshot {
         )
     }
 
-    /// Builds the snapshot of `config` with the connected `proxies` and `settings`.
-    pub fn build_with<'a>(
-        config: &Arc<ConfigSnapshot>,
-        proxies: impl IntoIterator<Item = &'a ProxyInfo>,
-        settings: &MeshSettings,
-    ) -> MeshSnapshot {
-        let cluster_domain = settings.cluster_domain.as_str();
-        let mut services = BTreeMap::new();
-        for object in config.iter() {
-            if let Object::Service(svc) = object {
-                let key = ServiceKey {
-                    namespace: svc.namespace.clone(),
-                    name: svc.name.clone(),
-                };
-                services.insert(key, Arc::new(Service::from_config(svc, cluster_domain)));
-            }
-        }
-        let mut endpoints: BTreeMap<(ServiceKey, u16), Vec<Endpoint>> = BTreeMap::new();
-        let mut add = |svc: &Service, port: u16, ep: Endpoint| {
-            let key = ServiceKey {
-                namespace: svc.namespace.clone(),
-                name: svc.name.clone(),
-            };
-            endpoints.entry((key, port)).or_default().push(ep);
-        };
-        for object in config.iter() {
-            match object {
-                Object::Endpoints(eps) => {
-                    let key = ServiceKey {
-                        namespace: eps.namespace.clone(),
-                        name: eps.name.clone(),
-                    };
-                    let Some(svc) = services.get(&key) else {
-                        continue;
-                    };
-                    for subset in &eps.subsets {
-                        for ep_port in &subset.ports {
-                            let Some(sp) = matching_port(svc, ep_port) else {
-                                continue;
-                            };
-                            let ready = subset.addresses.iter().map(|a| (a, true));
-                            let not_ready = subset.not_ready_addresses.iter().map(|a| (a, false));
-                            for (addr, healthy) in ready.chain(not_ready) {
-                                add(
-                                    svc,
-                                    sp.port,
-                                    Endpoint {
-                                        locality: Locality::default(),
-                                        ip: addr.ip,
-                                        port: ep_port.port,
-                                        healthy,
-                                        source: EndpointSource::Config,
-                                        labels: BTreeMap::new(),
-                                    },
-                                );
-                            }
-                        }
-                    }
-                }
-                Object::EndpointSlice(slice) => {
-                    let key = ServiceKey {
-                        namespace: slice.namespace.clone(),
-                        name: slice.service_name.clone(),
-                    };
-                    let Some(svc) = services.get(&key) else {
-                        continue;
-                    };
-                    for ep_port in &slice.ports {
-                        let Some(sp) = matching_port(svc, ep_port) else {
-                            continue;
-                        };
-                        for ep in &slice.endpoints {
-                            let locality = Locality {
-                                zone: ep.zone.clone().unwrap_or_default(),
-                                ..Locality::default()
-                            };
-                            for ip in &ep.addresses {
-                                add(
-                                    svc,
-                                    sp.port,
-                                    Endpoint {
-                                        locality: locality.clone(),
-                                        ip: *ip,
-                                        port: ep_port.port,
-                                        healthy: ep.ready,
-                                        source: EndpointSource::Config,
-                                        labels: BTreeMap::new(),
-                                    },
-                                );
-                            }
-                        }
-                    }
-                }
-                // Istio's traffic rules are read by `Rules::build`.
-                _ => {}
-            }
-        }
-        let proxies: Vec<&ProxyInfo> = proxies.into_iter().collect();
-        for proxy in &proxies {
-            let Some((namespace, _)) = proxy.workload() else {
-                continue;
-            };
-            for svc in services
-                .values()
-                .filter(|s| s.selects(namespace, &proxy.labels))
-            {
-                for sp in &svc.ports {
-                    let TargetPort::Number(target) = sp.target_port else {
-                        continue;
-                    };
-                    if sp.protocol == Protocol::Udp {
-                        continue;
-                    }
-                    for ip in &proxy.ips {
-                        add(
-                            svc,
-                            sp.port,
-                            Endpoint {
-                                locality: proxy.locality(),
-                                ip: *ip,
-                                port: target,
-                                healthy: true,
-                                source: EndpointSource::Proxy(proxy.id.clone()),
-                                labels: proxy.labels.clone(),
-                            },
-                        );
-                    }
-                }
-            }
-        }
-        // Addresses of Endpoints/EndpointSlice objects carry no labels: take those of the
-        // connected proxy with that IP in the Service's namespace.
-        let mut proxy_labels: BTreeMap<(&str, IpAddr), &BTreeMap<String, String>> = BTreeMap::new();
-        for proxy in &proxies {
-            if let Some(ns) = proxy.namespace.as_deref() {
-                for ip in &proxy.ips {
-                    proxy_labels.entry((ns, *ip)).or_insert(&proxy.labels);
-                }
-            }
-        }
-        for ((key, _), list) in endpoints.iter_mut() {
-            let mut seen = BTreeSet::new();
-            list.retain(|e| seen.insert((e.ip, e.port)));
-            for ep in list
-                .iter_mut()
-                .filter(|e| e.source == EndpointSource::Config)
-            {
-                if let Some(labels) = proxy_labels.get(&(key.namespace.as_str(), ep.ip)) {
-                    ep.labels = (*labels).clone();
-                }
-            }
-            list.sort();
-        }
-        MeshSnapshot {
-            config: config.clone(),
-            cluster_domain: cluster_domain.to_string(),
-            services,
-            endpoints,
-            networking: Arc::new(Rules::build(config, cluster_domain)),
-            authorization: Arc::new(Authorization::build(config, settings.path_normalization)),
-            version: 0,
-            trigger: None,
-        }
-    }
-
     /// The endpoints of a Service port (empty when none).
     pub fn endpoints_of(&self, key: &ServiceKey, port: u16) -> &[Endpoint] {
         self.endpoints
@@ -269,9 +120,18 @@ impl MeshSnapshot {
             .map_or(&[], Vec::as_slice)
     }
 
+    /// The host-named endpoints of a DNS-resolved Service port (empty when none).
+    pub fn dns_endpoints_of(&self, key: &ServiceKey, port: u16) -> &[DnsEndpoint] {
+        self.dns_endpoints
+            .get(&(key.clone(), port))
+            .map_or(&[], Vec::as_slice)
+    }
+
     fn same_content(&self, other: &MeshSnapshot) -> bool {
         self.services == other.services
             && self.endpoints == other.endpoints
+            && self.dns_endpoints == other.dns_endpoints
+            && self.sidecars == other.sidecars
             && self.networking == other.networking
             && same_objects(&self.config, &other.config)
             && self.authorization == other.authorization
@@ -286,15 +146,6 @@ pub fn same_objects(a: &ConfigSnapshot, b: &ConfigSnapshot) -> bool {
             .zip(&b.objects)
             .all(|((ka, va), (kb, vb))| ka == kb && va.object == vb.object)
 }
-
-/// The Service port an Endpoints/EndpointSlice port belongs to: same name, or the only port
-/// when both are unnamed.
-fn matching_port<'a>(svc: &'a Service, ep_port: &EndpointPort) -> Option<&'a ServicePort> {
-    svc.ports
-        .iter()
-        .find(|sp| sp.name == ep_port.name && sp.protocol != Protocol::Udp)
-}
-
 /// Registry events.
 #[derive(Debug)]
 enum Event {

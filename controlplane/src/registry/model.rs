@@ -1,9 +1,11 @@
-//! The registry's view of the mesh: Services with their ports' protocols, and endpoints.
+//! The registry's view of the mesh: Services (from Kubernetes Services and from
+//! ServiceEntries) with their ports' protocols, and endpoints.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::config::objects::{self, TargetPort, Transport};
@@ -102,31 +104,96 @@ impl Protocol {
     }
 }
 
+/// Where a Service comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum ServiceOrigin {
+    /// A Kubernetes Service.
+    #[default]
+    Kubernetes,
+    /// One host of a ServiceEntry, by the entry's name.
+    ServiceEntry(String),
+}
+
+/// How a proxy finds a Service's endpoints (Istio's `model.Resolution`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Resolution {
+    /// Endpoints sent by EDS, balanced by the proxy (Kubernetes Services, STATIC entries).
+    #[default]
+    ClientSideLb,
+    /// The connection's original destination (resolution NONE): an `ORIGINAL_DST` cluster.
+    Passthrough,
+    /// Every address of every endpoint, resolved by the proxy: a `STRICT_DNS` cluster.
+    Dns,
+    /// The first address of the only endpoint, resolved by the proxy: a `LOGICAL_DNS`
+    /// cluster (DNS_ROUND_ROBIN).
+    DnsRoundRobin,
+}
+
+/// Whether an endpoint speaks Istio mTLS (Istio's `security.istio.io/tlsMode` label).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum TlsMode {
+    /// Plain traffic (`disabled`).
+    #[default]
+    Disabled,
+    /// A sidecar that accepts Istio mTLS (`istio`).
+    Istio,
+}
+
+impl TlsMode {
+    /// The label value: `istio` or `disabled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Disabled => "disabled",
+            TlsMode::Istio => "istio",
+        }
+    }
+}
+
 /// A Service as the translation needs it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Service {
-    /// `metadata.name`.
+    /// `metadata.name`; for a ServiceEntry's service, the host.
     pub name: String,
     /// `metadata.namespace`.
     pub namespace: String,
-    /// `NAME.NS.svc.DOMAIN`.
+    /// `NAME.NS.svc.DOMAIN`, or the ServiceEntry's host (possibly a wildcard `*.example.com`).
     pub hostname: String,
-    /// The virtual IP, when the Service has one.
+    /// The virtual IP, when the Service has one: the ClusterIP, or the first ServiceEntry
+    /// address that is a single IP.
     pub cluster_ip: Option<IpAddr>,
+    /// Every address outbound listeners capture for it: the ClusterIP (as a /32 or /128), or
+    /// a ServiceEntry's `addresses` (VIPs and CIDRs). Empty when it has none.
+    pub addresses: Vec<IpNet>,
     /// Ports, in the Service's order.
     pub ports: Vec<ServicePort>,
-    /// Label selector; `None` selects no workload.
+    /// Label selector (a ServiceEntry's `workloadSelector`); `None` selects no workload.
     pub selector: Option<BTreeMap<String, String>>,
+    /// Kubernetes Service or ServiceEntry.
+    pub origin: ServiceOrigin,
+    /// How its endpoints are found.
+    pub resolution: Resolution,
+    /// Outside the mesh (a ServiceEntry with location MESH_EXTERNAL, the default).
+    pub mesh_external: bool,
+    /// Namespaces it is exported to (`exportTo`, or the Service's
+    /// `networking.istio.io/exportTo` annotation); empty means the mesh default (`*`). See
+    /// [`super::visibility`].
+    pub export_to: Vec<String>,
 }
 
 impl Service {
     /// Builds the registry view of a validated Service.
     pub fn from_config(svc: &objects::Service, cluster_domain: &str) -> Service {
+        let cluster_ip = svc.cluster_ip.ip();
         Service {
             name: svc.name.clone(),
             namespace: svc.namespace.clone(),
             hostname: format!("{}.{}.svc.{}", svc.name, svc.namespace, cluster_domain),
-            cluster_ip: svc.cluster_ip.ip(),
+            cluster_ip,
+            addresses: cluster_ip.map(IpNet::from).into_iter().collect(),
+            origin: ServiceOrigin::Kubernetes,
+            resolution: Resolution::ClientSideLb,
+            mesh_external: false,
+            export_to: svc.export_to.clone(),
             ports: svc
                 .ports
                 .iter()
@@ -141,6 +208,19 @@ impl Service {
         }
     }
 
+    /// The key of this Service in the registry.
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// Whether it comes from a Kubernetes Service.
+    pub fn is_kubernetes(&self) -> bool {
+        self.origin == ServiceOrigin::Kubernetes
+    }
+
     /// Whether a workload in `namespace` with `labels` is selected by this Service.
     pub fn selects(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
         self.namespace == namespace
@@ -152,7 +232,7 @@ impl Service {
 }
 
 /// One port of a [`Service`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct ServicePort {
     /// Port name.
     pub name: Option<String>,
@@ -190,6 +270,18 @@ pub struct Locality {
     pub subzone: String,
 }
 
+impl Locality {
+    /// Parses Istio's `region/zone/subzone` (missing parts empty).
+    pub fn parse(value: &str) -> Locality {
+        let mut parts = value.splitn(3, '/').map(str::to_string);
+        Locality {
+            region: parts.next().unwrap_or_default(),
+            zone: parts.next().unwrap_or_default(),
+            subzone: parts.next().unwrap_or_default(),
+        }
+    }
+}
+
 /// Where an endpoint came from.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum EndpointSource {
@@ -197,6 +289,10 @@ pub enum EndpointSource {
     Config,
     /// A connected proxy (auto-registration), by node id.
     Proxy(String),
+    /// A WorkloadEntry, as `namespace/name`.
+    WorkloadEntry(String),
+    /// An endpoint written in a ServiceEntry, as `namespace/name`.
+    ServiceEntry(String),
 }
 
 /// One endpoint of a Service port.
@@ -212,8 +308,33 @@ pub struct Endpoint {
     pub healthy: bool,
     /// Origin.
     pub source: EndpointSource,
+    /// Load-balancing weight (at least 1; a WorkloadEntry's `weight`).
+    pub weight: u32,
+    /// Whether the workload accepts Istio mTLS: sidecars do; a WorkloadEntry or a
+    /// ServiceEntry endpoint does when labelled `security.istio.io/tlsMode: istio` or given a
+    /// service account.
+    pub tls_mode: TlsMode,
     /// The workload's labels (what DestinationRule subsets select on): a connected proxy's
-    /// own; for an Endpoints or EndpointSlice address, those of the connected proxy of the
-    /// Service's namespace with that IP, if any (pods are not in the config).
+    /// or a WorkloadEntry's own; for an Endpoints or EndpointSlice address, those of the
+    /// connected proxy of the Service's namespace with that IP, if any (pods are not in the
+    /// config).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One endpoint of a DNS-resolved Service port (resolution DNS or DNS_ROUND_ROBIN) that
+/// names a host: the proxy resolves it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct DnsEndpoint {
+    /// Locality.
+    pub locality: Locality,
+    /// The host name (or an IP literal) to resolve.
+    pub host: String,
+    /// Port on the workload.
+    pub port: u16,
+    /// Load-balancing weight (at least 1).
+    pub weight: u32,
+    /// Origin.
+    pub source: EndpointSource,
+    /// The workload's labels (for subsets).
     pub labels: BTreeMap<String, String>,
 }

@@ -12,11 +12,10 @@ use envoy_types::pb::envoy::config::core::v3::BindConfig;
 
 use super::build::{self, INBOUND_SOURCE};
 use super::cluster_policy;
-use super::{
-    inbound_cluster_name, inbound_ports, outbound_cluster_name, outbound_ports, subset_cluster_name,
-};
+use super::service_clusters;
+use super::{inbound_cluster_name, inbound_ports, outbound_cluster_name, subset_cluster_name};
 use crate::config::istio::destination_rule::TrafficPolicy;
-use crate::registry::{MeshSnapshot, Protocol, ProxyInfo};
+use crate::registry::{MeshSnapshot, Protocol, ProxyInfo, ProxyScope};
 
 /// `PassthroughCluster`: the original destination, for traffic to unknown destinations.
 pub const PASSTHROUGH: &str = "PassthroughCluster";
@@ -28,7 +27,8 @@ pub const BLACKHOLE: &str = "BlackHoleCluster";
 /// Connect timeout of every cluster.
 const CONNECT_TIMEOUT_S: i64 = 10;
 
-fn base(name: &str, discovery: DiscoveryType, lb: LbPolicy) -> Cluster {
+/// A cluster with the settings every cluster shares.
+pub(super) fn base(name: &str, discovery: DiscoveryType, lb: LbPolicy) -> Cluster {
     Cluster {
         name: name.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery as i32)),
@@ -38,7 +38,8 @@ fn base(name: &str, discovery: DiscoveryType, lb: LbPolicy) -> Cluster {
     }
 }
 
-fn with_protocol(mut cluster: Cluster, protocol: Protocol) -> Cluster {
+/// Adds the upstream protocol options of a port's protocol.
+pub(super) fn with_protocol(mut cluster: Cluster, protocol: Protocol) -> Cluster {
     cluster
         .typed_extension_protocol_options
         .extend(build::upstream_protocol_options(protocol));
@@ -88,10 +89,12 @@ pub fn inbound(port: u16, protocol: Protocol) -> Cluster {
     with_protocol(bound_to_inbound_source(c), protocol)
 }
 
-/// Every cluster of a proxy, sorted by name.
+/// Every cluster of a proxy (the outbound ones of its scope, see
+/// [`service_clusters::outbound_cluster`]), sorted by name.
 pub fn clusters(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Cluster> {
+    let scope = ProxyScope::new(mesh, proxy);
     let mut out = BTreeMap::new();
-    for (svc, port) in outbound_ports(mesh) {
+    for (svc, port) in scope.outbound_ports() {
         let rule = mesh
             .networking
             .destination_rule(proxy, &svc.hostname, &svc.namespace);
@@ -99,13 +102,21 @@ pub fn clusters(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Cluster> {
         let name = outbound_cluster_name(port.port, &svc.hostname);
         out.entry(name.clone()).or_insert_with(|| {
             let policy = cluster_policy::cluster_policy(top, None, port.port);
-            outbound_with_policy(&name, port.protocol, policy.as_ref())
+            service_clusters::outbound_cluster(mesh, proxy, svc, port, &name, None, policy.as_ref())
         });
         for subset in rule.iter().flat_map(|r| &r.subsets) {
             let name = subset_cluster_name(port.port, &subset.name, &svc.hostname);
             out.entry(name.clone()).or_insert_with(|| {
                 let policy = cluster_policy::cluster_policy(top, Some(subset), port.port);
-                outbound_with_policy(&name, port.protocol, policy.as_ref())
+                service_clusters::outbound_cluster(
+                    mesh,
+                    proxy,
+                    svc,
+                    port,
+                    &name,
+                    Some(&subset.labels),
+                    policy.as_ref(),
+                )
             });
         }
     }

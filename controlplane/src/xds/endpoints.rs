@@ -9,11 +9,17 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     LocalityLbEndpoints,
 };
 
-use super::{build, outbound_ports, parse_outbound_cluster_name};
-use crate::registry::{Endpoint, Locality, MeshSnapshot, ProxyInfo, Service, ServiceKey};
+use envoy_types::pb::google::protobuf::value::Kind;
+
+use super::service_clusters::metadata_field;
+use super::{build, parse_outbound_cluster_name};
+use crate::registry::{
+    Endpoint, Locality, MeshSnapshot, Protocol, ProxyInfo, ProxyScope, Resolution, Service, TlsMode,
+};
 
 /// The load assignment of one cluster: endpoints grouped by locality (always set, possibly
-/// empty strings, since gRPC rejects an unset one), in locality order.
+/// empty strings, since gRPC rejects an unset one), in locality order; an endpoint that
+/// accepts Istio mTLS carries Istio's metadata `envoy.transport_socket_match.tlsMode: istio`.
 pub fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssignment {
     let mut by_locality: BTreeMap<&Locality, Vec<LbEndpoint>> = BTreeMap::new();
     for ep in endpoints {
@@ -22,6 +28,15 @@ pub fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssi
         } else {
             HealthStatus::Unhealthy
         };
+        let mut metadata = None;
+        if ep.tls_mode == TlsMode::Istio {
+            metadata_field(
+                &mut metadata,
+                "envoy.transport_socket_match",
+                "tlsMode",
+                Kind::StringValue(ep.tls_mode.as_str().to_string()),
+            );
+        }
         by_locality
             .entry(&ep.locality)
             .or_default()
@@ -31,8 +46,8 @@ pub fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssi
                     ..Default::default()
                 })),
                 health_status: health as i32,
-                load_balancing_weight: build::u32_value(1),
-                ..Default::default()
+                load_balancing_weight: build::u32_value(ep.weight.max(1)),
+                metadata,
             });
     }
     ClusterLoadAssignment {
@@ -40,10 +55,13 @@ pub fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssi
         endpoints: by_locality
             .into_iter()
             .map(|(l, lb_endpoints)| LocalityLbEndpoints {
-                // As Istio: the locality weighs as many endpoints as it holds (gRPC ignores
+                // As Istio: the locality weighs the sum of its endpoints' weights (gRPC ignores
                 // localities of weight 0).
                 load_balancing_weight: build::u32_value(
-                    u32::try_from(lb_endpoints.len()).unwrap_or(u32::MAX),
+                    lb_endpoints
+                        .iter()
+                        .filter_map(|e| e.load_balancing_weight.map(|w| w.value))
+                        .fold(0u32, u32::saturating_add),
                 ),
                 locality: Some(EnvoyLocality {
                     region: l.region.clone(),
@@ -58,18 +76,20 @@ pub fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssi
     }
 }
 
-/// The load assignments of the requested clusters that exist, in name order: for
-/// `outbound|PORT||HOST` every endpoint of the Service port, for `outbound|PORT|SUBSET|HOST`
-/// those whose labels include the subset's (from the DestinationRule that applies to the
-/// proxy).
+/// The load assignments of the requested clusters that exist for `proxy` (EDS clusters of
+/// its scope), in name order: for `outbound|PORT||HOST` every endpoint of the Service port,
+/// for `outbound|PORT|SUBSET|HOST` those whose labels include the subset's (from the
+/// DestinationRule that applies to the proxy).
 pub fn endpoints(
     mesh: &MeshSnapshot,
     proxy: &ProxyInfo,
     names: &BTreeSet<String>,
 ) -> Vec<ClusterLoadAssignment> {
-    let by_host: BTreeMap<&str, &Service> = mesh
+    let scope = ProxyScope::new(mesh, proxy);
+    let by_host: BTreeMap<&str, &Service> = scope
         .services
-        .values()
+        .iter()
+        .filter(|s| s.resolution == Resolution::ClientSideLb)
         .map(|s| (s.hostname.as_str(), &**s))
         .collect();
     let mut out = Vec::new();
@@ -80,14 +100,14 @@ pub fn endpoints(
         let Some(svc) = by_host.get(host) else {
             continue;
         };
-        if !outbound_ports(mesh).any(|(s, p)| s.hostname == svc.hostname && p.port == port) {
+        if !svc
+            .ports
+            .iter()
+            .any(|p| p.port == port && p.protocol != Protocol::Udp)
+        {
             continue;
         }
-        let key = ServiceKey {
-            namespace: svc.namespace.clone(),
-            name: svc.name.clone(),
-        };
-        let all = mesh.endpoints_of(&key, port);
+        let all = mesh.endpoints_of(&svc.key(), port);
         if subset.is_empty() {
             out.push(load_assignment(name, all));
             continue;

@@ -1,25 +1,20 @@
 //! LDS: the full set of listeners for a proxy.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
-
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{
     listener_filter_chain_match_predicate::{MatchSet, Rule},
     FilterChain, FilterChainMatch, Listener, ListenerFilterChainMatchPredicate,
 };
 use envoy_types::pb::envoy::r#type::v3::Int32Range;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::build::{self, Routes};
-use super::clusters::{BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH};
-use super::http_routes::RouteCtx;
+use super::clusters::{BLACKHOLE, INBOUND_PASSTHROUGH};
+use super::outbound_listeners;
 use super::routes::inbound_route;
-use super::tcp_routes;
-use super::{
-    inbound_cluster_name, inbound_ports, outbound_cluster_name, outbound_ports, PROXY_PORTS,
-};
+use super::{inbound_cluster_name, inbound_ports};
 use crate::authz;
-use crate::registry::{MeshSnapshot, Protocol, ProxyInfo};
+use crate::registry::{MeshSnapshot, Protocol, ProxyInfo, ProxyScope};
 
 /// Outbound capture port.
 pub const OUTBOUND_PORT: u16 = 15001;
@@ -55,7 +50,7 @@ fn port_match(port: u16) -> FilterChainMatch {
 }
 
 /// A match on sniffed plaintext HTTP (optionally on a destination port).
-fn http_match(port: Option<u16>) -> FilterChainMatch {
+pub(super) fn http_match(port: Option<u16>) -> FilterChainMatch {
     FilterChainMatch {
         application_protocols: HTTP_PROTOCOLS.iter().map(|s| s.to_string()).collect(),
         ..plaintext_match(port)
@@ -67,7 +62,7 @@ fn http_match(port: Option<u16>) -> FilterChainMatch {
 /// chain must name the transport protocol as the HTTP half does: a chain that leaves it
 /// empty is never reached once the `raw_buffer` branch is taken, and a connection that is
 /// not HTTP (a server-first protocol) would find no chain.
-fn plaintext_match(port: Option<u16>) -> FilterChainMatch {
+pub(super) fn plaintext_match(port: Option<u16>) -> FilterChainMatch {
     FilterChainMatch {
         destination_port: port.and_then(|p| build::u32_value(p.into())),
         transport_protocol: "raw_buffer".to_string(),
@@ -75,24 +70,16 @@ fn plaintext_match(port: Option<u16>) -> FilterChainMatch {
     }
 }
 
-fn virtual_listener(name: &str, ip: IpAddr, port: u16, direction: TrafficDirection) -> Listener {
-    Listener {
-        name: name.to_string(),
-        address: Some(build::address(ip, port)),
-        bind_to_port: build::bool_value(false),
-        traffic_direction: direction as i32,
-        ..Default::default()
-    }
-}
-
-fn detection_timeout() -> envoy_types::pb::google::protobuf::Duration {
+/// How long listener filters (the HTTP and TLS inspectors) wait for the client's first bytes.
+pub(super) fn detection_timeout() -> envoy_types::pb::google::protobuf::Duration {
     envoy_types::pb::google::protobuf::Duration {
         seconds: 0,
         nanos: DETECTION_TIMEOUT_MS * 1_000_000,
     }
 }
 
-fn sniffing(mut listener: Listener) -> Listener {
+/// Adds the HTTP inspector and its detection timeout.
+pub(super) fn sniffing(mut listener: Listener) -> Listener {
     listener.listener_filters.push(build::http_inspector());
     listener.listener_filters_timeout = Some(detection_timeout());
     listener.continue_on_listener_filters_timeout = true;
@@ -146,8 +133,9 @@ fn inspect_only_where_needed(listener: &mut Listener) {
 }
 
 /// `virtualOutbound`: 0.0.0.0:15001, hands connections to the listener of their original
-/// destination; a chain for 15001 itself to the black hole; otherwise passthrough.
-pub fn virtual_outbound() -> Listener {
+/// destination; a chain for 15001 itself to the black hole; otherwise passthrough (ALLOW_ANY)
+/// or the black hole (REGISTRY_ONLY).
+pub fn virtual_outbound(allow_any: bool) -> Listener {
     Listener {
         name: "virtualOutbound".to_string(),
         address: Some(build::address(build::any_ip(), OUTBOUND_PORT)),
@@ -158,11 +146,7 @@ pub fn virtual_outbound() -> Listener {
             Some(port_match(OUTBOUND_PORT)),
             build::tcp_proxy(BLACKHOLE),
         )],
-        default_filter_chain: Some(chain(
-            "PassthroughFilterChain",
-            None,
-            build::tcp_proxy(PASSTHROUGH),
-        )),
+        default_filter_chain: Some(outbound_listeners::passthrough_chain(allow_any)),
         ..Default::default()
     }
 }
@@ -251,89 +235,14 @@ pub fn virtual_inbound(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Listener {
 }
 
 /// Every listener of a proxy: the two capture listeners first, then the per-port outbound ones
-/// (`0.0.0.0_PORT` for HTTP, `CLUSTERIP_PORT` for TCP and sniffed ports of Services with a
-/// ClusterIP) sorted by name. The first Service (in key order) to claim a name wins.
+/// of its scope ([`outbound_listeners`]), sorted by name.
 pub fn listeners(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Listener> {
-    let mut out = BTreeMap::new();
-    let vses = mesh.networking.virtual_services_for(proxy);
-    for (svc, port) in outbound_ports(mesh) {
-        if PROXY_PORTS.contains(&port.port) {
-            continue;
-        }
-        let cluster = outbound_cluster_name(port.port, &svc.hostname);
-        let rds = || {
-            build::http_connection_manager(
-                &format!("outbound_0.0.0.0_{}", port.port),
-                Routes::Rds(port.port.to_string()),
-            )
-        };
-        if port.protocol.is_http() {
-            let name = format!("0.0.0.0_{}", port.port);
-            out.entry(name.clone()).or_insert_with(|| {
-                let mut l = virtual_listener(
-                    &name,
-                    build::any_ip(),
-                    port.port,
-                    TrafficDirection::Outbound,
-                );
-                l.filter_chains.push(chain(&name, None, rds()));
-                l
-            });
-            continue;
-        }
-        let Some(ip) = svc.cluster_ip else { continue };
-        let name = format!("{ip}_{}", port.port);
-        if out.contains_key(&name) {
-            continue;
-        }
-        let mut l = virtual_listener(&name, ip, port.port, TrafficDirection::Outbound);
-        let sniffed = port.protocol == Protocol::Auto;
-        if sniffed {
-            l = sniffing(l);
-            l.filter_chains.push(chain(
-                &format!("{cluster}-http"),
-                Some(http_match(None)),
-                rds(),
-            ));
-        }
-        let ctx = RouteCtx::new(mesh, proxy, port.port);
-        let tcp = tcp_routes::chains(&ctx, svc, port, &vses);
-        if tcp.iter().any(|c| {
-            c.matcher
-                .as_ref()
-                .is_some_and(|m| !m.server_names.is_empty())
-        }) {
-            l.listener_filters.push(build::tls_inspector());
-            l.listener_filters_timeout = Some(detection_timeout());
-            l.continue_on_listener_filters_timeout = true;
-        }
-        let mut names = BTreeSet::new();
-        let mut matches = Vec::new();
-        for c in tcp {
-            let matcher = match (c.matcher, sniffed) {
-                (Some(m), true) => Some(FilterChainMatch {
-                    transport_protocol: "raw_buffer".to_string(),
-                    ..m
-                }),
-                (None, true) => Some(plaintext_match(None)),
-                (m, false) => m,
-            };
-            // Envoy rejects two chains with the same match: the first one wins.
-            if matches.contains(&matcher) {
-                continue;
-            }
-            matches.push(matcher.clone());
-            let mut chain_name = format!("{}-tcp", c.name);
-            if !names.insert(chain_name.clone()) {
-                chain_name = format!("{}-tcp-{}", c.name, names.len());
-                names.insert(chain_name.clone());
-            }
-            l.filter_chains.push(chain(&chain_name, matcher, c.filter));
-        }
-        out.insert(name, l);
-    }
-    let mut all = vec![virtual_outbound(), virtual_inbound(mesh, proxy)];
-    all.extend(out.into_values());
+    let scope = ProxyScope::new(mesh, proxy);
+    let mut all = vec![
+        virtual_outbound(scope.allow_any()),
+        virtual_inbound(mesh, proxy),
+    ];
+    all.extend(outbound_listeners::listeners(mesh, proxy, &scope));
     for l in &mut all {
         authz::normalize_paths(l, mesh.authorization.path_normalization);
     }

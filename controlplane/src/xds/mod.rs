@@ -16,11 +16,13 @@ pub mod grpcgen;
 pub mod http_routes;
 pub mod hub;
 pub mod listeners;
+pub mod outbound_listeners;
 pub mod push;
 pub mod render;
 pub mod routes;
 pub mod scope;
 pub mod server;
+pub mod service_clusters;
 pub mod status;
 mod stream;
 pub mod tcp_routes;
@@ -125,7 +127,9 @@ pub fn inbound_cluster_name(port: u16) -> String {
 /// The proxy's own ports: these are never outbound listeners.
 pub const PROXY_PORTS: [u16; 2] = [15001, 15006];
 
-/// Every proxied Service port (UDP and SCTP ports are not), in Service order.
+/// Every proxied Service port of the whole mesh (UDP and SCTP ports are not), in Service
+/// order. What one proxy is sent is narrower: see
+/// [`crate::registry::ProxyScope::outbound_ports`].
 pub fn outbound_ports(mesh: &MeshSnapshot) -> impl Iterator<Item = (&Service, &ServicePort)> {
     mesh.services.values().flat_map(|svc| {
         svc.ports

@@ -6,7 +6,8 @@ use envoy_types::pb::envoy::config::route::v3::{
     route::Action,
     route_action::{ClusterSpecifier, HashPolicy},
     route_match::PathSpecifier,
-    Decorator, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    Decorator, DirectResponseAction, Route, RouteAction, RouteConfiguration, RouteMatch,
+    VirtualHost,
 };
 
 use super::build;
@@ -15,7 +16,7 @@ use super::http_routes::{action, policy, virtual_service_routes, RouteCtx};
 use super::outbound_cluster_name;
 use crate::config::istio::names::hosts_match;
 use crate::networking::VirtualServiceRule;
-use crate::registry::{MeshSnapshot, Protocol, ProxyInfo, Service, ServicePort};
+use crate::registry::{MeshSnapshot, Protocol, ProxyInfo, ProxyScope, Service, ServicePort};
 
 /// Istio's `max_direct_response_body_size_bytes` on outbound route configurations (1 MiB, the
 /// limit its validation puts on direct response bodies).
@@ -54,6 +55,23 @@ pub fn default_outbound_route(cluster: &str, host: &str, port: u16) -> Route {
     route
 }
 
+/// istiod's `block_all` route (REGISTRY_ONLY): a direct 502 response for every request to a
+/// host outside the registry.
+fn block_all_route() -> Route {
+    Route {
+        name: "block_all".to_string(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/".to_string())),
+            ..Default::default()
+        }),
+        action: Some(Action::DirectResponse(DirectResponseAction {
+            status: 502,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
 /// The route of `allow_any`: everything to the passthrough cluster, no timeout.
 #[allow(deprecated)]
 fn allow_any_route() -> Route {
@@ -65,16 +83,26 @@ fn allow_any_route() -> Route {
 }
 
 /// The domains of a Service's virtual host on `port`, as seen from `proxy_ns`: `HOST`,
-/// `HOST:PORT`, the short names (`NAME` only from the same namespace, `NAME.NS`,
-/// `NAME.NS.svc`), each with and without the port, then the ClusterIP with and without it.
+/// `HOST:PORT`, for a Kubernetes Service the short names (`NAME` only from the same namespace,
+/// `NAME.NS`, `NAME.NS.svc`), each with and without the port, then its virtual IPs (the
+/// ClusterIP, or a ServiceEntry's addresses that are single IPs) with and without it.
 pub fn domains(svc: &Service, port: u16, proxy_ns: Option<&str>) -> Vec<String> {
     let mut names = vec![svc.hostname.clone()];
-    if proxy_ns == Some(svc.namespace.as_str()) {
-        names.push(svc.name.clone());
+    if svc.is_kubernetes() {
+        if proxy_ns == Some(svc.namespace.as_str()) {
+            names.push(svc.name.clone());
+        }
+        names.push(format!("{}.{}", svc.name, svc.namespace));
+        names.push(format!("{}.{}.svc", svc.name, svc.namespace));
+        names.extend(svc.cluster_ip.map(|ip| ip.to_string()));
+    } else {
+        names.extend(
+            svc.addresses
+                .iter()
+                .filter(|n| n.prefix_len() == n.max_prefix_len())
+                .map(|n| n.addr().to_string()),
+        );
     }
-    names.push(format!("{}.{}", svc.name, svc.namespace));
-    names.push(format!("{}.{}.svc", svc.name, svc.namespace));
-    names.extend(svc.cluster_ip.map(|ip| ip.to_string()));
     names
         .into_iter()
         .flat_map(|n| [n.clone(), format!("{n}:{port}")])
@@ -137,13 +165,23 @@ fn wildcard_owners<'a>(
 /// default route to `outbound|PORT||HOST`; VirtualService hosts that are not Services get
 /// their own virtual host (on port 80, or beside the VirtualService's Services). Virtual hosts
 /// are sorted by name, a domain already taken is left out (Envoy rejects duplicates), and
-/// `allow_any` (`*`, the passthrough cluster) comes last.
+/// `allow_any` (`*`, the passthrough cluster) comes last, or with REGISTRY_ONLY `block_all`
+/// (the black hole). The Services are those of the proxy's scope for this port.
 pub fn outbound_route(mesh: &MeshSnapshot, proxy: &ProxyInfo, port: u16) -> RouteConfiguration {
+    outbound_route_in(mesh, &ProxyScope::new(mesh, proxy), proxy, port)
+}
+
+fn outbound_route_in(
+    mesh: &MeshSnapshot,
+    scope: &ProxyScope,
+    proxy: &ProxyInfo,
+    port: u16,
+) -> RouteConfiguration {
     let ctx = RouteCtx::new(mesh, proxy, port);
     let proxy_ns = proxy.namespace.as_deref();
-    let on_port: Vec<(&Service, &ServicePort)> = mesh
-        .services
-        .values()
+    let on_port: Vec<(&Service, &ServicePort)> = scope
+        .route_services(port)
+        .iter()
         .filter_map(|svc| {
             svc.ports
                 .iter()
@@ -241,10 +279,15 @@ pub fn outbound_route(mesh: &MeshSnapshot, proxy: &ProxyInfo, port: u16) -> Rout
         });
     }
     virtual_hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    let (catch_all, catch_all_route) = if scope.allow_any() {
+        ("allow_any", allow_any_route())
+    } else {
+        ("block_all", block_all_route())
+    };
     virtual_hosts.push(VirtualHost {
-        name: "allow_any".to_string(),
+        name: catch_all.to_string(),
         domains: vec!["*".to_string()],
-        routes: vec![allow_any_route()],
+        routes: vec![catch_all_route],
         include_request_attempt_count: true,
         ..Default::default()
     });
@@ -258,17 +301,18 @@ pub fn outbound_route(mesh: &MeshSnapshot, proxy: &ProxyInfo, port: u16) -> Rout
 }
 
 /// The requested route configurations: every requested name that is a port number, in name
-/// order (a port without Services still gets `allow_any`).
+/// order (a port without Services still gets the catch-all virtual host).
 pub fn routes(
     mesh: &MeshSnapshot,
     proxy: &ProxyInfo,
     names: &BTreeSet<String>,
 ) -> Vec<RouteConfiguration> {
+    let scope = ProxyScope::new(mesh, proxy);
     let mut out = BTreeMap::new();
     for name in names {
         if let Ok(port) = name.parse::<u16>() {
             if port.to_string() == *name {
-                out.insert(name.clone(), outbound_route(mesh, proxy, port));
+                out.insert(name.clone(), outbound_route_in(mesh, &scope, proxy, port));
             }
         }
     }

@@ -13,13 +13,17 @@ fn service(ns: &str, name: &str, ip: Option<&str>) -> Service {
         namespace: ns.into(),
         hostname: format!("{name}.{ns}.svc.cluster.local"),
         cluster_ip: ip.map(|i| i.parse().unwrap()),
+        addresses: ip
+            .map(|i| i.parse::<std::net::IpAddr>().unwrap().into())
+            .into_iter()
+            .collect(),
         ports: vec![ServicePort {
             name: Some("http".into()),
             port: 9080,
             target_port: TargetPort::Number(9080),
             protocol: Protocol::Http,
         }],
-        selector: None,
+        ..Service::default()
     }
 }
 

@@ -37,7 +37,7 @@ fn service(ns: &str, name: &str, ports: Vec<ServicePort>) -> Service {
         hostname: format!("{name}.{ns}.svc.cluster.local"),
         cluster_ip: Some("10.96.0.20".parse().unwrap()),
         ports,
-        selector: None,
+        ..Service::default()
     }
 }
 
@@ -75,6 +75,8 @@ fn mesh() -> MeshSnapshot {
         healthy: true,
         source: EndpointSource::Config,
         labels: Default::default(),
+        weight: 1,
+        tls_mode: Default::default(),
     };
     m.endpoints
         .insert((key, 7070), vec![ep("10.211.0.2"), ep("10.211.0.3")]);

@@ -44,6 +44,7 @@ pub fn load_assignment(mut m: ClusterLoadAssignment) -> R {
             e.load_balancing_weight.take(),
             wrapped_u32,
         )?;
+        o.msg("metadata", e.metadata.take(), super::route::metadata)?;
         o.done(e, "LbEndpoint")
     }
     fn locality_endpoints(mut l: LocalityLbEndpoints) -> R {

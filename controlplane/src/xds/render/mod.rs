@@ -11,7 +11,7 @@
 use std::mem::take;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
-    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
+    cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily, EdsClusterConfig, LbPolicy},
     Cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
@@ -54,6 +54,7 @@ use serde_json::{Map, Value};
 
 mod cluster;
 mod endpoint;
+mod meta;
 mod rbac;
 mod route;
 
@@ -314,6 +315,7 @@ fn config_source_json(mut m: ConfigSource) -> R {
 }
 
 /// Renders a cluster.
+#[allow(deprecated)] // dns_refresh_rate, respect_dns_ttl: what istiod sends
 pub fn cluster(mut m: Cluster) -> R {
     let mut o = Obj::default();
     o.str("name", take(&mut m.name));
@@ -353,6 +355,18 @@ pub fn cluster(mut m: Cluster) -> R {
         },
     )?;
     cluster::policy_fields(&mut o, &mut m)?;
+    o.val(
+        "dns_lookup_family",
+        enum_name(
+            "DnsLookupFamily",
+            take(&mut m.dns_lookup_family),
+            DnsLookupFamily::as_str_name,
+        )?,
+    );
+    o.msg("dns_refresh_rate", m.dns_refresh_rate.take(), duration)?;
+    o.bool("respect_dns_ttl", take(&mut m.respect_dns_ttl));
+    o.msg("load_assignment", m.load_assignment.take(), load_assignment)?;
+    o.msg("metadata", m.metadata.take(), route::metadata)?;
     let mut options: Vec<_> = take(&mut m.typed_extension_protocol_options)
         .into_iter()
         .collect();
@@ -436,6 +450,7 @@ fn filter_json(mut f: Filter) -> R {
 fn filter_chain_match(mut m: FilterChainMatch) -> R {
     let mut o = Obj::default();
     o.msg("destination_port", m.destination_port.take(), wrapped_u32)?;
+    o.list("prefix_ranges", take(&mut m.prefix_ranges), meta::cidr)?;
     o.str("transport_protocol", take(&mut m.transport_protocol));
     o.strs("application_protocols", take(&mut m.application_protocols));
     o.strs("server_names", take(&mut m.server_names));

@@ -443,7 +443,8 @@ fn pb_struct(s: Struct) -> Value {
     Value::Object(fields.into_iter().map(|(k, v)| (k, pb_value(v))).collect())
 }
 
-fn metadata(mut m: Metadata) -> R {
+/// Renders `Metadata`: its `filter_metadata` structs, keys sorted.
+pub(super) fn metadata(mut m: Metadata) -> R {
     let mut o = Obj::default();
     let mut filters: Vec<_> = take(&mut m.filter_metadata).into_iter().collect();
     filters.sort_by(|a, b| a.0.cmp(&b.0));
