@@ -3,15 +3,17 @@
 //! `init` writes the capture rules ([`capture`]); `run` starts the sidecar ([`app`]): capture
 //! listeners ([`listener`]) hand each connection to the HTTP proxy ([`http`]) or the TCP proxy
 //! ([`tcp`]) according to the configuration snapshot ([`snapshot`]); [`upstream`] picks
-//! endpoints, [`identity`] holds the workload certificate from the CA, [`accesslog`] writes one
-//! line per request or connection, [`metrics`] keeps Istio's and Envoy's metrics, [`trace`]
-//! continues traces and exports spans, [`admin`] serves the admin, readiness and stats ports.
+//! endpoints ([`dns`] resolves those of DNS clusters), [`identity`] holds the workload
+//! certificate from the CA, [`accesslog`] writes one line per request or connection,
+//! [`metrics`] keeps Istio's and Envoy's metrics, [`trace`] continues traces and exports
+//! spans, [`admin`] serves the admin, readiness and stats ports.
 
 pub mod accesslog;
 pub mod admin;
 pub mod app;
 pub mod authz;
 pub mod capture;
+pub mod dns;
 #[cfg(test)]
 mod fixtures;
 pub mod http;

@@ -321,6 +321,63 @@ pub enum Discovery {
     OriginalDst,
     /// Endpoints given inline (Envoy's `STATIC`).
     Static(ClusterLoadAssignment),
+    /// Host names given inline, resolved by the proxy (Envoy's `STRICT_DNS` and
+    /// `LOGICAL_DNS`).
+    Dns(DnsDiscovery),
+}
+
+/// A DNS-resolved cluster's settings and targets.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DnsDiscovery {
+    /// Every address of every target (`STRICT_DNS`), or the first address only
+    /// (`LOGICAL_DNS`, exactly one target).
+    pub mode: DnsMode,
+    /// Which address families are used.
+    pub lookup_family: DnsLookupFamily,
+    /// How often the targets are resolved again (Envoy's default: 5 s).
+    pub refresh_rate: Duration,
+    /// After a failed resolution, the first retry delay and the longest one (Envoy's
+    /// `dns_failure_refresh_rate`; the refresh rate when not set).
+    pub failure_refresh: (Duration, Duration),
+    /// What to resolve, in order.
+    pub targets: Vec<DnsTarget>,
+}
+
+/// `STRICT_DNS` or `LOGICAL_DNS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum DnsMode {
+    /// Every resolved address is an endpoint.
+    Strict,
+    /// The first resolved address of the only target is the endpoint.
+    Logical,
+}
+
+/// Envoy's `dns_lookup_family`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum DnsLookupFamily {
+    /// IPv6 addresses if there are any, else IPv4 (Envoy's default).
+    Auto,
+    /// IPv4 only.
+    V4Only,
+    /// IPv6 only.
+    V6Only,
+    /// IPv4 addresses if there are any, else IPv6.
+    V4Preferred,
+    /// Both families.
+    All,
+}
+
+/// One host name (or IP literal) of a DNS-resolved cluster.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DnsTarget {
+    /// The name to resolve.
+    pub host: String,
+    /// The port of every address it resolves to.
+    pub port: u16,
+    /// Load-balancing weight of each of its addresses (at least 1).
+    pub weight: u32,
+    /// Locality as `region/zone/subzone` (empty parts allowed).
+    pub locality: String,
 }
 
 /// Load-balancing policy.

@@ -261,7 +261,8 @@ async fn invalid_resources_are_nacked_and_the_previous_config_kept() {
     bad.push(dns_cluster("outbound|80||example.com"));
     stream.send(response(ResourceType::Cluster, "2", "c2", bad));
     let nack = stream.recv().await;
-    let expected = "cluster \"outbound|80||example.com\": type: unsupported value \"STRICT_DNS\"";
+    let expected =
+        "cluster \"outbound|80||example.com\": load_assignment: required field is missing or empty";
     assert_eq!(
         summary(&nack),
         (

@@ -139,6 +139,8 @@ struct ConfigDump<'a> {
     /// Envoy-like sections (bootstrap, listeners, routes, clusters, endpoints, secrets), each
     /// with its version.
     configs: Vec<serde_json::Value>,
+    /// The addresses DNS clusters resolved to, by cluster name.
+    dns_endpoints: std::collections::BTreeMap<String, Vec<std::net::SocketAddr>>,
 }
 
 /// Serve `port`'s endpoints on `listener` until the runtime stops.
@@ -433,6 +435,7 @@ fn config_dump(state: &AdminState, resource: Option<&str>) -> Result<Vec<u8>, pa
                 identity: state.shared.identity.dump(),
                 config: snapshot.config(),
                 configs: sections,
+                dns_endpoints: state.shared.snapshot.dns().resolved(),
             };
             serde_json::to_value(&dump).map_err(|e| pages::BadRequest(e.to_string()))?
         }

@@ -182,6 +182,10 @@ pub fn prometheus(state: &AdminState) -> Vec<u8> {
                 })
             }
             Discovery::Static(cla) => (cla.endpoints.len(), cla.endpoints.len()),
+            Discovery::Dns(_) => {
+                let n = shared.snapshot.dns().endpoints(name).len();
+                (n, n)
+            }
             Discovery::OriginalDst => (0, 0),
         };
         stats.membership_healthy.set(healthy as i64);
@@ -235,6 +239,7 @@ pub fn clusters(state: &AdminState, json: bool) -> (String, bool) {
                 .map(|c| c.endpoints.clone())
                 .unwrap_or_default(),
             Discovery::Static(cla) => cla.endpoints.clone(),
+            Discovery::Dns(_) => state.shared.snapshot.dns().endpoints(name),
             Discovery::OriginalDst => Vec::new(),
         };
         let _ = writeln!(out, "{name}::observability_name::{name}");

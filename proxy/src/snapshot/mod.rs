@@ -19,6 +19,7 @@ use xds_client::model::{
 };
 
 use crate::authz::RbacFilter;
+use crate::dns::{DnsResolvers, DnsState};
 use crate::http::filters::Filter;
 use crate::http::route::RouteTable;
 use crate::stats::Counters;
@@ -170,21 +171,37 @@ impl Snapshot {
     /// [`Snapshot::empty`], with the registry the filters of later snapshots take their
     /// counters from.
     pub fn empty_with(counters: Arc<Counters>) -> Snapshot {
-        Snapshot::build_with(Arc::new(ProxyConfig::default()), None, counters)
+        Snapshot::build_with(
+            Arc::new(ProxyConfig::default()),
+            None,
+            counters,
+            &HashMap::new(),
+        )
     }
 
     /// Build the snapshot of `config`, carrying load-balancing state over from `previous`
     /// and reusing its prepared listeners and route tables where their config is unchanged.
     /// Filters take their counters from `previous`'s registry (a new one without `previous`).
+    /// DNS clusters get no endpoints: see [`Snapshot::build_with_dns`].
     pub fn build(config: Arc<ProxyConfig>, previous: Option<&Snapshot>) -> Snapshot {
+        Snapshot::build_with_dns(config, previous, &HashMap::new())
+    }
+
+    /// [`Snapshot::build`], with the endpoints of DNS clusters in `dns` (by cluster name).
+    pub fn build_with_dns(
+        config: Arc<ProxyConfig>,
+        previous: Option<&Snapshot>,
+        dns: &HashMap<String, Arc<DnsState>>,
+    ) -> Snapshot {
         let counters = previous.map_or_else(Arc::default, |p| p.counters.clone());
-        Snapshot::build_with(config, previous, counters)
+        Snapshot::build_with(config, previous, counters, dns)
     }
 
     fn build_with(
         config: Arc<ProxyConfig>,
         previous: Option<&Snapshot>,
         counters: Arc<Counters>,
+        dns: &HashMap<String, Arc<DnsState>>,
     ) -> Snapshot {
         let listeners: HashMap<String, Arc<ListenerRuntime>> = config
             .listeners
@@ -229,7 +246,12 @@ impl Snapshot {
                     _ => None,
                 };
                 let prev = previous.and_then(|p| p.clusters.get(&c.name));
-                let runtime = ClusterRuntime::new(c, eds, prev.map(|p| p.as_ref()));
+                let runtime = match dns.get(&c.name) {
+                    Some(state) => {
+                        ClusterRuntime::with_dns(c, state.clone(), prev.map(|p| p.as_ref()))
+                    }
+                    None => ClusterRuntime::new(c, eds, prev.map(|p| p.as_ref())),
+                };
                 (c.name.clone(), Arc::new(runtime))
             })
             .collect();
@@ -342,6 +364,7 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct SnapshotCell {
     current: ArcSwap<Snapshot>,
+    dns: DnsResolvers,
 }
 
 impl Default for SnapshotCell {
@@ -353,8 +376,14 @@ impl Default for SnapshotCell {
 impl SnapshotCell {
     /// A cell holding [`Snapshot::empty`].
     pub fn new() -> SnapshotCell {
+        SnapshotCell::with_resolvers(DnsResolvers::default())
+    }
+
+    /// A cell holding [`Snapshot::empty`] whose DNS clusters are resolved by `dns`.
+    pub fn with_resolvers(dns: DnsResolvers) -> SnapshotCell {
         SnapshotCell {
             current: ArcSwap::from_pointee(Snapshot::empty()),
+            dns,
         }
     }
 
@@ -362,7 +391,13 @@ impl SnapshotCell {
     pub fn with_counters(counters: Arc<Counters>) -> SnapshotCell {
         SnapshotCell {
             current: ArcSwap::from_pointee(Snapshot::empty_with(counters)),
+            dns: DnsResolvers::default(),
         }
+    }
+
+    /// The resolvers of the DNS clusters.
+    pub fn dns(&self) -> &DnsResolvers {
+        &self.dns
     }
 
     /// The current snapshot. Holders keep it alive (and consistent) as long as they need.
@@ -370,10 +405,12 @@ impl SnapshotCell {
         self.current.load_full()
     }
 
-    /// Build and publish the snapshot of `config` (the single writer's operation).
+    /// Build and publish the snapshot of `config` (the single writer's operation), starting
+    /// and stopping the resolvers of its DNS clusters.
     pub fn apply(&self, config: Arc<ProxyConfig>) {
         let previous = self.current.load();
-        let next = Snapshot::build(config, Some(&previous));
+        let dns = self.dns.sync(&config);
+        let next = Snapshot::build_with_dns(config, Some(&previous), &dns);
         self.current.store(Arc::new(next));
     }
 }

@@ -21,6 +21,9 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+
+use crate::dns::DnsState;
 use xds_client::model::{
     Cluster, ClusterLoadAssignment, Discovery, HealthStatus, UpstreamProtocol,
 };
@@ -75,11 +78,32 @@ pub struct Picked {
     pub priority: u32,
 }
 
+/// Where a cluster's hosts come from.
+#[derive(Debug)]
+enum Hosts {
+    /// Fixed for this snapshot (EDS, STATIC).
+    Fixed(Balancer),
+    /// Resolved in the background, changing under the snapshot (STRICT_DNS, LOGICAL_DNS):
+    /// the balancer is rebuilt when the resolver publishes a new answer.
+    Dns {
+        state: Arc<DnsState>,
+        current: ArcSwap<DnsBalancer>,
+    },
+}
+
+/// The balancer built from one DNS answer.
+#[derive(Debug)]
+struct DnsBalancer {
+    /// The answer it was built from (compared by pointer).
+    addresses: Arc<Vec<(SocketAddr, u32)>>,
+    balancer: Balancer,
+}
+
 /// A cluster as the data path uses it: the config plus its load-balancing state.
 #[derive(Debug)]
 pub struct ClusterRuntime {
     cluster: Cluster,
-    balancer: Balancer,
+    hosts: Hosts,
     carried: Carried,
     group_key: u64,
 }
@@ -95,7 +119,7 @@ impl ClusterRuntime {
         let assignment = match &cluster.discovery {
             Discovery::Eds { .. } => eds,
             Discovery::Static(cla) => Some(cla),
-            Discovery::OriginalDst => None,
+            Discovery::OriginalDst | Discovery::Dns(_) => None,
         };
         let carried = match previous {
             Some(p) => Carried {
@@ -111,14 +135,8 @@ impl ClusterRuntime {
                 epoch: Instant::now(),
             },
         };
-        let known: HashMap<SocketAddr, &Arc<HostState>> = previous
-            .map(|p| {
-                p.balancer
-                    .hosts()
-                    .iter()
-                    .map(|h| (h.address, &h.state))
-                    .collect()
-            })
+        let known: HashMap<SocketAddr, Arc<HostState>> = previous
+            .map(|p| p.with_balancer(host_states))
             .unwrap_or_default();
         let hosts: Vec<Host> = assignment
             .map(|cla| {
@@ -131,7 +149,7 @@ impl ClusterRuntime {
                         priority: e.priority,
                         state: known
                             .get(&e.address)
-                            .map(|s| Arc::clone(s))
+                            .cloned()
                             .unwrap_or_else(|| HostState::new(carried.epoch)),
                     })
                     .collect()
@@ -147,9 +165,81 @@ impl ClusterRuntime {
         cluster.name.hash(&mut hasher);
         ClusterRuntime {
             cluster: cluster.clone(),
-            balancer,
+            hosts: Hosts::Fixed(balancer),
             carried,
             group_key: hasher.finish(),
+        }
+    }
+
+    /// Build the runtime of a DNS-resolved `cluster` whose answers `dns` holds (see
+    /// [`crate::dns`]), continuing the state of `previous` (cursor, limits, and the live
+    /// state of hosts whose address is still in the answer).
+    pub fn with_dns(
+        cluster: &Cluster,
+        dns: Arc<DnsState>,
+        previous: Option<&ClusterRuntime>,
+    ) -> ClusterRuntime {
+        let mut runtime = ClusterRuntime::new(cluster, None, previous);
+        let known = previous
+            .map(|p| p.with_balancer(host_states))
+            .unwrap_or_default();
+        let addresses = dns.addresses();
+        let balancer = runtime.dns_balancer(&addresses, &known);
+        runtime.hosts = Hosts::Dns {
+            state: dns,
+            current: ArcSwap::from_pointee(DnsBalancer {
+                addresses,
+                balancer,
+            }),
+        };
+        runtime
+    }
+
+    /// A balancer over a DNS answer, every address a healthy host of priority 0.
+    fn dns_balancer(
+        &self,
+        addresses: &[(SocketAddr, u32)],
+        known: &HashMap<SocketAddr, Arc<HostState>>,
+    ) -> Balancer {
+        let hosts = addresses
+            .iter()
+            .map(|(address, weight)| Host {
+                address: *address,
+                weight: (*weight).max(1),
+                priority: 0,
+                state: known
+                    .get(address)
+                    .cloned()
+                    .unwrap_or_else(|| HostState::new(self.carried.epoch)),
+            })
+            .collect();
+        Balancer::new(
+            self.cluster.lb_policy,
+            &self.cluster.lb_settings,
+            hosts,
+            self.carried.cursor.clone(),
+        )
+    }
+
+    /// Run `f` on the current balancer; for a DNS cluster whose resolver published a new
+    /// answer, the balancer is rebuilt first (keeping the state of hosts still present).
+    fn with_balancer<R>(&self, f: impl FnOnce(&Balancer) -> R) -> R {
+        match &self.hosts {
+            Hosts::Fixed(b) => f(b),
+            Hosts::Dns { state, current } => {
+                let addresses = state.addresses();
+                let loaded = current.load();
+                if Arc::ptr_eq(&loaded.addresses, &addresses) {
+                    return f(&loaded.balancer);
+                }
+                let known = host_states(&loaded.balancer);
+                let next = Arc::new(DnsBalancer {
+                    balancer: self.dns_balancer(&addresses, &known),
+                    addresses,
+                });
+                current.store(next.clone());
+                f(&next.balancer)
+            }
         }
     }
 
@@ -166,7 +256,8 @@ impl ClusterRuntime {
     /// Whether a request could be sent now: an `ORIGINAL_DST` cluster always can, others need
     /// a healthy endpoint (ejected ones count: an ejection is not a health status).
     pub fn has_healthy_endpoint(&self) -> bool {
-        matches!(self.cluster.discovery, Discovery::OriginalDst) || !self.balancer.is_empty()
+        matches!(self.cluster.discovery, Discovery::OriginalDst)
+            || self.with_balancer(|b| !b.is_empty())
     }
 
     /// The connection-pool key: connections are never shared between clusters (they may
@@ -225,32 +316,32 @@ impl ClusterRuntime {
                 Err(PickError::NotRedirected)
             };
         }
-        let host = self
-            .balancer
-            .pick(req)
-            .ok_or(PickError::NoHealthyUpstream)?;
-        Ok(Picked {
-            address: host.address,
-            state: Some(host.state.clone()),
-            priority: host.priority,
+        self.with_balancer(|b| {
+            b.pick(req).map(|host| Picked {
+                address: host.address,
+                state: Some(host.state.clone()),
+                priority: host.priority,
+            })
         })
+        .ok_or(PickError::NoHealthyUpstream)
     }
 
     /// Each endpoint's address, whether outlier detection has ejected it now, and its
     /// requests in flight (admin `/clusters`, metrics).
     pub fn host_states(&self) -> Vec<(SocketAddr, bool, u32)> {
         let now = Instant::now();
-        self.balancer
-            .hosts()
-            .iter()
-            .map(|h| {
-                (
-                    h.address,
-                    h.state.is_ejected(now),
-                    h.state.active_requests(),
-                )
-            })
-            .collect()
+        self.with_balancer(|b| {
+            b.hosts()
+                .iter()
+                .map(|h| {
+                    (
+                        h.address,
+                        h.state.is_ejected(now),
+                        h.state.active_requests(),
+                    )
+                })
+                .collect()
+        })
     }
 
     /// Tell outlier detection how an attempt against `host` went; ejects the host when a
@@ -263,9 +354,12 @@ impl ClusterRuntime {
             return false;
         }
         let now = Instant::now();
-        let hosts = self.balancer.hosts();
-        let ejected = hosts.iter().filter(|h| h.state.is_ejected(now)).count();
-        let allowed = (ejected + 1) * 100 <= od.max_ejection_percent as usize * hosts.len()
+        let (ejected, total) = self.with_balancer(|b| {
+            let hosts = b.hosts();
+            let ejected = hosts.iter().filter(|h| h.state.is_ejected(now)).count();
+            (ejected, hosts.len())
+        });
+        let allowed = (ejected + 1) * 100 <= od.max_ejection_percent as usize * total
             || (ejected == 0 && (od.always_eject_one_host || od.max_ejection_percent > 0));
         if !allowed || host.is_ejected(now) {
             return false;
@@ -274,4 +368,13 @@ impl ClusterRuntime {
         tracing::debug!(cluster = %self.cluster.name, ?time, "outlier ejected");
         true
     }
+}
+
+/// The live state of a balancer's hosts, by address.
+fn host_states(balancer: &Balancer) -> HashMap<SocketAddr, Arc<HostState>> {
+    balancer
+        .hosts()
+        .iter()
+        .map(|h| (h.address, h.state.clone()))
+        .collect()
 }

@@ -6,8 +6,9 @@
 //! `per_connection_buffer_high_watermark_timeout`, `cleanup_interval`,
 //! `wait_for_warm_on_init`, `close_connections_on_host_health_failure`,
 //! `ignore_health_on_host_removal`, `lrs_server`, `lrs_report_endpoint_metrics`,
-//! `track_timeout_budgets`, `track_cluster_stats`, `preconnect_policy`, the DNS settings (no DNS
-//! cluster types are accepted), `load_assignment` of EDS clusters (Envoy ignores it too), and
+//! `track_timeout_budgets`, `track_cluster_stats`, `preconnect_policy`, the DNS settings of
+//! clusters that are not DNS-resolved (see [`super::dns`] for those that are),
+//! `load_assignment` of EDS clusters (Envoy ignores it too), and
 //! `upstream_http_protocol_options` inside `HttpProtocolOptions`.
 
 use std::time::Duration;
@@ -16,13 +17,14 @@ use super::cluster_policy::{
     circuit_breakers, common_http_options, connection_options, http2_options, lb_settings,
     outlier_detection,
 };
+use super::dns::dns_discovery;
 use super::endpoint::convert_cla;
 use super::{
     decode_any, duration, reject_set, reject_true, require_ads, socket_ip, ConvertError, Location,
     Within,
 };
 use crate::model::{
-    Cluster, ClusterLoadAssignment, ConnectionOptions, Discovery, LbPolicy, ResourceType,
+    Cluster, ClusterLoadAssignment, ConnectionOptions, Discovery, DnsMode, LbPolicy, ResourceType,
     UpstreamProtocol,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{self as pb, cluster};
@@ -139,8 +141,11 @@ fn convert_cluster(proto: pb::Cluster) -> Result<Cluster, ConvertError> {
                 endpoints: Vec::new(),
             }),
         },
-        other @ (cluster::DiscoveryType::StrictDns | cluster::DiscoveryType::LogicalDns) => {
-            return Err(ConvertError::unsupported_value("type", other.as_str_name()))
+        cluster::DiscoveryType::StrictDns => {
+            Discovery::Dns(dns_discovery(&proto, DnsMode::Strict)?)
+        }
+        cluster::DiscoveryType::LogicalDns => {
+            Discovery::Dns(dns_discovery(&proto, DnsMode::Logical)?)
         }
     };
     let original_dst = matches!(discovery, Discovery::OriginalDst);

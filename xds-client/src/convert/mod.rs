@@ -21,6 +21,7 @@
 mod action;
 mod cluster;
 mod cluster_policy;
+mod dns;
 mod endpoint;
 mod filter_config;
 mod filters;

@@ -376,7 +376,7 @@ pub fn special_clusters() -> Vec<Any> {
     ]
 }
 
-/// A cluster the proxy cannot apply (DNS discovery).
+/// A cluster the proxy cannot apply (DNS discovery without a load assignment).
 pub fn dns_cluster(name: &str) -> Any {
     pack_any(base_cluster(
         name,

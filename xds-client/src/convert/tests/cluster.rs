@@ -286,7 +286,7 @@ fn cluster_errors() {
         ),
         (
             dns,
-            "cluster \"c\": type: unsupported value \"STRICT_DNS\"".into(),
+            "cluster \"c\": load_assignment: required field is missing or empty".into(),
         ),
         (
             no_eds_config,

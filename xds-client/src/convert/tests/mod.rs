@@ -1,6 +1,7 @@
 //! Unit tests of the conversions: builders for istiod-shaped protos, then one file per type.
 
 mod cluster;
+mod dns;
 mod endpoint;
 mod listener;
 mod rbac;
