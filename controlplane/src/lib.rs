@@ -15,6 +15,7 @@ pub mod config;
 pub mod debug;
 pub mod metrics;
 pub mod networking;
+pub mod proxy_config;
 pub mod proxy_status;
 pub mod registry;
 pub mod watch;

@@ -1,4 +1,5 @@
-//! `meshctl`: the mesh's command-line tool: `analyze DIR`, `proxy-status`, `token create`.
+//! `meshctl`: the mesh's command-line tool: `analyze DIR`, `proxy-status`, `proxy-config`,
+//! `token create`.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use controlplane::analyze::{self, Level};
 use controlplane::ca::{store, token, Authority};
 use controlplane::config::ConfigStore;
+use controlplane::proxy_config::{self, Kind};
 use controlplane::proxy_status;
 
 /// Command-line tool of the mesh.
@@ -50,6 +52,56 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Shows what one sidecar applied, read from its admin port's `/config_dump`: routes,
+    /// clusters, listeners, endpoints or secrets (certificates, never keys), as istioctl
+    /// does. The admin port listens on the pod's loopback: run it in the pod's network
+    /// (`ip netns exec POD meshctl proxy-config ...`) or give `--admin-addr`.
+    #[command(name = "proxy-config", visible_alias = "pc")]
+    ProxyConfig {
+        /// What to show.
+        #[arg(value_enum)]
+        kind: ConfigKind,
+        /// The pod, `NAME` or `NAME.NAMESPACE`; the sidecar at the address must be its.
+        pod: String,
+        /// The sidecar's admin address (HOST:PORT).
+        #[arg(long, env = "MESH_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+        admin_addr: String,
+        /// Output format: a table, or the dump's section as JSON.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+/// The first argument of `proxy-config`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ConfigKind {
+    /// Route configurations, one row per virtual host.
+    #[value(alias = "route")]
+    Routes,
+    /// Clusters.
+    #[value(alias = "cluster")]
+    Clusters,
+    /// Listeners, one row per filter chain.
+    #[value(alias = "listener")]
+    Listeners,
+    /// Endpoints of every cluster.
+    #[value(alias = "endpoint")]
+    Endpoints,
+    /// Certificates and the trust bundle.
+    #[value(alias = "secrets")]
+    Secret,
+}
+
+impl From<ConfigKind> for Kind {
+    fn from(k: ConfigKind) -> Kind {
+        match k {
+            ConfigKind::Routes => Kind::Routes,
+            ConfigKind::Clusters => Kind::Clusters,
+            ConfigKind::Listeners => Kind::Listeners,
+            ConfigKind::Endpoints => Kind::Endpoints,
+            ConfigKind::Secret => Kind::Secret,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,7 +173,34 @@ fn main() -> ExitCode {
             cp_addr,
             output,
         } => run_proxy_status(&cp_addr, proxy.as_deref(), output),
+        Command::ProxyConfig {
+            kind,
+            pod,
+            admin_addr,
+            output,
+        } => run_proxy_config(kind.into(), &pod, &admin_addr, output),
     }
+}
+
+fn run_proxy_config(kind: Kind, pod: &str, admin_addr: &str, output: Output) -> ExitCode {
+    let items = match proxy_config::fetch(admin_addr, pod, kind) {
+        Ok(items) => items,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match output {
+        Output::Table => print!("{}", proxy_config::table(kind, &items)),
+        Output::Json => match serde_json::to_string_pretty(&items) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("Error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    }
+    ExitCode::SUCCESS
 }
 
 fn create_token(
