@@ -10,6 +10,9 @@
 //! - `/debug/registryz`: JSON of the Services, their ports' protocols and endpoints (from
 //!   Endpoints/EndpointSlice objects and from connected proxies, with the labels subsets
 //!   select on);
+//! - `/debug/endpointz`: JSON list, one entry per endpoint of every Service port, flat as
+//!   istiod's: service hostname, namespace, port name and number, endpoint address, health,
+//!   locality, weight, tls mode, labels, and where it came from;
 //! - `/debug/config_dump?proxyID=ID`: what the control plane currently computes for a
 //!   connected proxy (ID: node id, `POD.NAMESPACE` or pod name), in Envoy's JSON form, with
 //!   EDS and RDS for the names that proxy subscribed to;
@@ -169,6 +172,42 @@ pub fn registryz(mesh: &MeshSnapshot) -> serde_json::Value {
     json!({ "version": mesh.version, "services": services })
 }
 
+/// The body of `/debug/endpointz`: every endpoint of every Service port, one entry each,
+/// ordered by service, port and address.
+pub fn endpointz(mesh: &MeshSnapshot) -> serde_json::Value {
+    let mut out = Vec::new();
+    for (key, svc) in mesh.services.iter() {
+        for p in &svc.ports {
+            for e in mesh.endpoints_of(key, p.port).iter() {
+                out.push(json!({
+                    "service": svc.hostname,
+                    "namespace": svc.namespace,
+                    "port_name": p.name,
+                    "port": p.port,
+                    "address": std::net::SocketAddr::new(e.ip, e.port).to_string(),
+                    "healthy": e.healthy,
+                    "locality": e.locality,
+                    "weight": e.weight,
+                    "tls_mode": e.tls_mode.as_str(),
+                    "labels": e.labels,
+                    "source": e.source,
+                }));
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        let k = |v: &serde_json::Value| {
+            (
+                v["service"].as_str().unwrap_or_default().to_string(),
+                v["port"].as_u64(),
+                v["address"].as_str().unwrap_or_default().to_string(),
+            )
+        };
+        k(a).cmp(&k(b))
+    });
+    serde_json::Value::Array(out)
+}
+
 /// Decodes `%XX` escapes (and `+` as space) of a query value.
 fn percent_decode(value: &str) -> String {
     fn hex(b: u8) -> Option<u8> {
@@ -276,6 +315,7 @@ pub fn handle(state: &DebugState, req: &Request<Incoming>) -> Response<Full<Byte
             json_reply(&configz(&snapshot, &domain))
         }
         "/debug/registryz" => json_reply(&registryz(&state.registry.current())),
+        "/debug/endpointz" => json_reply(&endpointz(&state.registry.current())),
         "/debug/config_dump" => config_dump(state, query_param(req.uri().query(), "proxyID")),
         "/ready" => reply(StatusCode::OK, "text/plain", "ready\n"),
         _ => reply(

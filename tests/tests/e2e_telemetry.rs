@@ -400,7 +400,24 @@ fn check(mesh: &Mesh, client: &Pod, server: &Pod, collector: &Collector) -> Resu
 
     check_metrics(client, server, [traced.body.len(), plain.body.len()], n)?;
     check_spans(collector, trace, caller_span, &id)?;
-    check_proxy_config(client, server)
+    check_proxy_config(client, server)?;
+    // The control plane's flat endpoint list holds the server pod on every reviews port.
+    let r = mesh.cp.debug_get("/debug/endpointz")?;
+    ensure!(r.status == 200, "endpointz: {}", r.status);
+    let eps: Json = serde_json::from_str(&r.body)?;
+    let reviews_http = eps
+        .as_array()
+        .context("endpointz is a list")?
+        .iter()
+        .find(|e| e["service"] == REVIEWS && e["port"] == HTTP_PORT)
+        .with_context(|| format!("no reviews:{HTTP_PORT} in {eps}"))?;
+    ensure!(
+        reviews_http["address"] == format!("{}:{HTTP_PORT}", server.ip())
+            && reviews_http["healthy"] == true
+            && reviews_http["namespace"] == NS,
+        "{reviews_http}"
+    );
+    Ok(())
 }
 
 /// `meshctl proxy-config KIND POD ARGS` in `pod`'s network (the admin port is on its
