@@ -14,6 +14,7 @@ pub mod ca;
 pub mod config;
 pub mod debug;
 pub mod metrics;
+pub mod mtls;
 pub mod networking;
 pub mod proxy_config;
 pub mod proxy_status;

@@ -17,6 +17,7 @@ pub fn tcp_chain(name: &str, matcher: FilterChainMatch, cluster: &str) -> Filter
         name: name.into(),
         matcher,
         rbac: Vec::new(),
+        tls: None,
         filter: NetworkFilter::Tcp(TcpProxy {
             stat_prefix: cluster.into(),
             cluster: cluster.into(),
@@ -32,11 +33,13 @@ pub fn http_chain(name: &str, matcher: FilterChainMatch, routes: RouteSource) ->
         name: name.into(),
         matcher,
         rbac: Vec::new(),
+        tls: None,
         filter: NetworkFilter::Http(HttpConnectionManager {
             stat_prefix: name.into(),
             routes,
             http_filters: vec![HttpFilter::Router],
             path_normalization: PathNormalization::default(),
+            xfcc: Default::default(),
         }),
     }
 }
@@ -93,6 +96,7 @@ pub fn cla(cluster: &str, endpoints: &[&str]) -> ClusterLoadAssignment {
                 health: HealthStatus::Healthy,
                 locality: String::new(),
                 priority: 0,
+                transport_metadata: Default::default(),
             })
             .collect(),
     }

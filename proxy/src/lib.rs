@@ -24,5 +24,6 @@ pub mod shared;
 pub mod snapshot;
 pub mod stats;
 pub mod tcp;
+pub mod tls;
 pub mod trace;
 pub mod upstream;

@@ -55,6 +55,20 @@ pub struct Stats {
     pub tcp_sessions_total: AtomicU64,
     /// TCP proxy sessions whose upstream connection failed.
     pub tcp_connect_fail: AtomicU64,
+    /// TLS handshakes completed on filter chains (`ssl.handshake`).
+    pub ssl_handshake: AtomicU64,
+    /// TLS handshakes that failed on filter chains (`ssl.connection_error`).
+    pub ssl_connection_error: AtomicU64,
+    /// Client certificates refused for their SANs (`ssl.fail_verify_san`).
+    pub ssl_fail_verify_san: AtomicU64,
+    /// Clients refused for presenting no certificate (`ssl.fail_verify_no_cert`).
+    pub ssl_fail_verify_no_cert: AtomicU64,
+    /// TLS handshakes completed towards upstreams (`upstream_ssl.handshake`).
+    pub upstream_ssl_handshake: AtomicU64,
+    /// TLS connections to upstreams that failed (`upstream_ssl.connection_error`).
+    pub upstream_ssl_connection_error: AtomicU64,
+    /// Upstreams refused for their certificate's SANs (`upstream_ssl.fail_verify_san`).
+    pub upstream_ssl_fail_verify_san: AtomicU64,
     /// Counters named by the configuration (RBAC filters' `allowed`, `denied`...).
     pub counters: Arc<Counters>,
 }
@@ -94,6 +108,19 @@ impl Stats {
             ("downstream_rq_local_reply", &self.downstream_rq_local_reply),
             ("tcp.sessions_total", &self.tcp_sessions_total),
             ("tcp.upstream_cx_connect_fail", &self.tcp_connect_fail),
+            ("ssl.handshake", &self.ssl_handshake),
+            ("ssl.connection_error", &self.ssl_connection_error),
+            ("ssl.fail_verify_san", &self.ssl_fail_verify_san),
+            ("ssl.fail_verify_no_cert", &self.ssl_fail_verify_no_cert),
+            ("upstream_ssl.handshake", &self.upstream_ssl_handshake),
+            (
+                "upstream_ssl.connection_error",
+                &self.upstream_ssl_connection_error,
+            ),
+            (
+                "upstream_ssl.fail_verify_san",
+                &self.upstream_ssl_fail_verify_san,
+            ),
         ];
         let mut out = String::new();
         for (name, value) in own {

@@ -27,9 +27,15 @@ const BANNER_DEADLINE: Duration = Duration::from_secs(1);
 const RATINGS_HOST: &str = "ratings.default.svc.cluster.local";
 
 /// Headers a sidecar may add that differ by proxy by design (ids, timing, Envoy's own
-/// `x-envoy-*` internals): present or not, they are not compared.
+/// `x-envoy-*` internals), and `x-forwarded-client-cert`, which only mutual TLS brings: the
+/// Envoy sidecars here have no workload certificate, so traffic to or from them is plaintext
+/// (as to a pod without `security.istio.io/tlsMode`), while the mesh-proxy pair uses mTLS.
+/// Present or not, they are not compared.
 fn proxy_specific(name: &str) -> bool {
-    name.starts_with("x-envoy-") || name == "x-request-id" || name == "x-b3-traceid"
+    name.starts_with("x-envoy-")
+        || name == "x-request-id"
+        || name == "x-b3-traceid"
+        || name == "x-forwarded-client-cert"
 }
 
 /// The topology: the baseline pair (`client` → `reviews-v1`, both `mesh-proxy`), plus an

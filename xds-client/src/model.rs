@@ -22,6 +22,7 @@ pub mod filter;
 pub mod matcher;
 pub mod rbac;
 pub mod route;
+pub mod tls;
 
 pub use self::cluster::{
     CircuitBreakers, ConnectionOptions, LbSettings, OutlierDetection, TcpKeepalive,
@@ -39,6 +40,7 @@ pub use self::route::{
     ValuePart, VirtualHost, WeightedCluster,
 };
 pub use rbac::Rbac;
+pub use tls::{DownstreamTls, TransportSocketMatch, UpstreamTls, Xfcc};
 
 /// The four resource types of the slice, in the order a control plane should send them
 /// (make-before-break: clusters and their endpoints before the listeners and routes that
@@ -160,6 +162,9 @@ pub struct FilterChain {
     /// `envoy.filters.network.rbac` filters placed before the terminal filter, in order:
     /// evaluated once per connection, before anything is sent upstream.
     pub rbac: Vec<Rbac>,
+    /// TLS terminated on this chain (`transport_socket` `envoy.transport_sockets.tls`);
+    /// `None`: plaintext.
+    pub tls: Option<DownstreamTls>,
     /// The terminal network filter of the chain.
     pub filter: NetworkFilter,
 }
@@ -200,6 +205,8 @@ pub struct HttpConnectionManager {
     /// How the request path is normalized before any filter or route sees it (and is
     /// forwarded so).
     pub path_normalization: PathNormalization,
+    /// `x-forwarded-client-cert` handling.
+    pub xfcc: Xfcc,
 }
 
 /// The connection manager's path normalization: `normalize_path`, `merge_slashes`,
@@ -288,6 +295,11 @@ pub struct Cluster {
     pub outlier_detection: Option<OutlierDetection>,
     /// Upstream connection options.
     pub connection: ConnectionOptions,
+    /// TLS to every endpoint (`transport_socket`), unless a `transport_socket_matches` entry
+    /// applies to the endpoint.
+    pub transport_socket: Option<UpstreamTls>,
+    /// Per-endpoint transports, the first whose criteria the endpoint's metadata holds wins.
+    pub transport_socket_matches: Vec<TransportSocketMatch>,
 }
 
 impl Cluster {
@@ -305,6 +317,8 @@ impl Cluster {
             circuit_breakers: CircuitBreakers::default(),
             outlier_detection: None,
             connection: ConnectionOptions::default(),
+            transport_socket: None,
+            transport_socket_matches: Vec::new(),
         }
     }
 }
@@ -431,6 +445,10 @@ pub struct Endpoint {
     /// Priority of its locality group (0 is the highest): lower priorities get traffic only
     /// when no host of a higher one is available.
     pub priority: u32,
+    /// Its transport-socket metadata (`filter_metadata["envoy.transport_socket_match"]`,
+    /// string values), which selects the cluster's `transport_socket_matches` entry:
+    /// `tlsMode: istio` for endpoints that have a sidecar.
+    pub transport_metadata: BTreeMap<String, String>,
 }
 
 /// Endpoint health as reported by EDS.

@@ -96,11 +96,11 @@ impl MeshSnapshot {
         }
         // Addresses of Endpoints/EndpointSlice objects carry no labels: take those of the
         // connected proxy with that IP in the Service's namespace.
-        let mut proxy_labels: BTreeMap<(&str, IpAddr), &BTreeMap<String, String>> = BTreeMap::new();
+        let mut proxy_labels: BTreeMap<(&str, IpAddr), &ProxyInfo> = BTreeMap::new();
         for proxy in &proxies {
             if let Some(ns) = proxy.namespace.as_deref() {
                 for ip in &proxy.ips {
-                    proxy_labels.entry((ns, *ip)).or_insert(&proxy.labels);
+                    proxy_labels.entry((ns, *ip)).or_insert(*proxy);
                 }
             }
         }
@@ -111,8 +111,10 @@ impl MeshSnapshot {
                 .iter_mut()
                 .filter(|e| e.source == EndpointSource::Config)
             {
-                if let Some(labels) = proxy_labels.get(&(key.namespace.as_str(), ep.ip)) {
-                    ep.labels = (*labels).clone();
+                if let Some(proxy) = proxy_labels.get(&(key.namespace.as_str(), ep.ip)) {
+                    ep.labels = proxy.labels.clone();
+                    ep.service_account = proxy.service_account.clone();
+                    ep.tls_mode = proxy_tls_mode(proxy);
                 }
             }
             list.sort();
@@ -131,6 +133,7 @@ impl MeshSnapshot {
             sidecars,
             networking: Arc::new(Rules::build(config, cluster_domain)),
             authorization: Arc::new(Authorization::build(config, settings.path_normalization)),
+            peer_authentications: Arc::new(crate::mtls::PeerAuthentications::build(config)),
             version: 0,
             trigger: None,
         }
@@ -154,6 +157,16 @@ fn kube_service(b: &Builder, namespace: &str, name: &str) -> Option<Arc<Service>
     b.services.get(&key).filter(|s| s.is_kubernetes()).cloned()
 }
 
+/// Whether a connected proxy takes Istio mTLS: it carries `security.istio.io/tlsMode: istio`
+/// (`mesh-proxy` with a workload certificate adds it; Envoy peers without one do not).
+fn proxy_tls_mode(proxy: &ProxyInfo) -> TlsMode {
+    if crate::xds::tls::has_mtls(&proxy.labels) {
+        TlsMode::Istio
+    } else {
+        TlsMode::Disabled
+    }
+}
+
 /// An endpoint from a Kubernetes object (no labels, no mTLS known, weight 1).
 fn config_endpoint(locality: Locality, ip: IpAddr, port: u16, healthy: bool) -> Endpoint {
     Endpoint {
@@ -165,6 +178,7 @@ fn config_endpoint(locality: Locality, ip: IpAddr, port: u16, healthy: bool) -> 
         weight: 1,
         tls_mode: TlsMode::Disabled,
         labels: BTreeMap::new(),
+        service_account: None,
     }
 }
 
@@ -238,8 +252,9 @@ fn proxy_endpoints(b: &mut Builder, proxy: &ProxyInfo) {
                     healthy: true,
                     source: EndpointSource::Proxy(proxy.id.clone()),
                     weight: 1,
-                    tls_mode: TlsMode::Istio,
+                    tls_mode: proxy_tls_mode(proxy),
                     labels: proxy.labels.clone(),
+                    service_account: proxy.service_account.clone(),
                 };
                 b.endpoint(&svc, sp.port, ep);
             }

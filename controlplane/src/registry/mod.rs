@@ -37,6 +37,7 @@ use tokio::time::Instant;
 
 use crate::authz::{Authorization, PathNormalization};
 use crate::config::ConfigSnapshot;
+use crate::mtls::PeerAuthentications;
 use crate::networking::Rules;
 use crate::watch::{sleep_until, Debounce, Debouncer, Trigger};
 
@@ -73,6 +74,8 @@ pub struct MeshSnapshot {
     pub dns_endpoints: BTreeMap<(ServiceKey, u16), Vec<DnsEndpoint>>,
     /// The Sidecar resources, by namespace and name.
     pub sidecars: Vec<Arc<SidecarRule>>,
+    /// The PeerAuthentication policies (mutual TLS modes of workloads).
+    pub peer_authentications: Arc<PeerAuthentications>,
     /// Publication counter (0 for the first snapshot).
     pub version: u64,
     /// The changes this snapshot answers: config file changes and proxy (dis)connections,
@@ -135,6 +138,7 @@ impl MeshSnapshot {
             && self.networking == other.networking
             && same_objects(&self.config, &other.config)
             && self.authorization == other.authorization
+            && self.peer_authentications == other.peer_authentications
     }
 }
 

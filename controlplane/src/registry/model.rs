@@ -310,7 +310,9 @@ pub struct Endpoint {
     pub source: EndpointSource,
     /// Load-balancing weight (at least 1; a WorkloadEntry's `weight`).
     pub weight: u32,
-    /// Whether the workload accepts Istio mTLS: sidecars do; a WorkloadEntry or a
+    /// Whether the workload accepts Istio mTLS: sidecars labelled
+    /// `security.istio.io/tlsMode: istio` do (a proxy with a workload certificate; Istio's
+    /// injector sets the label); a WorkloadEntry or a
     /// ServiceEntry endpoint does when labelled `security.istio.io/tlsMode: istio` or given a
     /// service account.
     pub tls_mode: TlsMode,
@@ -319,6 +321,9 @@ pub struct Endpoint {
     /// connected proxy of the Service's namespace with that IP, if any (pods are not in the
     /// config).
     pub labels: BTreeMap<String, String>,
+    /// The workload's service account (its identity), when known: a connected proxy's or a
+    /// WorkloadEntry's.
+    pub service_account: Option<String>,
 }
 
 /// One endpoint of a DNS-resolved Service port (resolution DNS or DNS_ROUND_ROBIN) that

@@ -375,11 +375,19 @@ spec:
   workloadSelector: {labels: {app: vm}}
   ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
 ";
-    let p = proxy("a", &[("app", "vm")]);
+    // A sidecar with a workload certificate carries Istio's tlsMode label.
+    let p = proxy(
+        "a",
+        &[("app", "vm"), ("security.istio.io/tlsMode", "istio")],
+    );
     let m = mesh_with(yaml, &[p]);
     let svc = m.services.values().next().unwrap();
     let eps = m.endpoints_of(&svc.key(), 80);
     assert_eq!(eps.len(), 1);
     assert_eq!(eps[0].port, 8080);
     assert_eq!(eps[0].tls_mode, crate::registry::TlsMode::Istio);
+    // One without (no certificate: an Envoy peer here) takes plaintext.
+    let m = mesh_with(yaml, &[proxy("a", &[("app", "vm")])]);
+    let eps = m.endpoints_of(&svc.key(), 80);
+    assert_eq!(eps[0].tls_mode, crate::registry::TlsMode::Disabled);
 }

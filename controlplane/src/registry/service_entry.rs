@@ -141,6 +141,7 @@ fn add_workload(
                 weight,
                 tls_mode: tls_mode(we),
                 labels: we.labels.clone(),
+                service_account: Some(we.service_account.clone()).filter(|s| !s.is_empty()),
             },
         ),
         Err(_) if dns => b.dns_endpoint(

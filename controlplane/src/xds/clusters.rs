@@ -13,9 +13,10 @@ use envoy_types::pb::envoy::config::core::v3::BindConfig;
 use super::build::{self, INBOUND_SOURCE};
 use super::cluster_policy;
 use super::service_clusters;
+use super::tls;
 use super::{inbound_cluster_name, inbound_ports, outbound_cluster_name, subset_cluster_name};
-use crate::config::istio::destination_rule::TrafficPolicy;
-use crate::registry::{MeshSnapshot, Protocol, ProxyInfo, ProxyScope};
+use crate::config::istio::destination_rule::{Subset, TrafficPolicy};
+use crate::registry::{MeshSnapshot, Protocol, ProxyInfo, ProxyScope, ServiceKey};
 
 /// `PassthroughCluster`: the original destination, for traffic to unknown destinations.
 pub const PASSTHROUGH: &str = "PassthroughCluster";
@@ -94,30 +95,49 @@ pub fn inbound(port: u16, protocol: Protocol) -> Cluster {
 pub fn clusters(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Cluster> {
     let scope = ProxyScope::new(mesh, proxy);
     let mut out = BTreeMap::new();
+    let auto = tls::proxy_has_identity(proxy);
     for (svc, port) in scope.outbound_ports() {
         let rule = mesh
             .networking
             .destination_rule(proxy, &svc.hostname, &svc.namespace);
         let top = rule.as_ref().and_then(|r| r.traffic_policy.as_ref());
+        let key = ServiceKey {
+            namespace: svc.namespace.clone(),
+            name: svc.name.clone(),
+        };
+        let sans = tls::service_identities(
+            svc.ports
+                .iter()
+                .flat_map(|p| mesh.endpoints_of(&key, p.port)),
+            &svc.namespace,
+            &mesh.cluster_domain,
+        );
+        let h2 = port.protocol.is_http2();
+        let build = |name: &str, subset: Option<&Subset>| {
+            let policy = cluster_policy::cluster_policy(top, subset, port.port);
+            let labels = subset.map(|s| &s.labels);
+            let mut c = service_clusters::outbound_cluster(
+                mesh,
+                proxy,
+                svc,
+                port,
+                name,
+                labels,
+                policy.as_ref(),
+            );
+            let sni = tls::mesh_sni(port.port, subset.map(|s| s.name.as_str()), &svc.hostname);
+            let settings = policy.as_ref().and_then(|p| p.tls.as_ref());
+            let t = tls::from_destination_rule(settings, &sni, &sans, &svc.hostname, h2);
+            tls::apply(&mut c, t, auto, &sni, &sans, h2);
+            c
+        };
         let name = outbound_cluster_name(port.port, &svc.hostname);
-        out.entry(name.clone()).or_insert_with(|| {
-            let policy = cluster_policy::cluster_policy(top, None, port.port);
-            service_clusters::outbound_cluster(mesh, proxy, svc, port, &name, None, policy.as_ref())
-        });
+        out.entry(name.clone())
+            .or_insert_with(|| build(&name, None));
         for subset in rule.iter().flat_map(|r| &r.subsets) {
             let name = subset_cluster_name(port.port, &subset.name, &svc.hostname);
-            out.entry(name.clone()).or_insert_with(|| {
-                let policy = cluster_policy::cluster_policy(top, Some(subset), port.port);
-                service_clusters::outbound_cluster(
-                    mesh,
-                    proxy,
-                    svc,
-                    port,
-                    &name,
-                    Some(&subset.labels),
-                    policy.as_ref(),
-                )
-            });
+            out.entry(name.clone())
+                .or_insert_with(|| build(&name, Some(subset)));
         }
     }
     for port in inbound_ports(mesh, proxy) {

@@ -12,6 +12,7 @@ use super::build::{self, Routes};
 use super::clusters::{BLACKHOLE, INBOUND_PASSTHROUGH};
 use super::outbound_listeners;
 use super::routes::inbound_route;
+use super::tls;
 use super::{inbound_cluster_name, inbound_ports};
 use crate::authz;
 use crate::registry::{MeshSnapshot, Protocol, ProxyInfo, ProxyScope};
@@ -151,27 +152,73 @@ pub fn virtual_outbound(allow_any: bool) -> Listener {
     }
 }
 
-/// `virtualInbound`: 0.0.0.0:15006, a chain per inbound port (HTTP with an inline route,
-/// TCP, or both for sniffed ports), 15006 itself to the black hole, sniffed HTTP to any
-/// other port through `virtualInbound-catchall-http`, the rest passed through.
+/// `virtualInbound`: 0.0.0.0:15006, a chain per inbound port and transport (HTTP with an
+/// inline route, TCP, or both for sniffed ports), 15006 itself to the black hole, sniffed
+/// HTTP to any other port through `virtualInbound-catchall-http`, the rest passed through.
+///
+/// Each port's PeerAuthentication mode ([`tls::inbound_accepts`]) decides its chains: mutual
+/// TLS chains (`transport_protocol: tls`, Istio's `DownstreamTlsContext`), plaintext chains
+/// (`raw_buffer` when TLS chains sit beside them: PERMISSIVE, told apart by the TLS
+/// inspector), or both. With mutual TLS in play the passthrough is a chain of its own, not
+/// the default chain, so that plaintext to a STRICT port finds no chain and is closed.
 pub fn virtual_inbound(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Listener {
     let mut chains = Vec::new();
+    let mut any_tls = false;
     for p in inbound_ports(mesh, proxy) {
         let cluster = inbound_cluster_name(p.port);
+        let accepts = tls::inbound_accepts(mesh, proxy, Some(p.port));
+        any_tls |= accepts.mtls;
         let hcm = || {
-            build::http_connection_manager(
+            tls::with_xfcc(build::http_connection_manager(
                 &format!("inbound_0.0.0.0_{}", p.port),
                 Routes::Inline(Box::new(inbound_route(
                     &cluster,
                     &format!("inbound|http|{}", p.port),
                     &cluster,
                 ))),
-            )
+            ))
+        };
+        if accepts.mtls {
+            let port = Some(p.port);
+            if p.protocol.is_http() {
+                chains.push(mtls_chain(
+                    &format!("{cluster}-mtls-http"),
+                    tls::tls_match(port, &[]),
+                    hcm(),
+                    true,
+                ));
+            } else if p.protocol == Protocol::Auto {
+                let m = tls::tls_match(port, &tls::INBOUND_TLS_HTTP_ALPN);
+                chains.push(mtls_chain(&format!("{cluster}-mtls-http"), m, hcm(), true));
+                let m = tls::tls_match(port, &[]);
+                chains.push(mtls_chain(
+                    &format!("{cluster}-mtls-tcp"),
+                    m,
+                    build::tcp_proxy(&cluster),
+                    false,
+                ));
+            } else {
+                let m = tls::tls_match(port, &[]);
+                chains.push(mtls_chain(
+                    &format!("{cluster}-mtls-tcp"),
+                    m,
+                    build::tcp_proxy(&cluster),
+                    false,
+                ));
+            }
+        }
+        if !accepts.plaintext {
+            continue;
+        }
+        // Beside TLS chains, plaintext ones must name their transport.
+        let exact = |port| match accepts.mtls {
+            true => plaintext_match(Some(port)),
+            false => port_match(port),
         };
         if p.protocol.is_http() {
             chains.push(chain(
                 &format!("{cluster}-http"),
-                Some(port_match(p.port)),
+                Some(exact(p.port)),
                 hcm(),
             ));
         } else if p.protocol == Protocol::Auto {
@@ -188,7 +235,7 @@ pub fn virtual_inbound(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Listener {
         } else {
             chains.push(chain(
                 &format!("{cluster}-tcp"),
-                Some(port_match(p.port)),
+                Some(exact(p.port)),
                 build::tcp_proxy(&cluster),
             ));
         }
@@ -198,30 +245,61 @@ pub fn virtual_inbound(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Listener {
         Some(port_match(INBOUND_PORT)),
         build::tcp_proxy(BLACKHOLE),
     ));
-    chains.push(chain(
-        "virtualInbound-catchall-http",
-        Some(http_match(None)),
-        build::http_connection_manager(
+    let workload = tls::inbound_accepts(mesh, proxy, None);
+    any_tls |= workload.mtls;
+    let passthrough_hcm = || {
+        tls::with_xfcc(build::http_connection_manager(
             "InboundPassthroughCluster",
             Routes::Inline(Box::new(inbound_route(
                 INBOUND_PASSTHROUGH,
                 "inbound|http|0",
                 INBOUND_PASSTHROUGH,
             ))),
-        ),
-    ));
+        ))
+    };
+    if workload.mtls {
+        chains.push(mtls_chain(
+            "virtualInbound-mtls-catchall-http",
+            tls::tls_match(None, &tls::INBOUND_TLS_HTTP_ALPN),
+            passthrough_hcm(),
+            true,
+        ));
+        chains.push(mtls_chain(
+            "virtualInbound-mtls",
+            tls::tls_match(None, &[]),
+            build::tcp_proxy(INBOUND_PASSTHROUGH),
+            false,
+        ));
+    }
+    let mut default_filter_chain = None;
+    if workload.plaintext {
+        chains.push(chain(
+            "virtualInbound-catchall-http",
+            Some(http_match(None)),
+            passthrough_hcm(),
+        ));
+        let passthrough = build::tcp_proxy(INBOUND_PASSTHROUGH);
+        if any_tls {
+            chains.push(chain(
+                "virtualInbound",
+                Some(plaintext_match(None)),
+                passthrough,
+            ));
+        } else {
+            default_filter_chain = Some(chain("virtualInbound", None, passthrough));
+        }
+    }
     let mut listener = sniffing(Listener {
         name: "virtualInbound".to_string(),
         address: Some(build::address(build::any_ip(), INBOUND_PORT)),
         traffic_direction: TrafficDirection::Inbound as i32,
         filter_chains: chains,
-        default_filter_chain: Some(chain(
-            "virtualInbound",
-            None,
-            build::tcp_proxy(INBOUND_PASSTHROUGH),
-        )),
+        default_filter_chain,
         ..Default::default()
     });
+    if any_tls {
+        listener.listener_filters.insert(0, build::tls_inspector());
+    }
     listener.listener_filters.insert(0, build::original_dst());
     inspect_only_where_needed(&mut listener);
     let selected = mesh
@@ -232,6 +310,19 @@ pub fn virtual_inbound(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Listener {
         authz::apply_inbound(&mut listener, &filters, "virtualInbound-blackhole");
     }
     listener
+}
+
+/// A chain that terminates Istio's mutual TLS.
+fn mtls_chain(
+    name: &str,
+    matcher: FilterChainMatch,
+    filter: envoy_types::pb::envoy::config::listener::v3::Filter,
+    http: bool,
+) -> FilterChain {
+    FilterChain {
+        transport_socket: Some(tls::inbound_mtls(http)),
+        ..chain(name, Some(matcher), filter)
+    }
 }
 
 /// Every listener of a proxy: the two capture listeners first, then the per-port outbound ones

@@ -26,6 +26,7 @@ pub mod service_clusters;
 pub mod status;
 mod stream;
 pub mod tcp_routes;
+pub mod tls;
 
 use std::collections::BTreeSet;
 

@@ -304,7 +304,11 @@ pub struct AccessLogEntry {
     pub upstream_local_address: Option<SocketAddr>,
     /// The TLS server name the downstream asked for.
     pub requested_server_name: Option<String>,
-    /// Why the upstream TLS handshake failed.
+    /// The URI SAN of the downstream's verified client certificate (Envoy's
+    /// `%DOWNSTREAM_PEER_URI_SAN%`): set on mutual TLS connections.
+    pub downstream_peer_uri_san: Option<String>,
+    /// Why the TLS connection to the upstream failed (Istio's
+    /// `upstream_transport_failure_reason`).
     pub upstream_transport_failure_reason: Option<String>,
 }
 
@@ -338,6 +342,7 @@ impl AccessLogEntry {
             upstream_service_time: None,
             upstream_local_address: None,
             requested_server_name: None,
+            downstream_peer_uri_san: None,
             upstream_transport_failure_reason: None,
         }
     }

@@ -97,6 +97,9 @@ fn init_tracing() -> Option<Arc<LogControl>> {
     })))
 }
 
+/// The label of a workload whose sidecar does Istio's mutual TLS.
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+
 /// The xDS node for these settings.
 pub fn node_info(settings: &Settings) -> NodeInfo {
     let a = &settings.args;
@@ -104,7 +107,17 @@ pub fn node_info(settings: &Settings) -> NodeInfo {
         pod_name: a.pod_name.clone(),
         namespace: a.namespace.clone(),
         ip: a.ip,
-        labels: a.labels.0.clone(),
+        labels: {
+            // Istio's injector marks a pod with a sidecar able to do mutual TLS; endpoints of
+            // a proxy with a workload identity get `tlsMode: istio` from it.
+            let mut labels = a.labels.0.clone();
+            if settings.identity.is_some() {
+                labels
+                    .entry(TLS_MODE_LABEL.to_string())
+                    .or_insert_with(|| "istio".to_string());
+            }
+            labels
+        },
         service_account: a.service_account.clone(),
         cluster_domain: a.cluster_domain.clone(),
     }

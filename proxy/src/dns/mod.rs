@@ -268,6 +268,7 @@ impl DnsResolvers {
                     health: HealthStatus::Healthy,
                     locality: String::new(),
                     priority: 0,
+                    transport_metadata: Default::default(),
                 })
                 .collect()
         })

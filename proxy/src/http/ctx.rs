@@ -108,6 +108,8 @@ pub struct RequestCtx {
     pub shadow: Option<ShadowOutcome>,
     /// Whether an AUDIT rule matched, if any applied.
     pub audit: Option<bool>,
+    /// Why the TLS connection to the upstream failed, for the access log.
+    pub upstream_transport_failure: Option<String>,
     /// The fault filter's active-fault slot.
     pub fault: Option<FaultGuard>,
     /// CORS headers to add to the response: the allowed origin.
@@ -144,6 +146,7 @@ impl RequestCtx {
             details: None,
             shadow: None,
             audit: None,
+            upstream_transport_failure: None,
             fault: None,
             cors_origin: None,
             mirrors: Vec::new(),

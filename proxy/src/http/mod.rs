@@ -39,6 +39,7 @@ pub mod retry;
 pub mod route;
 pub mod router;
 pub mod telemetry;
+pub mod xfcc;
 
 #[cfg(test)]
 mod tests;

@@ -247,10 +247,11 @@ impl ProxyHttp for MeshHttp {
             ctx.generated_request_id = true;
         }
         if req.headers.get("x-forwarded-proto").is_none() {
-            let tls = session
-                .as_downstream()
-                .digest()
-                .is_some_and(|d| d.ssl_digest.is_some());
+            let tls = ctx.conn.as_ref().is_some_and(|c| c.tls)
+                || session
+                    .as_downstream()
+                    .digest()
+                    .is_some_and(|d| d.ssl_digest.is_some());
             ctx.forwarded_proto = Some(if tls { "https" } else { "http" });
         }
         let Some(conn) = ctx.conn.clone() else {
@@ -290,6 +291,7 @@ impl ProxyHttp for MeshHttp {
             tracing::debug!(error = %e, "path refused");
             return self.local_reply(session, ctx, LocalReply::BadPath).await;
         }
+        super::xfcc::apply(session.req_header_mut(), &conn, chain.xfcc);
         match self.run_filters(session, ctx, &conn).await {
             Some(reply) => self.local_reply(session, ctx, reply).await,
             None => Ok(false),
@@ -416,8 +418,23 @@ impl ProxyHttp for MeshHttp {
         fwd.host = Some(picked);
         fwd.close_connection = false;
 
-        let mut peer = HttpPeer::new(address, false, String::new());
-        peer.group_key = cluster.group_key();
+        let mut peer = match cluster.tls_for(address) {
+            None => {
+                let mut peer = HttpPeer::new(address, false, String::new());
+                peer.group_key = cluster.group_key();
+                peer
+            }
+            Some(tls) => match tls.http_peer(address, &self.shared.identity, cluster.group_key()) {
+                Ok(peer) => peer,
+                Err(e) => {
+                    crate::tcp::upstream_tls_failed(&self.shared, &e);
+                    ctx.upstream = Some(address);
+                    ctx.upstream_transport_failure = Some(e.to_string());
+                    ctx.failure = Some(LocalReply::ConnectFailure);
+                    return Error::e_explain(ErrorType::TLSHandshakeFailure, e.to_string());
+                }
+            },
+        };
         let settings = &cluster.cluster().connection;
         let options = &mut peer.options;
         options.connection_timeout = Some(cluster.connect_timeout());
@@ -470,11 +487,22 @@ impl ProxyHttp for MeshHttp {
         &self,
         _session: &mut Session,
         reused: bool,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         fd: std::os::unix::io::RawFd,
         digest: Option<&Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The server's certificate must name one of the identities the destination may run
+        // as; the connection is refused (and never pooled) otherwise.
+        if let Err(e) = crate::tls::client::verify_upstream(peer, digest) {
+            crate::tcp::upstream_tls_failed(&self.shared, &e);
+            ctx.upstream_transport_failure = Some(e.to_string());
+            ctx.failure = Some(LocalReply::ConnectFailure);
+            return Error::e_explain(ErrorType::TLSHandshakeFailure, e.to_string());
+        }
+        if peer.is_tls() && !reused {
+            Stats::incr(&self.shared.stats.upstream_ssl_handshake);
+        }
         let Some(fwd) = ctx.forward.as_mut() else {
             return Ok(());
         };
@@ -656,10 +684,14 @@ impl ProxyHttp for MeshHttp {
     fn fail_to_connect(
         &self,
         session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if peer.is_tls() && ctx.upstream_transport_failure.is_none() {
+            Stats::incr(&self.shared.stats.upstream_ssl_connection_error);
+            ctx.upstream_transport_failure = Some(e.to_string());
+        }
         // Nothing reached the upstream: any method may be retried.
         let replayable = !session.as_ref().retry_buffer_truncated();
         let retry = self.attempt_failed(
@@ -824,10 +856,14 @@ impl ProxyHttp for MeshHttp {
             entry.upstream_cluster = route.target().cluster.clone();
             entry.route_name = Some(route.entry.route.name.clone()).filter(|n| !n.is_empty());
         }
+        if let Some(reason) = ctx.upstream_transport_failure.take() {
+            entry.upstream_transport_failure_reason = Some(reason);
+        }
         if let Some(conn) = &ctx.conn {
             entry.downstream_remote_address = conn.peer_addr;
             entry.downstream_local_address = Some(conn.destination.address);
             entry.requested_server_name = conn.server_name().map(str::to_string);
+            entry.downstream_peer_uri_san = conn.peer_principal().map(str::to_string);
         }
         entry.upstream_service_time = ctx.telemetry.upstream_service_time.map(|ms| ms.to_string());
         if let Some(conn) = ctx.conn.clone() {

@@ -191,6 +191,7 @@ pub fn accept_chain(
     let mut presented = vec![leaf.clone()];
     presented.extend(intermediates.iter().cloned());
     let cert_key = Arc::new(CertKey::new(presented.clone(), key.clone()));
+    let bundle_id = bundle_id(&roots);
     Ok(WorkloadCert {
         spiffe_id: spiffe_id.to_string(),
         serial: serial_hex(leaf),
@@ -202,5 +203,16 @@ pub fn accept_chain(
         received: now_unix(),
         cert_key,
         generation,
+        bundle_id,
     })
+}
+
+/// A fingerprint of a set of roots (their DER, hashed).
+pub fn bundle_id(roots: &[X509]) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    for r in roots {
+        r.to_der().unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
 }

@@ -57,6 +57,9 @@ pub struct WorkloadCert {
     pub cert_key: Arc<CertKey>,
     /// 1 for the first certificate, then one more per renewal.
     pub generation: u64,
+    /// A fingerprint of `roots` (the trust bundle's version): connections verified against
+    /// one bundle are never pooled with those verified against another.
+    pub bundle_id: u64,
 }
 
 impl std::fmt::Debug for WorkloadCert {

@@ -15,6 +15,7 @@ use pingora_core::protocols::Digest;
 use pingora_http::ResponseHeader;
 
 use crate::snapshot::{ChainKind, ChainRuntime, HttpChain};
+use crate::tls::server::Accepted;
 use crate::upstream::OriginalDestination;
 
 /// Which capture listener accepted a connection.
@@ -63,6 +64,9 @@ pub struct ConnContext {
     pub peer_principal: Option<Arc<str>>,
     /// The server name (SNI) the client asked for on a TLS connection.
     pub server_name: Option<Arc<str>>,
+    /// What the TLS handshake established (peer certificate, own identity, ALPN), when the
+    /// chain terminated TLS: the source of `x-forwarded-client-cert`.
+    pub tls_session: Option<Accepted>,
 }
 
 impl ConnContext {

@@ -7,15 +7,20 @@
 //!    connection was not redirected — then an `ORIGINAL_DST` upstream is refused rather than
 //!    looped back).
 //! 2. Close at once if no configuration has been applied yet (fail closed).
-//! 3. Choose the virtual listener and the filter chain ([`select`]); sniff the first bytes
-//!    ([`sniff`]) only when the remaining chains differ by application protocol, then put
-//!    them back.
-//! 4. HTTP chains: attach the [`conn::ConnContext`] to the stream and hand it to this
-//!    direction's `HttpProxy`. TCP chains: [`crate::tcp::proxy`].
+//! 3. Choose the virtual listener and the filter chain ([`select`]): inspect the first bytes
+//!    for a TLS ClientHello (SNI, ALPN; [`crate::tls::hello`]) when a chain names the `tls`
+//!    transport or server names, sniff plaintext ([`sniff`]) only when the remaining chains
+//!    differ by application protocol, and put the bytes back.
+//! 4. Terminate TLS when the chain has a `DownstreamTlsContext` ([`crate::tls::server`]): a
+//!    failed handshake (no client certificate, one from another CA) closes the connection.
+//! 5. HTTP chains: attach the [`conn::ConnContext`] to the stream and hand it to this
+//!    direction's `HttpProxy` (a terminated TLS connection as a plaintext virtual socket,
+//!    [`secure`]). TCP chains: [`crate::tcp::proxy`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod conn;
+pub mod secure;
 pub mod select;
 pub mod sniff;
 
@@ -41,7 +46,9 @@ use crate::http::MeshHttp;
 use crate::shared::Shared;
 use crate::snapshot::{ChainKind, ChainRuntime, Snapshot};
 use crate::stats::Stats;
+use crate::tls;
 use crate::upstream::OriginalDestination;
+use pingora_boringssl::tokio_ssl::SslStream;
 
 /// One capture listener: its bound address, its role and its HTTP proxy.
 pub struct CaptureListener {
@@ -128,50 +135,116 @@ impl CaptureApp {
             return;
         };
         let listener = select::virtual_listener(&snapshot, capture_listener, original_dst);
-        let facts = ConnectionFacts {
-            destination: original_dst,
-            server_name: None,
-            transport_protocol: RAW_BUFFER,
-        };
-        let candidates = select::candidates(&listener.chains, &facts);
-        let mut application_protocol = None;
-        if select::needs_application_protocol(&listener.chains, &candidates) {
-            Stats::incr(&shared.stats.downstream_cx_sniffed);
-            match sniff::detect(&mut *stream, self.detection_timeout).await {
-                Ok((detected, bytes)) => {
+        // Transport protocol and SNI, when a chain depends on them (Envoy's TLS inspector).
+        let mut hello = None;
+        let mut silent = false;
+        if select::needs_transport_protocol(&listener.chains) {
+            match tls::hello::detect(&mut *stream, self.detection_timeout).await {
+                Ok((found, bytes)) => {
+                    silent = bytes.is_empty();
                     stream.rewind(&bytes);
-                    application_protocol = detected.application_protocol();
+                    hello = found;
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, ?peer_addr, "read error while sniffing");
+                    tracing::debug!(error = %e, ?peer_addr, "read error while inspecting TLS");
                     return;
                 }
             }
         }
-        let Some(chain) = select::chain_for(listener, candidates, application_protocol) else {
+        let server_name = hello.as_ref().and_then(|h| h.server_name.clone());
+        let facts = ConnectionFacts {
+            destination: original_dst,
+            server_name: server_name.as_deref(),
+            transport_protocol: if hello.is_some() {
+                select::TLS
+            } else {
+                RAW_BUFFER
+            },
+        };
+        let candidates = select::candidates(&listener.chains, &facts);
+        let mut application_protocol = None;
+        let chain = match &hello {
+            Some(h) => {
+                let offered: Vec<&str> = h.alpn.iter().map(String::as_str).collect();
+                select::chain_for_any(listener, candidates, &offered)
+            }
+            None => {
+                // A client that sent nothing while the TLS inspector waited is server-first:
+                // no need to wait again for HTTP.
+                if !silent && select::needs_application_protocol(&listener.chains, &candidates) {
+                    Stats::incr(&shared.stats.downstream_cx_sniffed);
+                    match sniff::detect(&mut *stream, self.detection_timeout).await {
+                        Ok((detected, bytes)) => {
+                            stream.rewind(&bytes);
+                            application_protocol = detected.application_protocol();
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, ?peer_addr, "read error while sniffing");
+                            return;
+                        }
+                    }
+                }
+                select::chain_for(listener, candidates, application_protocol)
+            }
+        };
+        let Some(chain) = chain else {
             Stats::incr(&shared.stats.downstream_cx_no_chain);
             let mut entry = AccessLogEntry::new(SystemTime::now());
             entry.response_flags = ResponseFlag::NoRoute.into();
             entry.response_code_details = Some("filter_chain_not_found".into());
             entry.downstream_remote_address = peer_addr;
             entry.downstream_local_address = Some(original_dst);
+            entry.requested_server_name = server_name;
             shared.access_log.log(entry);
             return;
         };
+        let listener_name = listener.name.clone();
+        drop(snapshot);
+        // TLS terminated on the chain: the handshake with the current workload certificate;
+        // a failure closes the connection before any byte reaches the upstream.
+        let mut downstream = Downstream::Plain(stream);
+        let mut tls_session = None;
+        if let Some(server) = chain.tls.clone() {
+            let Downstream::Plain(plain) = downstream else {
+                return;
+            };
+            match server.accept(plain, &shared.identity).await {
+                Ok((tls, accepted)) => {
+                    Stats::incr(&shared.stats.ssl_handshake);
+                    downstream = Downstream::Tls(Box::new(tls));
+                    tls_session = Some(accepted);
+                }
+                Err(e) => {
+                    secure::handshake_failed(
+                        shared,
+                        &e,
+                        peer_addr,
+                        original_dst,
+                        server_name.as_deref(),
+                    );
+                    return;
+                }
+            }
+        }
+        let peer_principal = tls_session
+            .as_ref()
+            .and_then(|t| t.peer.as_ref())
+            .and_then(|p| p.spiffe_id())
+            .map(Arc::from);
         let conn = Arc::new(ConnContext {
             role: capture.role,
             capture: capture.bound,
             peer_addr,
             local_addr,
             destination,
-            listener: listener.name.clone(),
+            listener: listener_name,
             chain,
             application_protocol,
-            tls: false,
-            peer_principal: None,
-            server_name: None,
+            tls: tls_session.is_some(),
+            peer_principal,
+            server_name: server_name.map(Arc::from),
+            tls_session,
         });
-        drop(snapshot);
         if !conn.chain.rbac.is_empty() && !authorize_connection(&conn, shared) {
             return;
         }
@@ -179,16 +252,26 @@ impl CaptureApp {
             listener = %conn.listener,
             chain = %conn.chain.name,
             ?application_protocol,
+            tls = conn.tls,
             "connection dispatched"
         );
-        match &conn.chain.kind {
-            ChainKind::Tcp(settings) => {
+        match (&conn.chain.kind, downstream) {
+            (ChainKind::Tcp(settings), Downstream::Plain(mut stream)) => {
                 crate::tcp::proxy(&mut *stream, &conn, settings, shared).await;
             }
-            ChainKind::Http(_) => {
+            (ChainKind::Tcp(settings), Downstream::Tls(mut tls)) => {
+                crate::tcp::proxy(&mut *tls, &conn, settings, shared).await;
+            }
+            (ChainKind::Http(_), Downstream::Plain(mut stream)) => {
                 stream.set_proxy_digest(conn.clone().into_digest());
                 let stream: Stream = stream;
                 // The HTTP proxy never hands a connection back to the listener.
+                let _ = capture.http.process_new(stream, shutdown).await;
+            }
+            (ChainKind::Http(_), Downstream::Tls(tls)) => {
+                let mut stream = secure::TlsSocket(*tls).into_stream();
+                stream.set_proxy_digest(conn.clone().into_digest());
+                let stream: Stream = Box::new(stream);
                 let _ = capture.http.process_new(stream, shutdown).await;
             }
         }
@@ -217,6 +300,14 @@ pub fn current_chain(conn: &ConnContext, snapshot: &Snapshot) -> Option<Arc<Chai
     };
     let candidates = select::candidates(&listener.chains, &facts);
     select::chain_for(listener, candidates, conn.application_protocol)
+}
+
+/// The downstream connection after the chain's transport socket.
+enum Downstream {
+    /// Plaintext (possibly TLS passed through).
+    Plain(Box<L4Stream>),
+    /// TLS terminated by the proxy.
+    Tls(Box<SslStream<Box<L4Stream>>>),
 }
 
 /// The chain's network RBAC filters, once per connection, before anything reaches the

@@ -15,6 +15,8 @@ use crate::snapshot::{ChainRuntime, ListenerRuntime, Snapshot};
 
 /// The transport protocol of a plaintext connection (Envoy's `raw_buffer`).
 pub const RAW_BUFFER: &str = "raw_buffer";
+/// The transport protocol of a TLS connection.
+pub const TLS: &str = "tls";
 
 /// Anything that carries a filter chain match.
 pub trait HasMatch {
@@ -106,11 +108,22 @@ pub fn choose<T: HasMatch>(
     candidates: Vec<usize>,
     application_protocol: Option<&str>,
 ) -> Option<usize> {
+    choose_any(chains, candidates, application_protocol.as_slice())
+}
+
+/// [`choose`] for a connection that offers several application protocols (a TLS ClientHello's
+/// ALPN list): a chain matches when it names any of them.
+pub fn choose_any<T: HasMatch>(
+    chains: &[T],
+    candidates: Vec<usize>,
+    application_protocols: &[&str],
+) -> Option<usize> {
     narrow(chains, candidates, |m| {
         if m.application_protocols.is_empty() {
             Some(0)
-        } else if application_protocol
-            .is_some_and(|p| m.application_protocols.iter().any(|a| a == p))
+        } else if application_protocols
+            .iter()
+            .any(|p| m.application_protocols.iter().any(|a| a == p))
         {
             Some(1)
         } else {
@@ -127,10 +140,28 @@ pub fn chain_for(
     candidates: Vec<usize>,
     application_protocol: Option<&str>,
 ) -> Option<Arc<ChainRuntime>> {
-    match choose(&listener.chains, candidates, application_protocol) {
+    chain_for_any(listener, candidates, application_protocol.as_slice())
+}
+
+/// [`chain_for`] with several offered application protocols.
+pub fn chain_for_any(
+    listener: &ListenerRuntime,
+    candidates: Vec<usize>,
+    application_protocols: &[&str],
+) -> Option<Arc<ChainRuntime>> {
+    match choose_any(&listener.chains, candidates, application_protocols) {
         Some(i) => Some(listener.chains[i].clone()),
         None => listener.default_chain.clone(),
     }
+}
+
+/// Whether the transport protocol (and SNI) must be detected to choose a chain: true when a
+/// chain names the `tls` transport or server names (Envoy's TLS inspector).
+pub fn needs_transport_protocol<T: HasMatch>(chains: &[T]) -> bool {
+    chains.iter().any(|c| {
+        let m = c.matcher();
+        m.transport_protocol.as_deref() == Some(TLS) || !m.server_names.is_empty()
+    })
 }
 
 fn server_name_specificity(m: &FilterChainMatch, server_name: Option<&str>) -> Option<u32> {

@@ -285,6 +285,7 @@ fn current_chain_follows_listener_updates() {
         tls: false,
         peer_principal: None,
         server_name: None,
+        tls_session: None,
     };
     // Endpoints change, the listener does not: the same chain.
     let same = Snapshot::build(

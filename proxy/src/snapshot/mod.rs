@@ -15,7 +15,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use xds_client::model::{
     Direction, FilterChain, FilterChainMatch, Listener, NetworkFilter, PathNormalization,
-    ProxyConfig, RouteSource, TcpProxy,
+    ProxyConfig, RouteSource, TcpProxy, Xfcc,
 };
 
 use crate::authz::RbacFilter;
@@ -23,6 +23,7 @@ use crate::dns::{DnsResolvers, DnsState};
 use crate::http::filters::Filter;
 use crate::http::route::RouteTable;
 use crate::stats::Counters;
+use crate::tls::server::ServerTls;
 use crate::upstream::ClusterRuntime;
 
 #[cfg(test)]
@@ -57,6 +58,8 @@ pub struct ChainRuntime {
     pub matcher: FilterChainMatch,
     /// Network RBAC filters, checked in order when the connection is set up.
     pub rbac: Vec<RbacFilter>,
+    /// TLS terminated on the chain, if any.
+    pub tls: Option<Arc<ServerTls>>,
     /// What it does with the connection.
     pub kind: ChainKind,
 }
@@ -81,6 +84,8 @@ pub struct HttpChain {
     pub filters: Vec<Filter>,
     /// How request paths are normalized before the filters see them.
     pub path_normalization: PathNormalization,
+    /// `x-forwarded-client-cert` handling.
+    pub xfcc: Xfcc,
 }
 
 /// Where an HTTP chain's routes come from.
@@ -110,6 +115,7 @@ impl ChainRuntime {
                     .map(|f| Filter::build(f, counters, &hcm.stat_prefix))
                     .collect(),
                 path_normalization: hcm.path_normalization,
+                xfcc: hcm.xfcc,
             }),
         };
         ChainRuntime {
@@ -120,6 +126,7 @@ impl ChainRuntime {
                 .iter()
                 .map(|r| RbacFilter::new(r, counters, &r.stat_prefix))
                 .collect(),
+            tls: chain.tls.clone().map(|t| Arc::new(ServerTls::new(t))),
             kind,
         }
     }

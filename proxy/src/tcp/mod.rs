@@ -147,6 +147,7 @@ where
     entry.downstream_remote_address = conn.peer_addr;
     entry.downstream_local_address = Some(conn.destination.address);
     entry.requested_server_name = conn.server_name().map(str::to_string);
+    entry.downstream_peer_uri_san = conn.peer_principal().map(str::to_string);
 
     let snapshot = shared.snapshot.load();
     let cluster_name = choose_cluster(settings, rand::random());
@@ -187,13 +188,37 @@ where
                             handles.opened.inc();
                             opened = Some(handles);
                             let _permit = permit;
+                            let tls = cluster.tls_for(addr).cloned();
                             drop(snapshot);
-                            let relayed =
-                                relay(downstream, &mut upstream, settings.idle_timeout).await;
-                            entry.bytes_received = relayed.from_downstream;
-                            entry.bytes_sent = relayed.from_upstream;
-                            if relayed.idle_timeout {
-                                entry.response_flags = ResponseFlag::StreamIdleTimeout.into();
+                            let relayed = match tls {
+                                None => Some(
+                                    relay(downstream, &mut upstream, settings.idle_timeout).await,
+                                ),
+                                Some(tls) => match tls.connect(upstream, &shared.identity).await {
+                                    Ok((mut secured, _)) => {
+                                        Stats::incr(&shared.stats.upstream_ssl_handshake);
+                                        Some(
+                                            relay(downstream, &mut secured, settings.idle_timeout)
+                                                .await,
+                                        )
+                                    }
+                                    Err(e) => {
+                                        upstream_tls_failed(shared, &e);
+                                        tracing::debug!(error = %e, %addr, "upstream TLS failed");
+                                        entry.response_flags =
+                                            ResponseFlag::UpstreamConnectionFailure.into();
+                                        entry.upstream_transport_failure_reason =
+                                            Some(e.to_string());
+                                        None
+                                    }
+                                },
+                            };
+                            if let Some(relayed) = relayed {
+                                entry.bytes_received = relayed.from_downstream;
+                                entry.bytes_sent = relayed.from_upstream;
+                                if relayed.idle_timeout {
+                                    entry.response_flags = ResponseFlag::StreamIdleTimeout.into();
+                                }
                             }
                         }
                     },
@@ -243,6 +268,14 @@ pub fn choose_cluster(settings: &TcpProxy, draw: u64) -> &str {
         point -= u64::from(*weight);
     }
     &settings.cluster
+}
+
+/// Counts a failed TLS connection to an upstream.
+pub fn upstream_tls_failed(shared: &Shared, error: &crate::tls::TlsError) {
+    Stats::incr(&shared.stats.upstream_ssl_connection_error);
+    if matches!(error, crate::tls::TlsError::SanMismatch { .. }) {
+        Stats::incr(&shared.stats.upstream_ssl_fail_verify_san);
+    }
 }
 
 /// A stream wrapper that counts bytes read and stamps the time of the last read.

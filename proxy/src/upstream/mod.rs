@@ -32,6 +32,7 @@ use self::conn::ConnectionUses;
 use self::host::{AttemptResult, HostState, Trip};
 use self::lb::{Balancer, Host, PickRequest};
 use self::limits::ClusterLimits;
+use crate::tls::client::{ClientTls, ClusterTls};
 
 #[cfg(test)]
 mod tests;
@@ -106,6 +107,7 @@ pub struct ClusterRuntime {
     hosts: Hosts,
     carried: Carried,
     group_key: u64,
+    tls: ClusterTls,
 }
 
 impl ClusterRuntime {
@@ -168,6 +170,7 @@ impl ClusterRuntime {
             hosts: Hosts::Fixed(balancer),
             carried,
             group_key: hasher.finish(),
+            tls: ClusterTls::new(cluster, assignment),
         }
     }
 
@@ -241,6 +244,12 @@ impl ClusterRuntime {
                 f(&next.balancer)
             }
         }
+    }
+
+    /// The transport to `address`: TLS (auto mTLS from endpoint metadata, or the cluster's
+    /// transport socket), or `None` for plaintext.
+    pub fn tls_for(&self, address: SocketAddr) -> Option<&Arc<ClientTls>> {
+        self.tls.for_endpoint(address)
     }
 
     /// The cluster's config.

@@ -20,6 +20,7 @@ fn endpoint(a: &str, weight: u32, health: HealthStatus) -> Endpoint {
         health,
         locality: String::new(),
         priority: 0,
+        transport_metadata: Default::default(),
     }
 }
 

@@ -57,9 +57,7 @@ fn convert_cluster(proto: pb::Cluster) -> Result<Cluster, ConvertError> {
     }
     reject_set!(
         proto,
-        transport_socket_matches,
         transport_socket_matcher,
-        transport_socket,
         health_checks,
         lb_subset_config,
         filters,
@@ -155,6 +153,19 @@ fn convert_cluster(proto: pb::Cluster) -> Result<Cluster, ConvertError> {
         )
         .at("lb_policy"));
     }
+    let transport_socket = match &proto.transport_socket {
+        Some(ts) => super::tls::upstream_socket(ts).at("transport_socket")?,
+        None => None,
+    };
+    let transport_socket_matches = proto
+        .transport_socket_matches
+        .iter()
+        .enumerate()
+        .map(|(i, m)| super::tls::transport_socket_match(m).at_index("transport_socket_matches", i))
+        .collect::<Result<Vec<_>, _>>()?;
+    if original_dst && (transport_socket.is_some() || !transport_socket_matches.is_empty()) {
+        return Err(ConvertError::unsupported("transport_socket").at("transport_socket"));
+    }
     Ok(Cluster {
         name: proto.name,
         discovery,
@@ -166,6 +177,8 @@ fn convert_cluster(proto: pb::Cluster) -> Result<Cluster, ConvertError> {
         circuit_breakers,
         outlier_detection,
         connection,
+        transport_socket,
+        transport_socket_matches,
     })
 }
 

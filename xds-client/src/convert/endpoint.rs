@@ -114,5 +114,6 @@ fn lb_endpoint(lb: pb::LbEndpoint, locality: &str) -> Result<Endpoint, ConvertEr
         health,
         locality: locality.to_string(),
         priority: 0,
+        transport_metadata: super::tls::endpoint_metadata(lb.metadata.as_ref()),
     })
 }

@@ -9,7 +9,7 @@
 //! `server_header_transformation`, `use_remote_address`, `xff_num_trusted_hops`, `skip_xff_append`,
 //! `via`, `internal_address_config`, `generate_request_id`, `request_id_extension`,
 //! `preserve_external_request_id`, `always_set_request_id_in_response`,
-//! `forward_client_cert_details`, `set_current_client_cert_details`, `proxy_100_continue`,
+//! `proxy_100_continue`,
 //! `stream_error_on_invalid_http_message`,
 //! `represent_ipv4_remote_address_as_ipv4_mapped_ipv6`, `add_user_agent`, `proxy_status_config`,
 //! `append_x_forwarded_port`, `append_local_overload`, `add_proxy_protocol_connection_state`,
@@ -145,6 +145,7 @@ impl TryFrom<hcm::HttpConnectionManager> for HttpConnectionManager {
             path_normalization_options,
         );
         let path_normalization = path_normalization(&proto)?;
+        let xfcc = super::tls::xfcc(&proto)?;
         for (i, upgrade) in proto.upgrade_configs.iter().enumerate() {
             websocket_upgrade(upgrade).at_index("upgrade_configs", i)?;
         }
@@ -189,6 +190,7 @@ impl TryFrom<hcm::HttpConnectionManager> for HttpConnectionManager {
             routes,
             http_filters,
             path_normalization,
+            xfcc,
         })
     }
 }

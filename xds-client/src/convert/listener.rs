@@ -157,7 +157,10 @@ impl TryFrom<pb::FilterChain> for FilterChain {
 
     #[allow(deprecated)]
     fn try_from(proto: pb::FilterChain) -> Result<Self, ConvertError> {
-        reject_set!(proto, transport_socket);
+        let tls = match &proto.transport_socket {
+            Some(ts) => super::tls::downstream_socket(ts).at("transport_socket")?,
+            None => None,
+        };
         reject_true(proto.use_proxy_proto.as_ref(), "use_proxy_proto")?;
         let matcher = proto
             .filter_chain_match
@@ -193,6 +196,7 @@ impl TryFrom<pb::FilterChain> for FilterChain {
             name: proto.name,
             matcher,
             rbac,
+            tls,
             filter,
         })
     }

@@ -29,6 +29,7 @@ mod listener;
 mod matcher;
 mod rbac;
 mod route;
+mod tls;
 
 #[cfg(test)]
 pub(crate) mod tests;

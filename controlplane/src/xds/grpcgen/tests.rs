@@ -77,6 +77,7 @@ fn mesh() -> MeshSnapshot {
         labels: Default::default(),
         weight: 1,
         tls_mode: Default::default(),
+        service_account: None,
     };
     m.endpoints
         .insert((key, 7070), vec![ep("10.211.0.2"), ep("10.211.0.3")]);

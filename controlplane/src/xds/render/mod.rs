@@ -57,6 +57,7 @@ mod endpoint;
 mod meta;
 mod rbac;
 mod route;
+mod tls;
 
 pub use endpoint::load_assignment;
 pub use route::route_configuration;
@@ -258,6 +259,8 @@ pub fn any(any: Any) -> R {
             Some(Value::from(std::mem::take(&mut m.update_frequency))),
         );
         o.done(m, "PreviousPrioritiesConfig")?
+    } else if let Some(body) = tls::typed(&any) {
+        body?
     } else {
         return Err(RenderError::UnknownAny(any.type_url));
     };
@@ -367,6 +370,13 @@ pub fn cluster(mut m: Cluster) -> R {
     o.bool("respect_dns_ttl", take(&mut m.respect_dns_ttl));
     o.msg("load_assignment", m.load_assignment.take(), load_assignment)?;
     o.msg("metadata", m.metadata.take(), route::metadata)?;
+    o.msg(
+        "transport_socket",
+        m.transport_socket.take(),
+        tls::transport_socket,
+    )?;
+    let matches = take(&mut m.transport_socket_matches);
+    o.list("transport_socket_matches", matches, tls::socket_match)?;
     let mut options: Vec<_> = take(&mut m.typed_extension_protocol_options)
         .into_iter()
         .collect();
@@ -476,6 +486,11 @@ fn filter_chain(mut c: FilterChain) -> R {
         filter_chain_match,
     )?;
     o.list("filters", take(&mut c.filters), filter_json)?;
+    o.msg(
+        "transport_socket",
+        c.transport_socket.take(),
+        tls::transport_socket,
+    )?;
     o.done(c, "FilterChain")
 }
 
@@ -628,5 +643,6 @@ fn hcm(mut m: HttpConnectionManager) -> R {
             PathWithEscapedSlashesAction::as_str_name,
         )?,
     );
+    tls::xfcc_fields(&mut o, &mut m)?;
     o.done(m, "HttpConnectionManager")
 }

@@ -242,7 +242,10 @@ fn cluster_errors() {
     let mut eds_not_ads = eds("c");
     eds_not_ads.eds_cluster_config.as_mut().unwrap().eds_config = None;
     let mut tls = eds("c");
-    tls.transport_socket = Some(TransportSocket::default());
+    tls.transport_socket = Some(TransportSocket {
+        name: "envoy.transport_sockets.alts".into(),
+        ..Default::default()
+    });
     let mut zero_timeout = eds("c");
     zero_timeout.connect_timeout = Some(secs(0));
     let mut both = explicit(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
@@ -299,7 +302,8 @@ fn cluster_errors() {
         ),
         (
             tls,
-            "cluster \"c\": transport_socket: not supported by this proxy".into(),
+            "cluster \"c\": transport_socket: unsupported filter \"envoy.transport_sockets.alts\""
+                .into(),
         ),
         (
             zero_timeout,

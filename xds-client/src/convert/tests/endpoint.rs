@@ -59,6 +59,7 @@ fn localities_are_flattened() {
         health,
         locality: locality.into(),
         priority: 0,
+        transport_metadata: Default::default(),
     };
     assert_eq!(
         converted.endpoints,

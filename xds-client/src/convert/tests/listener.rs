@@ -292,7 +292,10 @@ fn listener_rejects_unsupported_features() {
     let mut transparent = base();
     transparent.transparent = yes();
     let mut tls = base();
-    tls.filter_chains[0].transport_socket = Some(TransportSocket::default());
+    tls.filter_chains[0].transport_socket = Some(TransportSocket {
+        name: "envoy.transport_sockets.alts".into(),
+        ..Default::default()
+    });
     let mut source = base();
     source.filter_chains[0].filter_chain_match = Some(lis::FilterChainMatch {
         source_ports: vec![1234],
@@ -324,7 +327,7 @@ fn listener_rejects_unsupported_features() {
         ),
         (
             tls,
-            "listener \"l\": filter_chains[0].transport_socket: not supported by this proxy",
+            "listener \"l\": filter_chains[0].transport_socket: unsupported filter \"envoy.transport_sockets.alts\"",
         ),
         (
             source,

@@ -6,6 +6,7 @@ mod endpoint;
 mod listener;
 mod rbac;
 mod route;
+mod tls;
 mod traffic;
 
 use envoy_types::pb::envoy::config::core::v3::{
