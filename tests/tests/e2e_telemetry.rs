@@ -168,7 +168,7 @@ fn labels(s: &Sample, want: &[(&str, &str)]) -> Result<()> {
 }
 
 /// The labels of the `client` workload as source and `reviews-v1` as destination of
-/// `reviews`, over plaintext between the sidecars.
+/// `reviews` (the sidecars talk mutual TLS: the principals are checked per reporter).
 fn client_to_reviews() -> Vec<(&'static str, &'static str)> {
     vec![
         ("source_workload", "client"),
@@ -178,7 +178,6 @@ fn client_to_reviews() -> Vec<(&'static str, &'static str)> {
         ("source_canonical_service", "client"),
         ("source_canonical_revision", "latest"),
         ("source_cluster", "Kubernetes"),
-        ("source_principal", "unknown"),
         ("destination_workload", "reviews-v1"),
         ("destination_workload_namespace", NS),
         ("destination_app", "reviews"),
@@ -186,7 +185,6 @@ fn client_to_reviews() -> Vec<(&'static str, &'static str)> {
         ("destination_canonical_service", "reviews"),
         ("destination_canonical_revision", "v1"),
         ("destination_cluster", "Kubernetes"),
-        ("destination_principal", "unknown"),
         ("destination_service", REVIEWS),
         ("destination_service_name", "reviews"),
         ("destination_service_namespace", NS),
@@ -636,7 +634,8 @@ fn check_metrics(client: &Pod, server: &Pod, bodies: [usize; 2], n: u64) -> Resu
         &[
             ("request_protocol", "http"),
             ("response_flags", "-"),
-            ("connection_security_policy", "none"),
+            ("connection_security_policy", "mutual_tls"),
+            ("source_principal", "spiffe://cluster.local/ns/default/sa/default"),
         ],
     )?;
     ensure!(value(ok)? == 2.0, "destination 200s: {}", value(ok)?);
@@ -651,7 +650,7 @@ fn check_metrics(client: &Pod, server: &Pod, bodies: [usize; 2], n: u64) -> Resu
         ("destination_service", REVIEWS),
         ("request_protocol", "tcp"),
         ("response_flags", "-"),
-        ("connection_security_policy", "none"),
+        ("connection_security_policy", "mutual_tls"),
     ];
     for (metric, want) in [
         ("istio_tcp_connections_opened_total", 1.0),
