@@ -635,7 +635,10 @@ fn check_metrics(client: &Pod, server: &Pod, bodies: [usize; 2], n: u64) -> Resu
             ("request_protocol", "http"),
             ("response_flags", "-"),
             ("connection_security_policy", "mutual_tls"),
-            ("source_principal", "spiffe://cluster.local/ns/default/sa/default"),
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/default",
+            ),
         ],
     )?;
     ensure!(value(ok)? == 2.0, "destination 200s: {}", value(ok)?);
