@@ -105,10 +105,7 @@ async fn start() -> Setup {
     let (v2, _) = echo("v2").await;
     let (v3, _) = echo("v3").await;
     let (failing, failed) = recorder(503).await;
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let closed = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     let (mirror, mirrored) = recorder(200).await;
     let ports = Ports::new();
     let backends = Backends {

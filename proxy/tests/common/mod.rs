@@ -11,13 +11,45 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A free loopback port (bound, then released).
+/// A loopback port that no other test process can be handed while this one runs.
+///
+/// Ports come from below the kernel's ephemeral range (`ip_local_port_range`), so neither a
+/// `bind(":0")` nor an outgoing connection of any process lands on them, and each is reserved
+/// for the life of this process by an exclusive lock on `/tmp/mesh-test-ports/PORT`. (Binding
+/// port 0 and releasing it, the usual trick, lets a parallel test's upstream or client socket
+/// take the port before the proxy binds it.)
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HELD: Mutex<Vec<nix::fcntl::Flock<std::fs::File>>> = Mutex::new(Vec::new());
+    let dir = std::path::Path::new("/tmp/mesh-test-ports");
+    std::fs::create_dir_all(dir).expect("create /tmp/mesh-test-ports");
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_low.clamp(12_000, 32_768));
+    let span = high - low;
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for i in 0..span {
+        let port = (low + (seed.wrapping_add(i.wrapping_mul(7919)) % span)) as u16;
+        let Ok(file) = std::fs::File::create(dir.join(port.to_string())) else {
+            continue;
+        };
+        let Ok(lock) =
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        HELD.lock().unwrap().push(lock);
+        return port;
+    }
+    panic!("no free loopback port in {low}..{high}");
 }
 
 /// The loopback listen addresses of one proxy, chosen before its config is written.
