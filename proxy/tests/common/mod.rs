@@ -38,8 +38,7 @@ pub fn free_port() -> u16 {
         let Ok(file) = std::fs::File::create(dir.join(port.to_string())) else {
             continue;
         };
-        let Ok(lock) =
-            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        let Ok(lock) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         else {
             continue;
         };
