@@ -38,6 +38,7 @@ pub mod reply;
 pub mod retry;
 pub mod route;
 pub mod router;
+mod steps;
 pub mod telemetry;
 pub mod xfcc;
 
