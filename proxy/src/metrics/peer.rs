@@ -3,8 +3,9 @@
 //!
 //! - [`PeerInfo::local`] derives this proxy's own labels from its node info (what it tells
 //!   the control plane): workload name from the pod name as Istio derives it (a Deployment's
-//!   pod `NAME-HASH-XXXXX` with label `pod-template-hash=HASH` is workload `NAME`, a
-//!   StatefulSet's pod `NAME-N` is `NAME`, anything else keeps the pod name), `app` and
+//!   pod `NAME-HASH-SUFFIX`, e.g. `reviews-v1-5d8f7c9b4-2kq7x`, with label
+//!   `pod-template-hash=HASH` is workload `NAME`, a StatefulSet's pod `NAME-N` is `NAME`,
+//!   anything else keeps the pod name), `app` and
 //!   `version` from the labels of those names (or `app.kubernetes.io/name`/`-version`), the
 //!   canonical service and revision with Istio's defaults (`service.istio.io/canonical-name`,
 //!   else `app.kubernetes.io/name`, else `app`, else the workload; `-revision`, else
