@@ -11,6 +11,8 @@
 //! Filters that are not RBAC (the `ext_authz` filter of CUSTOM providers) are listed as not
 //! evaluated; the RBAC filters next to them still are.
 
+#[path = "authz_conformance/matchers.rs"]
+mod matchers;
 #[path = "authz_conformance/oracle.rs"]
 mod oracle;
 #[path = "authz_conformance/pb.rs"]
