@@ -324,11 +324,17 @@ async fn metrics_logs_and_spans_through_two_sidecars() {
     assert!(attr(&client_span, "http.url")
         .unwrap()
         .starts_with("http://reviews:9080/reviews/1"));
-    let exported = scrape(client.stats).await;
-    assert_eq!(
-        counter(find(&exported, "envoy_tracing_opentelemetry_spans_sent", &[]).unwrap()),
-        1.0
-    );
+    // The collector has the span before the exporter reads its reply and counts it.
+    let mut sent = 0.0;
+    for _ in 0..50 {
+        let exported = scrape(client.stats).await;
+        sent = counter(find(&exported, "envoy_tracing_opentelemetry_spans_sent", &[]).unwrap());
+        if sent >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(sent, 1.0);
 }
 
 #[tokio::test]
