@@ -9,12 +9,11 @@ mod common;
 use std::time::Duration;
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{
-    config_dump, curl, readiness, seen_header, wait_for, wait_log, Mesh, Traffic, HTTP_PORT, NS,
-    READY_TIMEOUT,
+    certs, config_dump, curl, readiness, seen_header, stat, wait_for, wait_log, Mesh, Traffic,
+    HTTP_PORT, NS, READY_TIMEOUT,
 };
 use mesh_tests::harness::{create_token, Pod, ProxyOptions};
 use serde_json::Value;
@@ -115,17 +114,6 @@ fn a_forged_token_gets_no_certificate_and_readiness_waits_for_one() -> Result<()
     })
 }
 
-/// `openssl ARGS`, failing with its stderr.
-fn openssl(args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl").args(args).output()?;
-    ensure!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 /// A client certificate (and key) for the SPIFFE ID `uri` in `dir`, signed by the CA
 /// `ca_cert`/`ca_key`; returns (certificate, key) paths.
 fn client_cert(
@@ -135,98 +123,8 @@ fn client_cert(
     ca_cert: &Path,
     ca_key: &Path,
 ) -> Result<(String, String)> {
-    let key = dir.join(format!("{name}-key.pem"));
-    let csr = dir.join(format!("{name}.csr"));
-    let cert = dir.join(format!("{name}.pem"));
-    let ext = dir.join(format!("{name}.ext"));
-    std::fs::write(
-        &ext,
-        format!("subjectAltName=URI:{uri}\nextendedKeyUsage=clientAuth\n"),
-    )?;
-    let p = |p: &Path| p.display().to_string();
-    openssl(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        &p(&key),
-    ])?;
-    openssl(&[
-        "req",
-        "-new",
-        "-key",
-        &p(&key),
-        "-subj",
-        "/O=test",
-        "-out",
-        &p(&csr),
-    ])?;
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &p(&csr),
-        "-CA",
-        &p(ca_cert),
-        "-CAkey",
-        &p(ca_key),
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        &p(&ext),
-        "-out",
-        &p(&cert),
-    ])?;
-    Ok((p(&cert), p(&key)))
-}
-
-/// A self-signed CA in `dir` (not the mesh's); returns (certificate, key).
-fn other_ca(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
-    let key = dir.join("other-ca-key.pem");
-    let cert = dir.join("other-ca.pem");
-    let p = |p: &Path| p.display().to_string();
-    openssl(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        &p(&key),
-    ])?;
-    openssl(&[
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        &p(&key),
-        "-subj",
-        "/O=other-ca",
-        "-days",
-        "1",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=keyCertSign",
-        "-out",
-        &p(&cert),
-    ])?;
-    Ok((cert, key))
-}
-
-/// A counter of a sidecar's `/stats`.
-fn stat(pod: &Pod, name: &str) -> Result<u64> {
-    let stats = pod.admin("/stats")?;
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .with_context(|| format!("no {name} in {stats}"))?
-        .trim()
-        .parse()
-        .context(name.to_owned())
+    let (cert, key) = certs::leaf(dir, name, &[&format!("URI:{uri}")], ca_cert, ca_key)?;
+    Ok((cert.display().to_string(), key.display().to_string()))
 }
 
 /// `curl` in a pod without a sidecar straight to a pod's port; `Err` when curl fails.
@@ -365,7 +263,7 @@ fn a_client_certificate_from_another_ca_is_refused() -> Result<()> {
             .to_owned();
         ensure!(xfcc.contains(&format!("URI={spiffe}")), "{xfcc}");
         // The same identity signed by another CA: the handshake fails.
-        let (other_cert, other_key) = other_ca(&dir)?;
+        let (other_cert, other_key) = certs::ca(&dir, "other-ca")?;
         let (cert, key) = client_cert(&dir, "other", spiffe, &other_cert, &other_key)?;
         if let Ok(reply) = direct(
             &plain,

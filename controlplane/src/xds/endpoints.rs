@@ -1,6 +1,7 @@
 //! EDS: one `ClusterLoadAssignment` per requested outbound cluster (Service port, or subset
 //! of it).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality as EnvoyLocality};
@@ -13,6 +14,7 @@ use envoy_types::pb::google::protobuf::value::Kind;
 
 use super::service_clusters::metadata_field;
 use super::{build, parse_outbound_cluster_name};
+use crate::mtls::Mode;
 use crate::registry::{
     Endpoint, Locality, MeshSnapshot, Protocol, ProxyInfo, ProxyScope, Resolution, Service, TlsMode,
 };
@@ -107,9 +109,9 @@ pub fn endpoints(
         {
             continue;
         }
-        let all = mesh.endpoints_of(&svc.key(), port);
+        let all = mtls_checked(mesh, &svc.namespace, mesh.endpoints_of(&svc.key(), port));
         if subset.is_empty() {
-            out.push(load_assignment(name, all));
+            out.push(load_assignment(name, &all));
             continue;
         }
         let Some(labels) = mesh
@@ -127,4 +129,37 @@ pub fn endpoints(
         out.push(load_assignment(name, &selected));
     }
     out
+}
+
+/// Istio's `mtlsChecker`: an endpoint whose workload (of the Service's namespace, by its
+/// labels) has PeerAuthentication `DISABLE` on the endpoint's port does not take mutual TLS
+/// there, so clients are told to send plaintext (its `tlsMode` metadata is left out).
+/// Borrowed unchanged when no endpoint is affected (the common case).
+fn mtls_checked<'a>(
+    mesh: &MeshSnapshot,
+    namespace: &str,
+    endpoints: &'a [Endpoint],
+) -> Cow<'a, [Endpoint]> {
+    let disabled = |e: &Endpoint| {
+        e.tls_mode == TlsMode::Istio
+            && mesh
+                .peer_authentications
+                .mode(namespace, &e.labels, Some(e.port))
+                == Mode::Disable
+    };
+    if !endpoints.iter().any(disabled) {
+        return Cow::Borrowed(endpoints);
+    }
+    Cow::Owned(
+        endpoints
+            .iter()
+            .map(|e| {
+                let mut out = e.clone();
+                if disabled(e) {
+                    out.tls_mode = TlsMode::Disabled;
+                }
+                out
+            })
+            .collect(),
+    )
 }

@@ -115,8 +115,11 @@ pub fn depends_on(
         return true;
     };
     match key.kind {
+        // A server's PeerAuthentication reaches its clients everywhere: its `DISABLE` ports
+        // take the `tlsMode` metadata off its endpoints (istiod pushes it to every proxy).
+        Kind::PeerAuthentication => true,
         // Namespace-local policy, or mesh-wide from the root namespace.
-        Kind::Sidecar | Kind::PeerAuthentication | Kind::AuthorizationPolicy => {
+        Kind::Sidecar | Kind::AuthorizationPolicy => {
             key.namespace == proxy_ns || key.namespace == ROOT_NAMESPACE
         }
         Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => [old, new]

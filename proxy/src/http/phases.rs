@@ -526,6 +526,11 @@ impl ProxyHttp for MeshHttp {
                     (None, LocalReply::StreamIdleTimeout)
                 }
             }
+            // The upstream's certificate refused after the handshake (`connected_to_upstream`):
+            // the connection failed, nothing was sent (Envoy's `UF`, TLS error).
+            ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert => {
+                (Some(Failure::ConnectFailure), LocalReply::ConnectFailure)
+            }
             _ => (
                 Some(Failure::Reset {
                     before_request: stale,

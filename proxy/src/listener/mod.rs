@@ -333,6 +333,8 @@ fn authorize_connection(conn: &ConnContext, shared: &Shared) -> bool {
         let mut entry = AccessLogEntry::new(SystemTime::now());
         entry.downstream_remote_address = conn.peer_addr;
         entry.downstream_local_address = Some(conn.destination.address);
+        entry.requested_server_name = conn.server_name().map(str::to_string);
+        entry.downstream_peer_uri_san = conn.peer_principal().map(str::to_string);
         if let Some(shadow) = &outcome.shadow {
             entry.shadow_engine_result = Some(if shadow.allowed { "allowed" } else { "denied" });
             entry.shadow_effective_policy_id = shadow.policy.clone().map(Detail::Shared);

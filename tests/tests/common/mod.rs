@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod bookinfo;
+pub mod certs;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -424,6 +425,18 @@ pub fn wait_endpoints(pod: &Pod, cluster: &str, want: &[String]) -> Result<()> {
     wait_for(&what, Duration::from_secs(10), || {
         Ok(endpoints(pod, cluster)? == want)
     })
+}
+
+/// A counter of a sidecar's `/stats` (0 when not counted yet).
+pub fn stat(pod: &Pod, name: &str) -> Result<u64> {
+    let stats = pod.admin("/stats")?;
+    Ok(stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(|v| v.trim().parse())
+        .transpose()
+        .context(name.to_owned())?
+        .unwrap_or(0))
 }
 
 /// `GET /healthz/ready` on the pod's readiness port, from the host: the status code.
