@@ -258,3 +258,102 @@ fn principals_namespaces_ports_and_when_decide_who_reaches_payments() -> Result<
         Ok(())
     })
 }
+
+/// A long-lived TCP connection from `pod` to `payments`' TCP port (bash's `/dev/tcp`): it
+/// sends `first`, prints what came back, waits for the file `go` to appear, sends `second`
+/// and prints what came back, then `closed` once the connection ends.
+fn long_lived_tcp(
+    pod: &Pod,
+    name: &str,
+    go: &std::path::Path,
+) -> Result<mesh_tests::harness::Process> {
+    let script = format!(
+        "exec 3<>/dev/tcp/payments.payments/{TCP_PORT} || exit 1\n\
+         echo first >&3; read -r l <&3; echo \"got $l\"\n\
+         while [ ! -e {go} ]; do sleep 0.05; done\n\
+         echo second >&3; read -r l <&3 && echo \"got $l\"\n\
+         echo closed\n",
+        go = go.display()
+    );
+    Ok(pod.spawn(name, ["bash", "-c", &script])?)
+}
+
+#[test]
+fn an_open_tcp_connection_is_closed_when_a_new_policy_denies_it() -> Result<()> {
+    mesh_tests::skip_unless_netns!();
+    let mesh = Mesh::new("open_tcp_connection_policy_change")?;
+    for ns in ["payments", "orders", "billing"] {
+        mesh.topo.add_namespace(ns)?;
+    }
+    mesh.topo.add_service(
+        &ServiceSpec::new("payments", "payments")
+            .port("tcp-echo", TCP_PORT, TCP_PORT)
+            .selector("app", "payments"),
+    )?;
+    mesh.topo.write_config(
+        "authz.yaml",
+        &policy(
+            "allow-both",
+            "  rules:\n  - from: [{source: {namespaces: [orders, billing]}}]\n",
+        ),
+    )?;
+    mesh.topo.start_control_plane()?;
+    let payments = caller(&mesh, "payments", "payments")?;
+    payments
+        .spawn_echo(&EchoSpec::new("payments", "v1").tcp(TCP_PORT))?
+        .wait_for_log("\"event\":\"listening\"", Duration::from_secs(10))?;
+    let orders = caller(&mesh, "orders", "orders")?;
+    let billing = caller(&mesh, "billing", "billing")?;
+    mesh.check(|| {
+        mesh.topo.wait_ready(Duration::from_secs(30))?;
+        wait_for("orders to reach payments", Duration::from_secs(15), || {
+            tcp_echo(&orders)
+        })?;
+        let go = orders.work_dir().join("go");
+        let denied = long_lived_tcp(&orders, "tcp-orders", &go)?;
+        let kept = long_lived_tcp(&billing, "tcp-billing", &go)?;
+        for p in [&denied, &kept] {
+            p.wait_for_log("got first", Duration::from_secs(10))?;
+        }
+        // The policy now allows billing only: orders' open connection is closed, billing's
+        // carries on.
+        mesh.topo.write_config(
+            "authz.yaml",
+            &policy(
+                "allow-both",
+                "  rules:\n  - from: [{source: {namespaces: [billing]}}]\n",
+            ),
+        )?;
+        let log = wait_for_log_line(&payments, "orders' revoked connection", |e| {
+            s(e, "connection_termination_details").starts_with("rbac_access_denied")
+                && s(e, "downstream_peer_uri_san") == format!("spiffe://{ORDERS}")
+        })?;
+        ensure!(log["bytes_received"] == 6, "{log}");
+        std::fs::write(&go, "")?;
+        denied.wait_for_log("closed", Duration::from_secs(10))?;
+        ensure!(
+            !denied.stdout().contains("got second"),
+            "a denied connection still echoed: {}",
+            denied.stdout()
+        );
+        kept.wait_for_log("got second", Duration::from_secs(10))?;
+        // New connections follow the policy too.
+        ensure!(
+            !tcp_echo(&orders)?,
+            "a new connection from orders got through"
+        );
+        ensure!(tcp_echo(&billing)?, "billing's new connection was refused");
+        Ok(())
+    })
+}
+
+/// Waits (longer than [`wait_log`]'s 5 s: a push comes first) for `pod`'s access-log line
+/// that `pred` accepts.
+fn wait_for_log_line(pod: &Pod, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+    let mut found = None;
+    wait_for(what, Duration::from_secs(15), || {
+        found = common::access_log(pod).into_iter().find(|e| pred(e));
+        Ok(found.is_some())
+    })?;
+    found.context("no line")
+}

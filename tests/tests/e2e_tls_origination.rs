@@ -249,6 +249,22 @@ fn destination_rule_tls_originates_simple_and_mutual_tls_to_an_external_server()
             "the server saw no client certificate: {}",
             r.body
         );
+        // credentialName: no secret store serves `kubernetes://` secrets to this proxy; the
+        // cluster fails closed (and the proxy takes the config: no NACK keeps MUTUAL alive).
+        topo.write_config(
+            "dr.yaml",
+            &dr(
+                "mutual.external",
+                &format!("{{mode: MUTUAL, sni: {SERVER_NAME}, credentialName: mutual-credential}}"),
+            ),
+        )?;
+        wait_status(&client, &[&mutual("/credential-name")], 503)?;
+        ensure_tls_refused(
+            &client,
+            "/credential-name",
+            "secret kubernetes://mutual-credential",
+            "credentialName",
+        )?;
         // SIMPLE to the server that requires a client certificate: refused.
         topo.write_config(
             "dr.yaml",

@@ -302,6 +302,44 @@ pub fn current_chain(conn: &ConnContext, snapshot: &Snapshot) -> Option<Arc<Chai
     select::chain_for(listener, candidates, conn.application_protocol)
 }
 
+/// Resolves when a configuration published after the call no longer lets the TCP connection
+/// `conn` continue: no chain would take it now, or the network RBAC filters of the chain that
+/// applies now deny it (Envoy drains a replaced chain's connections; a denial here closes
+/// the connection at once). Returns the termination details for the access log.
+pub async fn revoked(conn: &ConnContext, shared: &Shared) -> Detail {
+    let mut changes = shared.snapshot.subscribe();
+    loop {
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let snapshot = shared.snapshot.load();
+        let Some(chain) = current_chain(conn, &snapshot) else {
+            return Detail::Static("filter_chain_not_found");
+        };
+        if Arc::ptr_eq(&chain, &conn.chain) || chain.rbac.is_empty() {
+            continue;
+        }
+        let outcome = authz::check_all(&chain.rbac, &attributes(conn));
+        if let Some(details) = outcome.denied_details.filter(|_| !outcome.allowed) {
+            tracing::debug!(peer = ?conn.peer_addr, %details, "open connection denied by a new policy");
+            return Detail::Shared(details);
+        }
+    }
+}
+
+/// What the network RBAC filters of `conn`'s chain can read.
+fn attributes(conn: &ConnContext) -> authz::Attributes<'_> {
+    authz::Attributes {
+        source: conn
+            .peer_addr
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        destination: conn.destination.address,
+        principal: conn.peer_principal(),
+        server_name: conn.server_name(),
+        request: None,
+    }
+}
+
 /// The downstream connection after the chain's transport socket.
 enum Downstream {
     /// Plaintext (possibly TLS passed through).
@@ -314,17 +352,7 @@ enum Downstream {
 /// upstream: a denied connection is closed (and logged, with
 /// `connection_termination_details` naming the policy); dry-run results are logged too.
 fn authorize_connection(conn: &ConnContext, shared: &Shared) -> bool {
-    let source = conn
-        .peer_addr
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let attrs = authz::Attributes {
-        source,
-        destination: conn.destination.address,
-        principal: conn.peer_principal(),
-        server_name: conn.server_name(),
-        request: None,
-    };
-    let outcome = authz::check_all(&conn.chain.rbac, &attrs);
+    let outcome = authz::check_all(&conn.chain.rbac, &attributes(conn));
     let audit = conn.chain.rbac.iter().any(|f| f.has_log_rules());
     if outcome.allowed && outcome.shadow.is_none() && !audit {
         return true;

@@ -372,6 +372,8 @@ impl Snapshot {
 pub struct SnapshotCell {
     current: ArcSwap<Snapshot>,
     dns: DnsResolvers,
+    /// Counts published snapshots; long-lived connections wait on it to re-check their chain.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for SnapshotCell {
@@ -391,6 +393,7 @@ impl SnapshotCell {
         SnapshotCell {
             current: ArcSwap::from_pointee(Snapshot::empty()),
             dns,
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -399,6 +402,7 @@ impl SnapshotCell {
         SnapshotCell {
             current: ArcSwap::from_pointee(Snapshot::empty_with(counters)),
             dns: DnsResolvers::default(),
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -419,5 +423,11 @@ impl SnapshotCell {
         let dns = self.dns.sync(&config);
         let next = Snapshot::build_with_dns(config, Some(&previous), &dns);
         self.current.store(Arc::new(next));
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver told of every snapshot published after this call.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }

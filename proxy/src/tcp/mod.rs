@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -15,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use xds_client::model::TcpProxy;
 
-use crate::accesslog::{AccessLogEntry, ResponseFlag};
+use crate::accesslog::{AccessLogEntry, Detail, ResponseFlag};
 use crate::listener::conn::ConnContext;
 use crate::metrics::istio::TcpKey;
 use crate::shared::Shared;
@@ -83,7 +84,7 @@ pub async fn connect(
 }
 
 /// Byte counts of a finished relay.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Relayed {
     /// Bytes read from the downstream (sent upstream).
     pub from_downstream: u64,
@@ -91,6 +92,8 @@ pub struct Relayed {
     pub from_upstream: u64,
     /// Whether the idle timeout ended it.
     pub idle_timeout: bool,
+    /// Why the configuration ended it (a policy that no longer allows the connection).
+    pub revoked: Option<Detail>,
 }
 
 /// Copy both ways between `downstream` and `upstream` until both directions end (each EOF
@@ -100,24 +103,49 @@ where
     D: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    relay_until(downstream, upstream, idle, std::future::pending()).await
+}
+
+/// [`relay`], also ended (both sides closed) when `stop` resolves, with its reason.
+pub async fn relay_until<D, U>(
+    downstream: &mut D,
+    upstream: &mut U,
+    idle: Option<Duration>,
+    stop: impl Future<Output = Detail>,
+) -> Relayed
+where
+    D: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let epoch = Instant::now();
     let activity = AtomicU64::new(0);
     let mut down = Metered::new(downstream, &activity, epoch);
     let mut up = Metered::new(upstream, &activity, epoch);
     let mut idle_timeout = false;
+    let mut revoked = None;
     {
         let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
         tokio::pin!(copy);
-        match idle {
-            None => {
-                let _ = copy.await;
-            }
-            Some(idle) => loop {
+        tokio::pin!(stop);
+        loop {
+            let deadline = idle.map(|idle| {
                 let last = Duration::from_millis(activity.load(Ordering::Relaxed));
-                let deadline = tokio::time::Instant::from_std(epoch + last + idle);
-                tokio::select! {
-                    _ = &mut copy => break,
-                    _ = tokio::time::sleep_until(deadline) => {
+                (idle, tokio::time::Instant::from_std(epoch + last + idle))
+            });
+            let timer = async {
+                match deadline {
+                    Some((_, at)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut copy => break,
+                reason = &mut stop => {
+                    revoked = Some(reason);
+                    break;
+                }
+                _ = timer => {
+                    if let Some((idle, _)) = deadline {
                         let last = Duration::from_millis(activity.load(Ordering::Relaxed));
                         if epoch.elapsed() >= last + idle {
                             idle_timeout = true;
@@ -125,13 +153,14 @@ where
                         }
                     }
                 }
-            },
+            }
         }
     }
     Relayed {
         from_downstream: down.read,
         from_upstream: up.read,
         idle_timeout,
+        revoked,
     }
 }
 
@@ -192,14 +221,25 @@ where
                             drop(snapshot);
                             let relayed = match tls {
                                 None => Some(
-                                    relay(downstream, &mut upstream, settings.idle_timeout).await,
+                                    relay_until(
+                                        downstream,
+                                        &mut upstream,
+                                        settings.idle_timeout,
+                                        crate::listener::revoked(conn, shared),
+                                    )
+                                    .await,
                                 ),
                                 Some(tls) => match tls.connect(upstream, &shared.identity).await {
                                     Ok((mut secured, _)) => {
                                         Stats::incr(&shared.stats.upstream_ssl_handshake);
                                         Some(
-                                            relay(downstream, &mut secured, settings.idle_timeout)
-                                                .await,
+                                            relay_until(
+                                                downstream,
+                                                &mut secured,
+                                                settings.idle_timeout,
+                                                crate::listener::revoked(conn, shared),
+                                            )
+                                            .await,
                                         )
                                     }
                                     Err(e) => {
@@ -219,6 +259,7 @@ where
                                 if relayed.idle_timeout {
                                     entry.response_flags = ResponseFlag::StreamIdleTimeout.into();
                                 }
+                                entry.connection_termination_details = relayed.revoked;
                             }
                         }
                     },

@@ -77,3 +77,29 @@ async fn connect_binds_and_reports_failures() {
         .unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn a_stop_signal_ends_an_open_connection_with_its_reason() {
+    let (mut client, mut down) = pair().await;
+    let (mut up, mut server) = pair().await;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = async move {
+        let _ = rx.await;
+        Detail::Static("rbac_access_denied_matched_policy[none]")
+    };
+    let relay = tokio::spawn(async move { relay_until(&mut down, &mut up, None, stop).await });
+    client.write_all(b"hi").await.unwrap();
+    let mut got = [0u8; 2];
+    server.read_exact(&mut got).await.unwrap();
+    tx.send(()).unwrap();
+    let relayed = relay.await.unwrap();
+    assert_eq!(
+        relayed.revoked,
+        Some(Detail::Static("rbac_access_denied_matched_policy[none]"))
+    );
+    assert_eq!(relayed.from_downstream, 2);
+    // Both sides see the connection end.
+    let mut rest = Vec::new();
+    assert_eq!(client.read_to_end(&mut rest).await.unwrap_or(0), 0);
+    assert_eq!(server.read_to_end(&mut rest).await.unwrap_or(0), 0);
+}

@@ -49,6 +49,10 @@ pub enum TlsError {
         /// What went wrong.
         problem: String,
     },
+    /// A `kubernetes://` secret (DestinationRule `credentialName`): no secret store serves
+    /// them to this proxy, so the connection fails closed.
+    #[error("secret kubernetes://{0} is not served to this proxy (credentialName needs a secret store; use certificate files)")]
+    NotServed(String),
     /// A secret of the wrong kind (a bundle where a certificate is needed, or the reverse).
     #[error("secret {0} is not usable here")]
     WrongKind(String),
@@ -176,6 +180,7 @@ impl FileSecrets {
                 .cert
                 .clone()
                 .unwrap_or_else(|| Err(TlsError::WrongKind(format!("{name:?}")))),
+            SecretName::Kubernetes(secret) => Err(TlsError::NotServed(secret.clone())),
             _ => Err(TlsError::WrongKind(format!("{name:?}"))),
         }
     }
@@ -196,6 +201,7 @@ impl FileSecrets {
                 .clone()
                 .map(|r| r.map(|roots| (roots, 0)))
                 .unwrap_or_else(|| Err(TlsError::WrongKind(format!("{name:?}")))),
+            SecretName::Kubernetes(secret) => Err(TlsError::NotServed(secret.clone())),
             _ => Err(TlsError::WrongKind(format!("{name:?}"))),
         }
     }

@@ -322,7 +322,8 @@ fn sds(s: &SdsSecretConfig) -> Result<SecretName, ConvertError> {
         ConvertError::unsupported_value(
             "name",
             format!(
-                "{} (this proxy serves default, ROOTCA, file-cert:CERT~KEY and file-root:PATH)",
+                "{} (this proxy knows default, ROOTCA, file-cert:CERT~KEY, file-root:PATH and \
+                 kubernetes://NAME)",
                 s.name
             ),
         )

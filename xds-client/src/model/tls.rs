@@ -25,6 +25,8 @@ pub const ROOT_SECRET: &str = "ROOTCA";
 pub const FILE_CERT_PREFIX: &str = "file-cert:";
 /// Prefix of a trust bundle read from a file (`file-root:PATH`).
 pub const FILE_ROOT_PREFIX: &str = "file-root:";
+/// Prefix of a Kubernetes secret (`kubernetes://NAME`, DestinationRule `credentialName`).
+pub const KUBERNETES_PREFIX: &str = "kubernetes://";
 
 /// A secret reference the proxy can resolve.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -43,6 +45,9 @@ pub enum SecretName {
     },
     /// `file-root:PATH`.
     FileRoot(String),
+    /// `kubernetes://NAME` (a DestinationRule's `credentialName`): no secret store serves it
+    /// here, so a connection that needs it fails (closed), and only that cluster's.
+    Kubernetes(String),
 }
 
 impl SecretName {
@@ -60,6 +65,8 @@ impl SecretName {
             })
         } else if let Some(path) = name.strip_prefix(FILE_ROOT_PREFIX) {
             (!path.is_empty()).then(|| SecretName::FileRoot(path.to_string()))
+        } else if let Some(secret) = name.strip_prefix(KUBERNETES_PREFIX) {
+            (!secret.is_empty()).then(|| SecretName::Kubernetes(secret.to_string()))
         } else {
             None
         }

@@ -229,7 +229,12 @@ fn inbound_mtls_chain_and_xfcc() {
         SecretName::parse("file-root:/etc/certs/ca.pem"),
         Some(SecretName::FileRoot("/etc/certs/ca.pem".into()))
     );
-    assert_eq!(SecretName::parse("kubernetes://my-secret"), None);
+    assert_eq!(
+        SecretName::parse("kubernetes://my-secret"),
+        Some(SecretName::Kubernetes("my-secret".into()))
+    );
+    assert_eq!(SecretName::parse("kubernetes://"), None);
+    assert_eq!(SecretName::parse("vault://x"), None);
 }
 
 #[test]
@@ -240,11 +245,11 @@ fn tls_the_proxy_cannot_honour_is_refused() {
         c.transport_socket = Some(upstream(common, "x"));
         message(Cluster::try_from(c))
     };
-    let mut k8s = istio_common(&[], &[]);
-    k8s.tls_certificate_sds_secret_configs = vec![sds("kubernetes://client-cert")];
-    assert!(cluster_with(k8s).contains(
+    let mut unknown = istio_common(&[], &[]);
+    unknown.tls_certificate_sds_secret_configs = vec![sds("vault://client-cert")];
+    assert!(cluster_with(unknown).contains(
         "cluster \"c\": transport_socket.typed_config.common_tls_context.\
-         tls_certificate_sds_secret_configs[0].name: unsupported value \"kubernetes://client-cert"
+         tls_certificate_sds_secret_configs[0].name: unsupported value \"vault://client-cert"
     ));
     let mut inline = istio_common(&[], &[]);
     inline.tls_certificates = vec![TlsCertificate::default()];
