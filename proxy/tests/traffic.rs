@@ -318,6 +318,52 @@ async fn outlier_detection_ejects_a_failing_endpoint_for_the_ejection_time() {
         assert!(i < 20, "the failing endpoint is never reached");
     }
     let ejected_at = Instant::now();
+    // Admin `/clusters` shows the ejection as Envoy does, per host.
+    let clusters = common::curl(&["-s", &format!("http://{}/clusters", s.proxy.admin)]).await;
+    let failing = s.backends.failing;
+    let good = s.backends.v1;
+    assert!(
+        clusters
+            .lines()
+            .any(|l| l == format!("outlier::{failing}::health_flags::/failed_outlier_check")),
+        "{clusters}"
+    );
+    assert!(
+        clusters
+            .lines()
+            .any(|l| l == format!("outlier::{good}::health_flags::healthy")),
+        "{clusters}"
+    );
+    assert!(
+        clusters.contains("outlier::outlier::ejections_active::1"),
+        "{clusters}"
+    );
+    let dump: serde_json::Value = serde_json::from_str(
+        &common::curl(&[
+            "-s",
+            &format!("http://{}/clusters?format=json", s.proxy.admin),
+        ])
+        .await,
+    )
+    .unwrap();
+    let hosts = dump["cluster_statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "outlier")
+        .unwrap()["host_statuses"]
+        .clone();
+    let flag_of = |addr: std::net::SocketAddr| {
+        hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["address"]["socket_address"]["port_value"] == addr.port())
+            .unwrap()["health_status"]["failed_outlier_check"]
+            .clone()
+    };
+    assert_eq!(flag_of(failing), true, "{hosts}");
+    assert_eq!(flag_of(good), false, "{hosts}");
     let mut served = 0;
     while ejected_at.elapsed() < Duration::from_millis(1500) {
         let r = s.get("outlier", "/after", &[]).await;

@@ -190,6 +190,9 @@ pub fn prometheus(state: &AdminState) -> Vec<u8> {
         };
         stats.membership_healthy.set(healthy as i64);
         stats.membership_total.set(total as i64);
+        stats
+            .outlier_detection_ejections_active
+            .set(ejected_hosts(&snapshot, name) as i64);
     }
     shared.metrics.envoy.refresh(&input);
     shared.metrics.encode()
@@ -244,17 +247,25 @@ pub fn clusters(state: &AdminState, json: bool) -> (String, bool) {
         };
         let _ = writeln!(out, "{name}::observability_name::{name}");
         let _ = writeln!(out, "{name}::outlier::success_rate_average::-1");
-        let _ = writeln!(
-            out,
-            "{name}::outlier::ejections_active::{}",
-            stats.outlier_detection_ejections_active.get()
-        );
+        // The live state of each host (outlier ejection, requests in flight), by address.
+        let live: BTreeMap<std::net::SocketAddr, (bool, u32)> = snapshot
+            .cluster(name)
+            .map(|c| {
+                c.host_states()
+                    .into_iter()
+                    .map(|(a, ejected, active)| (a, (ejected, active)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ejections = live.values().filter(|(ejected, _)| *ejected).count();
+        stats
+            .outlier_detection_ejections_active
+            .set(ejections as i64);
+        let _ = writeln!(out, "{name}::outlier::ejections_active::{ejections}");
         let mut hosts = Vec::new();
         for e in &endpoints {
-            let flags = match e.health {
-                HealthStatus::Healthy => "healthy",
-                HealthStatus::Unhealthy => "/failed_eds_health",
-            };
+            let (ejected, active) = live.get(&e.address).copied().unwrap_or((false, 0));
+            let flags = health_flags(e.health == HealthStatus::Unhealthy, ejected);
             let mut parts = e.locality.splitn(3, '/');
             let (region, zone, sub_zone) = (
                 parts.next().unwrap_or(""),
@@ -263,7 +274,8 @@ pub fn clusters(state: &AdminState, json: bool) -> (String, bool) {
             );
             let a = e.address;
             for (stat, value) in [
-                ("health_flags", flags.to_string()),
+                ("health_flags", flags.clone()),
+                ("rq_active", active.to_string()),
                 ("weight", e.weight.to_string()),
                 ("region", region.to_string()),
                 ("zone", zone.to_string()),
@@ -277,7 +289,11 @@ pub fn clusters(state: &AdminState, json: bool) -> (String, bool) {
             }
             hosts.push(json!({
                 "address": {"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}},
-                "health_status": {"eds_health_status": if e.health == HealthStatus::Healthy { "HEALTHY" } else { "UNHEALTHY" }},
+                "health_status": {
+                    "eds_health_status": if e.health == HealthStatus::Healthy { "HEALTHY" } else { "UNHEALTHY" },
+                    "failed_outlier_check": ejected,
+                },
+                "stats": [{"name": "rq_active", "type": "GAUGE", "value": active}],
                 "weight": e.weight,
                 "locality": {"region": region, "zone": zone, "sub_zone": sub_zone},
             }));
@@ -311,6 +327,32 @@ pub fn clusters(state: &AdminState, json: bool) -> (String, bool) {
     } else {
         (out, false)
     }
+}
+
+/// How many of `cluster`'s hosts outlier detection has ejected now.
+fn ejected_hosts(snapshot: &crate::snapshot::Snapshot, cluster: &str) -> usize {
+    snapshot.cluster(cluster).map_or(0, |c| {
+        c.host_states()
+            .iter()
+            .filter(|(_, ejected, _)| *ejected)
+            .count()
+    })
+}
+
+/// Envoy's `health_flags` text: `healthy`, else each failed check as `/failed_...`, outlier
+/// detection first as Envoy writes them.
+pub fn health_flags(eds_unhealthy: bool, outlier_ejected: bool) -> String {
+    let mut flags = String::new();
+    if outlier_ejected {
+        flags.push_str("/failed_outlier_check");
+    }
+    if eds_unhealthy {
+        flags.push_str("/failed_eds_health");
+    }
+    if flags.is_empty() {
+        flags.push_str("healthy");
+    }
+    flags
 }
 
 /// The runtime log filter (`/logging`), reloadable.
