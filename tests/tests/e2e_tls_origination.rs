@@ -4,7 +4,8 @@
 //! closed on a wrong SAN, an untrusted server or a missing client certificate; `ISTIO_MUTUAL`
 //! and `DISABLE` towards a sidecar; connection pools that never let a connection verified for
 //! one identity carry traffic that expects another; and `portLevelMtls: DISABLE` on one port
-//! of a STRICT workload.
+//! of a STRICT workload (then mesh-wide STRICT from the root namespace); an endpoint whose
+//! certificate names another identity than the service's refused.
 
 mod common;
 
@@ -465,6 +466,84 @@ fn a_port_level_disable_takes_plaintext_on_that_port_only() -> Result<()> {
             &["tcp", &format!("reviews:{TCP_PORT}"), "--data", "hi\n"],
         )?;
         ensure!(ok[0]["ok"] == true, "{ok:?}");
+        // Mesh-wide STRICT from the root namespace alone: plaintext refused on every port,
+        // sidecars still served (mutual TLS, the client's identity forwarded).
+        mesh.topo.remove_config("pa.yaml")?;
+        mesh.topo.write_config(
+            "mesh-pa.yaml",
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+             metadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n",
+        )?;
+        wait_for("mesh-wide STRICT", PUSH_TIMEOUT, || {
+            Ok(curl(&plain, &["-sS", "--max-time", "5", &direct]).is_err())
+        })?;
+        let r = wait_status(&client, &[&url], 200)?;
+        ensure!(
+            seen_header(&r.json()?, "x-forwarded-client-cert").is_some(),
+            "not mutual TLS under mesh-wide STRICT: {r:?}"
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn an_endpoint_whose_certificate_names_another_identity_is_refused() -> Result<()> {
+    mesh_tests::skip_unless_netns!();
+    let (mesh, client, servers) = Mesh::standard("endpoint_identity_checked", &["v1"])?;
+    // A pod whose sidecar runs as `impostor`, made an endpoint of `reviews` by a
+    // WorkloadEntry that claims the service's identity.
+    let opts = mesh_tests::harness::ProxyOptions {
+        service_account: "impostor".into(),
+        ..Default::default()
+    };
+    let impostor = mesh
+        .topo
+        .injected_pod_with("impostor", NS, &[("app", "impostor")], &opts)?;
+    impostor
+        .spawn_echo(&mesh_tests::harness::EchoSpec::new("impostor", "v1").http(HTTP_PORT))?
+        .wait_for_log("\"event\":\"listening\"", Duration::from_secs(10))?;
+    mesh.check(|| {
+        mesh.topo.write_config(
+            "workload-entry.yaml",
+            &format!(
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
+                 metadata: {{name: impostor, namespace: {NS}}}\nspec:\n  address: {}\n  \
+                 labels: {{app: reviews}}\n  serviceAccount: default\n",
+                impostor.ip()
+            ),
+        )?;
+        let want: Vec<String> = [servers[0].ip(), impostor.ip()]
+            .iter()
+            .map(|ip| format!("{ip}:{HTTP_PORT}"))
+            .collect();
+        common::wait_endpoints(
+            &client,
+            &format!("outbound|{HTTP_PORT}||{}", common::REVIEWS_HOST),
+            &want,
+        )?;
+        impostor.wait_proxy_ready(common::READY_TIMEOUT)?;
+        // Round robin tries the impostor too; its certificate is refused and the request
+        // retried on the honest endpoint (Istio's default retry on connect failures).
+        let url = format!("http://reviews:{HTTP_PORT}/identity");
+        for i in 0..8 {
+            let r = curl(&client, &["-sS", &url])?;
+            ensure!(r.status == 200, "request {i}: {r:?}");
+            ensure!(
+                r.json()?["name"] == "reviews",
+                "request {i} answered by {}",
+                r.body
+            );
+        }
+        ensure!(
+            stat(&client, "upstream_ssl.fail_verify_san")? >= 1,
+            "the impostor was never refused"
+        );
+        ensure!(
+            !common::access_log(&impostor)
+                .iter()
+                .any(|e| e["path"] == "/identity"),
+            "a request reached the impostor"
+        );
         Ok(())
     })
 }

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::config::{ConfigSnapshot, Kind, ObjectKey};
-use crate::registry::MeshSnapshot;
+use crate::registry::{MeshSnapshot, ServiceKey};
 
 /// Why a push happened: istiod's trigger reasons, the `type` label of `pilot_push_triggers`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -124,9 +124,6 @@ impl PushRequest {
                 });
             }
         }
-        if services_changed {
-            reasons.insert(TriggerReason::Service, 1);
-        }
         let mut endpoints_updated = BTreeSet::new();
         for key in old.endpoints.keys().chain(new.endpoints.keys()) {
             if old.endpoints.get(key) != new.endpoints.get(key) {
@@ -137,7 +134,21 @@ impl PushRequest {
                 if let Some(svc) = svc {
                     endpoints_updated.insert(svc.hostname.clone());
                 }
+                // The identities a service's endpoints run as are the SANs its clusters
+                // verify (CDS): a change of them is a full push for the service, as in
+                // istiod (`updateShardServiceAccount`).
+                if service_accounts(old, key) != service_accounts(new, key) {
+                    services_changed = true;
+                    configs_updated.insert(ObjectKey {
+                        kind: Kind::Service,
+                        namespace: key.0.namespace.clone(),
+                        name: key.0.name.clone(),
+                    });
+                }
             }
+        }
+        if services_changed {
+            reasons.insert(TriggerReason::Service, 1);
         }
         if !endpoints_updated.is_empty() {
             reasons.insert(TriggerReason::Endpoint, 1);
@@ -152,6 +163,16 @@ impl PushRequest {
             start,
         }
     }
+}
+
+/// The service accounts the endpoints of one Service port run as in `mesh`.
+fn service_accounts<'a>(mesh: &'a MeshSnapshot, key: &(ServiceKey, u16)) -> BTreeSet<&'a str> {
+    mesh.endpoints
+        .get(key)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.service_account.as_deref())
+        .collect()
 }
 
 /// How a config object changed.

@@ -103,6 +103,31 @@ fn endpoint_changes_are_endpoint_only_pushes() {
 }
 
 #[test]
+fn endpoints_running_as_a_new_identity_are_a_full_push() {
+    // The service's clusters verify the identities its endpoints run as (SANs in CDS).
+    let old = mesh(BASE, &[]);
+    let mut reviews = proxy("default", "reviews", "10.1.0.8");
+    reviews.service_account = Some("bookinfo-reviews".into());
+    let new = mesh(BASE, &[&reviews]);
+    let req = PushRequest::between(&old, &new, Instant::now());
+    assert!(req.full, "{req:?}");
+    let keys: Vec<String> = req
+        .configs_updated
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(keys, ["Service default/reviews"]);
+    let p = plan(&req, &old, &new, &proxy("other", "client", "10.1.0.9"));
+    assert!(p.types.contains(C), "{:?}", p.types);
+    // Another endpoint with the same identity: endpoints only.
+    let mut second = proxy("default", "reviews", "10.1.0.10");
+    second.service_account = Some("bookinfo-reviews".into());
+    let newer = mesh(BASE, &[&reviews, &second]);
+    let req = PushRequest::between(&new, &newer, Instant::now());
+    assert!(!req.full, "{req:?}");
+}
+
+#[test]
 fn a_service_change_is_a_full_push_for_everyone() {
     let old = mesh(BASE, &[]);
     let new = mesh(&BASE.replace("10.96.0.20", "10.96.0.21"), &[]);
