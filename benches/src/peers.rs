@@ -91,10 +91,10 @@ impl fmt::Display for Peer {
 
 /// Whether traffic between the two proxies of a pair is mutually authenticated TLS.
 ///
-/// The sidecars' mTLS (issue "Identity") is not built yet: `mesh-proxy` and Envoy pairs run
-/// plaintext and are labelled [`Mtls::Pending`]. When it lands, set [`SIDECAR_MTLS`] to
-/// [`Mtls::On`]: the bench then writes a mesh-wide `PeerAuthentication` STRICT, the control
-/// plane sends TLS transport sockets to both sidecar kinds, and the label follows.
+/// With [`SIDECAR_MTLS`] [`Mtls::On`] the bench writes a mesh-wide `PeerAuthentication`
+/// STRICT and the control plane sends Istio's TLS transport sockets to both sidecar kinds:
+/// `mesh-proxy` holds its certificate itself, Envoy gets its own from a `mesh-proxy agent`
+/// over SDS. [`Mtls::Pending`] (plaintext pairs, labelled so) is what the bench ran before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mtls {
     /// Mutual TLS between the proxies.
@@ -118,8 +118,8 @@ impl fmt::Display for Mtls {
     }
 }
 
-/// The sidecars' mTLS switch: the one line to change when the "Identity" issue lands.
-pub const SIDECAR_MTLS: Mtls = Mtls::Pending;
+/// The sidecars' mTLS switch.
+pub const SIDECAR_MTLS: Mtls = Mtls::On;
 
 /// The mesh-wide `PeerAuthentication` written when [`SIDECAR_MTLS`] is [`Mtls::On`].
 pub const STRICT_MTLS_YAML: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
@@ -454,18 +454,43 @@ backend be\n  server up {upstream}{server_tls}\n"
 }
 
 /// Envoy's bootstrap for a sidecar in pod `pod` (namespace `ns`, address `ip`, labels), with
-/// the node metadata istiod expects (ARCHITECTURE.md) and ADS from `xds`.
+/// the node metadata istiod expects (ARCHITECTURE.md) and ADS from `xds`; with `sds_socket`
+/// (where its `mesh-proxy agent` serves the workload certificate), Istio's `sds-grpc` cluster
+/// and the pod label `security.istio.io/tlsMode: istio` the injector sets, so the control
+/// plane gives it mutual TLS.
 pub fn envoy_bootstrap(
     pod: &str,
     ns: &str,
     ip: Ipv4Addr,
     labels: &[(&str, &str)],
     xds: SocketAddr,
+    sds_socket: Option<&Path>,
 ) -> String {
-    let labels: Vec<String> = labels
+    let mut labels: Vec<String> = labels
         .iter()
         .map(|(k, v)| format!("\"{k}\": \"{v}\""))
         .collect();
+    let mut sds_cluster = String::new();
+    if let Some(socket) = sds_socket {
+        labels.push(format!(
+            "\"{}\": \"istio\"",
+            mesh_tests::harness::TLS_MODE_LABEL
+        ));
+        sds_cluster = format!(
+            r#"  - name: sds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: sds-grpc
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{pipe: {{path: "{}"}}}}}}}}]}}]
+"#,
+            socket.display()
+        );
+    }
     let labels = labels.join(", ");
     let (xds_ip, xds_port) = (xds.ip(), xds.port());
     format!(
@@ -501,7 +526,7 @@ static_resources:
     load_assignment:
       cluster_name: xds-grpc
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: "{xds_ip}", port_value: {xds_port}}}}}}}}}]}}]
-"#
+{sds_cluster}"#
     )
 }
 
@@ -558,9 +583,23 @@ mod tests {
             Ipv4Addr::new(10, 211, 1, 4),
             &[("app", "client")],
             addr("10.211.1.1:15010"),
+            None,
         );
         assert!(b.contains("id: \"sidecar~10.211.1.4~c-envoy.bench~bench.svc.cluster.local\""));
         assert!(b.contains("LABELS: {\"app\": \"client\"}"));
         assert!(b.contains("address: \"10.211.1.1\", port_value: 15010"));
+        assert!(!b.contains("sds-grpc"));
+        let with_sds = envoy_bootstrap(
+            "c-envoy",
+            "bench",
+            Ipv4Addr::new(10, 211, 1, 4),
+            &[("app", "client")],
+            addr("10.211.1.1:15010"),
+            Some(Path::new("/run/p/sds/socket")),
+        );
+        assert!(with_sds
+            .contains("LABELS: {\"app\": \"client\", \"security.istio.io/tlsMode\": \"istio\"}"));
+        assert!(with_sds.contains("  - name: sds-grpc\n"));
+        assert!(with_sds.contains("address: {pipe: {path: \"/run/p/sds/socket\"}}"));
     }
 }

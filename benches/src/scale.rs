@@ -166,7 +166,11 @@ pub fn run(
                 let start = Instant::now();
                 let proc = match (peer, &tools.envoy) {
                     (Peer::Envoy, Some(bin)) => {
-                        spawn::envoy_sidecar(&topo, &pod, bin, cpus, false)?
+                        // With its agent when sidecars hold identities, so that Envoy gets
+                        // the same (mutual-TLS) clusters as mesh-proxy; the agent's few MB
+                        // are not in Envoy's figures here.
+                        let identity = crate::peers::SIDECAR_MTLS == crate::peers::Mtls::On;
+                        spawn::envoy_sidecar(&topo, &pod, bin, cpus, false, identity)?.0
                     }
                     (Peer::Envoy, None) => continue,
                     _ => {

@@ -94,6 +94,12 @@ fn check_results(out: &Path) {
         }
         for p in path["peers"].as_array().expect("peers") {
             check_peer(id, p);
+            // The sidecar pairs talk mutual TLS (Envoy with its agent's SDS certificate).
+            if ["S2", "S3", "S4", "S6"].contains(&id)
+                && ["mesh-proxy", "envoy"].contains(&p["peer"].as_str().unwrap_or(""))
+            {
+                assert_eq!(p["mtls"], "true", "{id}/{}: not mutual TLS", p["peer"]);
+            }
         }
     }
     let points = r["scale"]["points"].as_array().expect("S5 points");

@@ -6,10 +6,12 @@
 //! endpoints ([`dns`] resolves those of DNS clusters), [`identity`] holds the workload
 //! certificate from the CA, [`accesslog`] writes one line per request or connection,
 //! [`metrics`] keeps Istio's and Envoy's metrics, [`trace`] continues traces and exports
-//! spans, [`admin`] serves the admin, readiness and stats ports.
+//! spans, [`admin`] serves the admin, readiness and stats ports. `agent` ([`agent`]) is an
+//! Envoy sidecar's node agent: the same identity, served to Envoy over SDS.
 
 pub mod accesslog;
 pub mod admin;
+pub mod agent;
 pub mod app;
 pub mod authz;
 pub mod capture;

@@ -26,6 +26,9 @@ enum Command {
     Init(proxy::capture::InitArgs),
     /// Run the sidecar.
     Run(proxy::app::RunArgs),
+    /// Run the node agent of an Envoy sidecar: workload certificates over SDS on a Unix
+    /// socket (istio-agent's part).
+    Agent(proxy::agent::AgentArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +36,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => proxy::capture::run_init(&args)?,
         Command::Run(args) => proxy::app::run(args)?,
+        Command::Agent(args) => proxy::agent::run(args)?,
     }
     Ok(())
 }

@@ -266,31 +266,36 @@ pub fn build(
                 let proxy = spawn::mesh_sidecar(s, true)?;
                 let app = spawn::upstream(s, cpus)?;
                 processes.extend([proxy.clone(), app.clone()]);
-                Some((proxy, app))
+                Some((vec![proxy], app))
             }
             None => None,
         };
         b.sidecar(
             Peer::MeshProxy,
             c,
-            &client_proxy,
+            vec![client_proxy],
             server,
             (plain_ip, mesh_ip),
         );
     }
+    // Envoy: each sidecar with its agent when the pairs do mTLS.
+    let identity = SIDECAR_MTLS == Mtls::On;
     if let (Some(c), Some(bin)) = (&c_envoy, &tools.envoy) {
-        let client_proxy = spawn::envoy_sidecar(&topo, c, bin, cpus, true)?;
-        processes.push(client_proxy.clone());
+        let (client_proxy, agent) = spawn::envoy_sidecar(&topo, c, bin, cpus, true, identity)?;
+        let client_procs: Vec<Process> = std::iter::once(client_proxy).chain(agent).collect();
+        processes.extend(client_procs.iter().cloned());
         let server = match &s_envoy {
             Some(s) => {
-                let proxy = spawn::envoy_sidecar(&topo, s, bin, cpus, true)?;
+                let (proxy, agent) = spawn::envoy_sidecar(&topo, s, bin, cpus, true, identity)?;
                 let app = spawn::upstream(s, cpus)?;
-                processes.extend([proxy.clone(), app.clone()]);
-                Some((proxy, app))
+                let procs: Vec<Process> = std::iter::once(proxy).chain(agent).collect();
+                processes.extend(procs.iter().cloned());
+                processes.push(app.clone());
+                Some((procs, app))
             }
             None => None,
         };
-        b.sidecar(Peer::Envoy, c, &client_proxy, server, (plain_ip, envoy_ip));
+        b.sidecar(Peer::Envoy, c, client_procs, server, (plain_ip, envoy_ip));
     }
     let plain = PlainPeers {
         cpus,

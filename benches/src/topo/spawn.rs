@@ -93,14 +93,17 @@ pub fn mesh_sidecar(pod: &Pod, capture: bool) -> Result<Process, Error> {
 
 /// Starts Envoy as the sidecar of `pod`: the same capture rules as `mesh-proxy init` writes
 /// (unless `capture` is false), UID 1337, one worker, a bootstrap pointing at the topology's
-/// control plane.
+/// control plane. With `identity`, `mesh-proxy agent` first (istio-agent's part: the workload
+/// certificate over SDS), pinned with the proxies; it is returned beside Envoy, since the
+/// sidecar's footprint is both (as Istio's `istio-proxy` container holds both).
 pub fn envoy_sidecar(
     topo: &Topology,
     pod: &Pod,
     envoy: &Path,
     cpus: Cpus,
     capture: bool,
-) -> Result<Process, Error> {
+    identity: bool,
+) -> Result<(Process, Option<Process>), Error> {
     if capture {
         pod.command([harness::bin("mesh-proxy").into_os_string()])
             .arg("init")
@@ -113,12 +116,23 @@ pub fn envoy_sidecar(
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
+    let sds_socket = pod.work_dir().join(harness::SDS_SOCKET);
+    let agent = if identity {
+        let agent = pod.spawn_agent("default", topo.xds_address())?;
+        if let Some(pid) = agent.pid() {
+            pin(pid, cpus.proxy);
+        }
+        Some(agent)
+    } else {
+        None
+    };
     let bootstrap = peers::envoy_bootstrap(
         pod.name(),
         pod.namespace(),
         pod.ip(),
         &labels,
         topo.xds_address(),
+        identity.then_some(sds_socket.as_path()),
     );
     let path = pod.work_dir().join("envoy.yaml");
     std::fs::write(&path, bootstrap).map_err(|source| Error::Io {
@@ -136,7 +150,7 @@ pub fn envoy_sidecar(
         "--log-level".into(),
         "warning".into(),
     ]);
-    Ok(pod.command(argv).as_proxy_user().spawn("envoy")?)
+    Ok((pod.command(argv).as_proxy_user().spawn("envoy")?, agent))
 }
 
 /// Starts nginx in `pod` as `name` for `role`, its files in the pod's `name` directory.

@@ -94,32 +94,35 @@ impl Builder<'_> {
     }
 
     /// A sidecar peer: S1 to the plain upstream Service, pair paths to the peer's Service
-    /// (`server` is its server pod's sidecar and app).
+    /// (`server` is its server pod's sidecar processes and app). A sidecar's processes are
+    /// the proxy and, for Envoy, its agent.
     pub fn sidecar(
         &mut self,
         peer: Peer,
         client: &Pod,
-        client_proxy: &Process,
-        server: Option<(Process, Process)>,
+        client_procs: Vec<Process>,
+        server: Option<(Vec<Process>, Process)>,
         service_ips: (Ipv4Addr, Ipv4Addr),
     ) {
         let (plain_ip, pair_ip) = service_ips;
         let leg = Leg {
             client: client.clone(),
             addr: SocketAddr::from((plain_ip, HTTP_PORT)),
-            proxies: vec![client_proxy.clone()],
+            proxies: client_procs.clone(),
             upstream: self.up_app.clone(),
             mtls: Mtls::Off,
             entry: CAPTURED,
         };
         self.add(PathId::S1, peer, leg);
-        let Some((proxy, app)) = server else { return };
+        let Some((server_procs, app)) = server else {
+            return;
+        };
         for path in [PathId::S2, PathId::S3, PathId::S4, PathId::S6] {
             let Some(mode) = path.mode() else { continue };
             let leg = Leg {
                 client: client.clone(),
                 addr: SocketAddr::from((pair_ip, app_port(mode))),
-                proxies: vec![client_proxy.clone(), proxy.clone()],
+                proxies: client_procs.iter().chain(&server_procs).cloned().collect(),
                 upstream: app.clone(),
                 mtls: SIDECAR_MTLS,
                 entry: CAPTURED,

@@ -4,8 +4,9 @@
 use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::core::v3::{
-    address, config_source, socket_address, Address, AggregatedConfigSource, ApiVersion,
-    ConfigSource, Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress,
+    address, api_config_source, config_source, grpc_service, socket_address, Address,
+    AggregatedConfigSource, ApiConfigSource, ApiVersion, ConfigSource, GrpcService,
+    Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     filter, listener_filter, Filter, ListenerFilter,
@@ -68,6 +69,39 @@ pub fn ads() -> ConfigSource {
         config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
             AggregatedConfigSource {},
         )),
+        resource_api_version: ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+/// Istio's SDS cluster: the node agent next to the proxy (istio-agent; `mesh-proxy agent`
+/// for an Envoy sidecar here) serves the workload's secrets over gRPC on a local socket. The
+/// control plane never holds a workload key, so secrets are never served over ADS.
+pub const SDS_CLUSTER: &str = "sds-grpc";
+
+/// The config source of a secret, as istiod writes it: SDS over gRPC to [`SDS_CLUSTER`],
+/// node on the first message only, no initial fetch timeout (listeners and clusters wait
+/// for their certificate).
+pub fn sds_source() -> ConfigSource {
+    ConfigSource {
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::ApiConfigSource(
+            ApiConfigSource {
+                api_type: api_config_source::ApiType::Grpc as i32,
+                transport_api_version: ApiVersion::V3 as i32,
+                set_node_on_first_message_only: true,
+                grpc_services: vec![GrpcService {
+                    target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                        grpc_service::EnvoyGrpc {
+                            cluster_name: SDS_CLUSTER.to_string(),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )),
+        initial_fetch_timeout: Some(seconds(0)),
         resource_api_version: ApiVersion::V3 as i32,
         ..Default::default()
     }

@@ -4,8 +4,9 @@
 //! and the endpoint metadata.
 //!
 //! Secrets are referenced over SDS by the names istio-agent serves (`default`, `ROOTCA`,
-//! `file-cert:CERT~KEY`, `file-root:CA`, `kubernetes://NAME`), which `mesh-proxy` resolves
-//! itself and Envoy asks over ADS.
+//! `file-cert:CERT~KEY`, `file-root:CA`, `kubernetes://NAME`) from istio-agent's SDS cluster
+//! `sds-grpc` (a local socket), as istiod writes them: `mesh-proxy` resolves them itself, an
+//! Envoy sidecar asks `mesh-proxy agent` for them. The control plane never serves a secret.
 //!
 //! Who has mutual TLS: a workload whose labels carry `security.istio.io/tlsMode: istio` (what
 //! Istio's injector sets on a pod; `mesh-proxy` adds it to its node labels when it has an
@@ -83,7 +84,7 @@ pub fn proxy_has_identity(proxy: &ProxyInfo) -> bool {
 fn sds(name: &str) -> SdsSecretConfig {
     SdsSecretConfig {
         name: name.to_string(),
-        sds_config: Some(build::ads()),
+        sds_config: Some(build::sds_source()),
     }
 }
 

@@ -231,10 +231,55 @@ const MAX_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
 impl RunArgs {
     fn identity(&self) -> Result<Option<IdentitySettings>, Error> {
-        let invalid = |flag: &'static str, reason: String| Error::InvalidFlag { flag, reason };
         let Some(token_file) = &self.token_file else {
             return Ok(None);
         };
+        IdentityFlags {
+            xds_address: &self.xds_address,
+            namespace: &self.namespace,
+            service_account: &self.service_account,
+            cluster_domain: &self.cluster_domain,
+            token_file,
+            ca_address: self.ca_address.as_deref(),
+            ca_tls_address: self.ca_tls_address.as_deref(),
+            ca_root_cert: self.ca_root_cert.as_deref(),
+            cert_ttl: self.cert_ttl,
+            cert_renew_interval: self.cert_renew_interval,
+        }
+        .validate()
+        .map(Some)
+    }
+}
+
+/// The identity flags shared by `mesh-proxy run` and `mesh-proxy agent`, as given.
+#[derive(Debug, Clone, Copy)]
+pub struct IdentityFlags<'a> {
+    /// `--xds-address` (the CA's default address).
+    pub xds_address: &'a str,
+    /// `--namespace`.
+    pub namespace: &'a str,
+    /// `--service-account`.
+    pub service_account: &'a str,
+    /// `--cluster-domain` (the trust domain).
+    pub cluster_domain: &'a str,
+    /// `--token-file`.
+    pub token_file: &'a std::path::Path,
+    /// `--ca-address`.
+    pub ca_address: Option<&'a str>,
+    /// `--ca-tls-address`.
+    pub ca_tls_address: Option<&'a str>,
+    /// `--ca-root-cert`.
+    pub ca_root_cert: Option<&'a std::path::Path>,
+    /// `--cert-ttl`.
+    pub cert_ttl: Duration,
+    /// `--cert-renew-interval`.
+    pub cert_renew_interval: Option<Duration>,
+}
+
+impl IdentityFlags<'_> {
+    /// Checks the flags and resolves the CA's addresses and roots.
+    pub fn validate(&self) -> Result<IdentitySettings, Error> {
+        let invalid = |flag: &'static str, reason: String| Error::InvalidFlag { flag, reason };
         if self.cert_ttl < MIN_CERT_TTL || self.cert_ttl > MAX_CERT_TTL {
             return Err(invalid(
                 "--cert-ttl",
@@ -251,18 +296,18 @@ impl RunArgs {
                 "must be greater than zero".into(),
             ));
         }
-        let (flag, raw) = match &self.ca_address {
-            Some(a) => ("--ca-address", a.as_str()),
-            None => ("--xds-address", self.xds_address.as_str()),
+        let (flag, raw) = match self.ca_address {
+            Some(a) => ("--ca-address", a),
+            None => ("--xds-address", self.xds_address),
         };
         let address = CaAddress::parse(raw).map_err(|r| invalid(flag, r))?;
-        let tls_address = match &self.ca_tls_address {
+        let tls_address = match self.ca_tls_address {
             Some(a) => match CaAddress::parse(a).map_err(|r| invalid("--ca-tls-address", r))? {
                 CaAddress::Plain(a) | CaAddress::Tls(a) => a,
             },
             None => address.tls_default(),
         };
-        let root_certs = match &self.ca_root_cert {
+        let root_certs = match self.ca_root_cert {
             None => Vec::new(),
             Some(path) => {
                 let pem = std::fs::read(path)
@@ -283,7 +328,7 @@ impl RunArgs {
                 "required to verify a CA reached over https://".into(),
             ));
         }
-        Ok(Some(IdentitySettings {
+        Ok(IdentitySettings {
             spiffe_id: format!(
                 "spiffe://{}/ns/{}/sa/{}",
                 self.cluster_domain, self.namespace, self.service_account
@@ -292,11 +337,11 @@ impl RunArgs {
                 address,
                 tls_address,
                 root_certs,
-                token_file: token_file.clone(),
+                token_file: self.token_file.to_path_buf(),
                 ttl: self.cert_ttl,
             },
             forced_renewal: self.cert_renew_interval,
-        }))
+        })
     }
 }
 

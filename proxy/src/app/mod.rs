@@ -76,7 +76,7 @@ fn bind(flag: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, E
 
 /// Install the log subscriber (stderr, `RUST_LOG`, default `info`) with a reloadable
 /// filter; the returned control is what the admin port's `/logging` changes.
-fn init_tracing() -> Option<Arc<LogControl>> {
+pub(crate) fn init_tracing() -> Option<Arc<LogControl>> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let initial = std::env::var("RUST_LOG")

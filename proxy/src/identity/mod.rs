@@ -113,6 +113,9 @@ pub struct Identity {
     spiffe_id: Option<String>,
     current: ArcSwapOption<WorkloadCert>,
     status: Mutex<RenewalStatus>,
+    /// The generation of the last certificate installed (0: none yet), for those who push
+    /// certificates elsewhere (`mesh-proxy agent`'s SDS streams).
+    installed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Identity {
@@ -123,6 +126,7 @@ impl Identity {
             spiffe_id: None,
             current: ArcSwapOption::empty(),
             status: Mutex::new(RenewalStatus::default()),
+            installed: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -170,7 +174,15 @@ impl Identity {
 
     /// Swaps in a new certificate (the renewal task's operation).
     pub fn install(&self, cert: WorkloadCert) {
+        let generation = cert.generation;
         self.current.store(Some(Arc::new(cert)));
+        self.installed.send_replace(generation);
+    }
+
+    /// Notified with the generation of each certificate installed after this call (the
+    /// current one is [`Identity::current`]).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.installed.subscribe()
     }
 
     /// Updates the renewal status.

@@ -9,6 +9,13 @@
 //! static listener on 0.0.0.0:15021 whose `/healthz/ready` is admin's `/ready` (200 once Envoy
 //! is LIVE: its first clusters, endpoints, listeners and routes are applied), as Istio's
 //! bootstrap forwards 15021 to the agent.
+//!
+//! With an identity (the default, as Istio injects every sidecar with one), the pod also runs
+//! `mesh-proxy agent` as UID 1337 (istio-agent's part): it gets the workload certificate from
+//! the control plane's CA with the pod's bootstrap token and serves it over SDS on
+//! `<work dir>/sds/socket`, which the bootstrap's `sds-grpc` cluster (a `pipe` address) points
+//! at; the node's `LABELS` carry `security.istio.io/tlsMode: istio`, as the injector labels
+//! the pod, so the control plane sends it Istio's mutual-TLS resources.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +33,10 @@ use super::topology::{Topology, CLUSTER_DOMAIN};
 pub const ENVOY_ISTIO_VERSION: &str = "1.27.0";
 /// The bootstrap file's name in the pod's work directory.
 pub const ENVOY_BOOTSTRAP_FILE: &str = "envoy-bootstrap.json";
+/// The SDS socket of `mesh-proxy agent`, relative to the pod's work directory.
+pub const SDS_SOCKET: &str = "sds/socket";
+/// The label Istio's injector sets on a pod whose sidecar does mutual TLS.
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 
 /// How a pod's Envoy sidecar is started by [`Pod::inject_envoy`].
 #[derive(Debug, Clone)]
@@ -42,6 +53,9 @@ pub struct EnvoyOptions {
     pub extra_args: Vec<String>,
     /// The control plane's xDS address; default the topology's, `10.211.N.1:15010`.
     pub xds_address: Option<SocketAddr>,
+    /// Give the sidecar a workload identity: `mesh-proxy agent` serving its certificate over
+    /// SDS, hence mutual TLS (default true).
+    pub identity: bool,
 }
 
 impl Default for EnvoyOptions {
@@ -53,6 +67,7 @@ impl Default for EnvoyOptions {
             log_level: "warning".to_owned(),
             extra_args: Vec::new(),
             xds_address: None,
+            identity: true,
         }
     }
 }
@@ -86,11 +101,19 @@ fn socket_address(ip: &str, port: u16) -> Value {
     json!({"socket_address": {"address": ip, "port_value": port}})
 }
 
-/// The Envoy bootstrap (JSON) of `pod`'s sidecar, reaching xDS at `xds`.
+/// The Envoy bootstrap (JSON) of `pod`'s sidecar, reaching xDS at `xds` and, with an
+/// identity, SDS at `<work dir>/`[`SDS_SOCKET`].
 pub fn envoy_bootstrap(pod: &Pod, opts: &EnvoyOptions, xds: SocketAddr) -> Value {
     let mut meta = node_metadata(pod, &opts.service_account);
     if opts.capture {
         meta.insert("INTERCEPTION_MODE".into(), "REDIRECT".into());
+    }
+    let mut clusters = Vec::new();
+    if opts.identity {
+        if let Some(Value::Object(labels)) = meta.get_mut("LABELS") {
+            labels.insert(TLS_MODE_LABEL.into(), "istio".into());
+        }
+        clusters.push(sds_cluster(&pod.work_dir().join(SDS_SOCKET)));
     }
     let app = pod
         .labels()
@@ -163,8 +186,26 @@ pub fn envoy_bootstrap(pod: &Pod, opts: &EnvoyOptions, xds: SocketAddr) -> Value
         },
         "static_resources": {
             "listeners": [readiness],
-            "clusters": [xds_cluster, admin_cluster]
+            "clusters": clusters.into_iter().chain([xds_cluster, admin_cluster]).collect::<Vec<_>>()
         }
+    })
+}
+
+/// Istio's `sds-grpc` bootstrap cluster: HTTP/2 to the agent's Unix socket.
+fn sds_cluster(socket: &std::path::Path) -> Value {
+    json!({
+        "name": "sds-grpc",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}
+            }
+        },
+        "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [{
+            "endpoint": {"address": {"pipe": {"path": socket.display().to_string()}}}
+        }]}]}
     })
 }
 
@@ -192,6 +233,9 @@ impl Pod {
         let xds = opts
             .xds_address
             .unwrap_or_else(|| self.topo.host_addr(super::controlplane::XDS_PORT));
+        if opts.identity {
+            self.spawn_agent(&opts.service_account, xds)?;
+        }
         let bootstrap: PathBuf = self.work_dir().join(ENVOY_BOOTSTRAP_FILE);
         let text =
             serde_json::to_string_pretty(&envoy_bootstrap(self, opts, xds)).unwrap_or_default();
@@ -208,6 +252,33 @@ impl Pod {
             .spawn("proxy")?;
         *self.data.proxy.lock().unwrap_or_else(|e| e.into_inner()) = Some(proxy.clone());
         Ok(proxy)
+    }
+}
+
+impl Pod {
+    /// Starts `mesh-proxy agent` as UID 1337 (process `agent`): the pod's identity from its
+    /// bootstrap token (written now if the CA exists, else once the control plane is ready),
+    /// served over SDS on `<work dir>/`[`SDS_SOCKET`]. [`Pod::inject_envoy`] calls it; a bench
+    /// that starts Envoy itself calls it first.
+    pub fn spawn_agent(&self, service_account: &str, xds: SocketAddr) -> Result<Process> {
+        *self
+            .data
+            .service_account
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(service_account.to_owned());
+        self.topo.write_token(&self.data)?;
+        self.command([bin("mesh-proxy")])
+            .arg("agent")
+            .arg("--sds-socket")
+            .arg(self.work_dir().join(SDS_SOCKET))
+            .args(["--xds-address".to_owned(), xds.to_string()])
+            .args(["--namespace", self.namespace()])
+            .args(["--service-account", service_account])
+            .arg("--token-file")
+            .arg(self.token_file())
+            .env("RUST_LOG", "info")
+            .as_proxy_user()
+            .spawn("agent")
     }
 }
 

@@ -56,7 +56,7 @@ pub use controlplane::{
 };
 pub use envoy::{
     envoy_bootstrap, node_metadata, sidecar_node_id, EnvoyOptions, ENVOY_BOOTSTRAP_FILE,
-    ENVOY_ISTIO_VERSION,
+    ENVOY_ISTIO_VERSION, SDS_SOCKET, TLS_MODE_LABEL,
 };
 pub use error::{HarnessError, Result};
 pub use grpc_xds::{

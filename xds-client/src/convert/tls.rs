@@ -3,8 +3,8 @@
 //! `envoy.transport_sockets.raw_buffer`; the connection manager's `x-forwarded-client-cert`
 //! settings.
 //!
-//! Certificates and trust bundles must come from SDS over ADS under a name the proxy serves
-//! itself ([`SecretName`]: `default`, `ROOTCA`, `file-cert:`, `file-root:`); inline
+//! Certificates and trust bundles must come from SDS (over ADS, or over gRPC from Istio's
+//! node-agent cluster `sds-grpc`, as istiod writes it) under a name the proxy serves itself ([`SecretName`]: `default`, `ROOTCA`, `file-cert:`, `file-root:`); inline
 //! certificates, certificate providers and other secret names are refused, as is any
 //! verification the proxy cannot do (SPKI or hash pins, CRLs, custom validators, expired
 //! certificates allowed, OCSP). Cipher suites, curves and signature algorithms are accepted
@@ -13,7 +13,10 @@
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch as PbMatch;
-use envoy_types::pb::envoy::config::core::v3::{transport_socket, Metadata, TransportSocket};
+use envoy_types::pb::envoy::config::core::v3::{
+    api_config_source::ApiType, config_source, grpc_service, transport_socket, ConfigSource,
+    Metadata, TransportSocket,
+};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::ForwardClientCertDetails, HttpConnectionManager as PbHcm,
 };
@@ -36,6 +39,10 @@ use crate::model::tls::{
 
 /// The name of the TLS transport socket.
 pub const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
+/// Istio's SDS cluster (the node agent's local socket). `mesh-proxy` is its own agent: the
+/// secrets named there are the ones it resolves from its identity and files.
+pub const SDS_CLUSTER: &str = "sds-grpc";
+
 /// The name of the plaintext transport socket.
 pub const RAW_BUFFER_SOCKET: &str = "envoy.transport_sockets.raw_buffer";
 /// The filter metadata key holding an endpoint's transport-socket match metadata.
@@ -316,8 +323,37 @@ fn versions(p: &TlsParameters) -> Result<(Option<TlsVersion>, Option<TlsVersion>
     Ok((min, max))
 }
 
+/// A secret's config source: ADS, or gRPC to [`SDS_CLUSTER`] alone (istiod's shape). Error
+/// paths are relative to the field holding the source.
+fn require_secret_source(source: Option<&ConfigSource>) -> Result<(), ConvertError> {
+    let Some(config_source::ConfigSourceSpecifier::ApiConfigSource(api)) =
+        source.and_then(|s| s.config_source_specifier.as_ref())
+    else {
+        return require_ads(source);
+    };
+    let api_at = |e: ConvertError| e.at("api_config_source");
+    if api.api_type != ApiType::Grpc as i32 {
+        let name = ApiType::try_from(api.api_type).map_or("unknown", |t| t.as_str_name());
+        return Err(api_at(ConvertError::unsupported_value(
+            "api_type",
+            format!("{name} (only GRPC)"),
+        )));
+    }
+    let targets_sds = |g: &envoy_types::pb::envoy::config::core::v3::GrpcService| {
+        matches!(&g.target_specifier,
+            Some(grpc_service::TargetSpecifier::EnvoyGrpc(e)) if e.cluster_name == SDS_CLUSTER)
+    };
+    if api.grpc_services.len() != 1 || !targets_sds(&api.grpc_services[0]) {
+        return Err(api_at(ConvertError::unsupported_value(
+            "grpc_services",
+            format!("secrets come from this proxy's own identity: only envoy_grpc {SDS_CLUSTER}"),
+        )));
+    }
+    Ok(())
+}
+
 fn sds(s: &SdsSecretConfig) -> Result<SecretName, ConvertError> {
-    require_ads(s.sds_config.as_ref()).at("sds_config")?;
+    require_secret_source(s.sds_config.as_ref()).at("sds_config")?;
     SecretName::parse(&s.name).ok_or_else(|| {
         ConvertError::unsupported_value(
             "name",

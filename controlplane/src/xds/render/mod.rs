@@ -15,8 +15,9 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    address, config_source, socket_address, Address, ApiVersion, BindConfig, ConfigSource,
-    Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress,
+    address, api_config_source, config_source, grpc_service, socket_address, Address,
+    ApiConfigSource, ApiVersion, BindConfig, ConfigSource, Http1ProtocolOptions,
+    Http2ProtocolOptions, SocketAddress,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
@@ -300,8 +301,16 @@ fn config_source_json(mut m: ConfigSource) -> R {
                 Some(Obj::default().done(a, "AggregatedConfigSource")?),
             );
         }
+        Some(config_source::ConfigSourceSpecifier::ApiConfigSource(a)) => {
+            o.val("api_config_source", Some(api_config_source_json(a)?));
+        }
         other => m.config_source_specifier = other,
     }
+    o.msg(
+        "initial_fetch_timeout",
+        m.initial_fetch_timeout.take(),
+        duration,
+    )?;
     o.val(
         "resource_api_version",
         enum_name(
@@ -311,6 +320,43 @@ fn config_source_json(mut m: ConfigSource) -> R {
         )?,
     );
     o.done(m, "ConfigSource")
+}
+
+fn api_config_source_json(mut a: ApiConfigSource) -> R {
+    let mut o = Obj::default();
+    o.val(
+        "api_type",
+        enum_name(
+            "ApiType",
+            take(&mut a.api_type),
+            api_config_source::ApiType::as_str_name,
+        )?,
+    );
+    o.val(
+        "transport_api_version",
+        enum_name(
+            "ApiVersion",
+            take(&mut a.transport_api_version),
+            ApiVersion::as_str_name,
+        )?,
+    );
+    o.bool(
+        "set_node_on_first_message_only",
+        take(&mut a.set_node_on_first_message_only),
+    );
+    o.list("grpc_services", take(&mut a.grpc_services), |mut g| {
+        let mut o = Obj::default();
+        match g.target_specifier.take() {
+            Some(grpc_service::TargetSpecifier::EnvoyGrpc(mut e)) => {
+                let mut inner = Obj::default();
+                inner.str("cluster_name", take(&mut e.cluster_name));
+                o.val("envoy_grpc", Some(inner.done(e, "EnvoyGrpc")?));
+            }
+            other => g.target_specifier = other,
+        }
+        o.done(g, "GrpcService")
+    })?;
+    o.done(a, "ApiConfigSource")
 }
 
 /// Renders a cluster.

@@ -3,7 +3,8 @@
 
 use envoy_types::pb::envoy::config::cluster::v3::{self as cl, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    transport_socket, Metadata, TransportSocket,
+    api_config_source::ApiType, config_source, grpc_service, transport_socket, ApiConfigSource,
+    ApiVersion, ConfigSource, GrpcService, Metadata, TransportSocket,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
     ForwardClientCertDetails, SetCurrentClientCertDetails,
@@ -24,10 +25,36 @@ use crate::model::matcher::StringMatcher;
 use crate::model::tls::{ForwardClientCert, SanType, SecretName};
 use crate::model::{Cluster, ClusterLoadAssignment, FilterChain, HttpConnectionManager};
 
+/// istiod's secret source: SDS over gRPC to the node agent's cluster `cluster`.
+fn grpc_source(cluster: &str, api_type: ApiType) -> ConfigSource {
+    ConfigSource {
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::ApiConfigSource(
+            ApiConfigSource {
+                api_type: api_type as i32,
+                transport_api_version: ApiVersion::V3 as i32,
+                set_node_on_first_message_only: true,
+                grpc_services: vec![GrpcService {
+                    target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                        grpc_service::EnvoyGrpc {
+                            cluster_name: cluster.into(),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )),
+        initial_fetch_timeout: Some(Default::default()),
+        resource_api_version: ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
 fn sds(name: &str) -> SdsSecretConfig {
     SdsSecretConfig {
         name: name.into(),
-        sds_config: Some(ads()),
+        sds_config: Some(grpc_source("sds-grpc", ApiType::Grpc)),
     }
 }
 
@@ -239,12 +266,14 @@ fn inbound_mtls_chain_and_xfcc() {
 
 #[test]
 fn tls_the_proxy_cannot_honour_is_refused() {
-    let cluster_with = |common: CommonTlsContext| {
+    let cluster_with_common = |common: CommonTlsContext| {
         let mut c = istio_cluster("c");
         c.transport_socket_matches.clear();
         c.transport_socket = Some(upstream(common, "x"));
-        message(Cluster::try_from(c))
+        c
     };
+    let cluster_with =
+        |common: CommonTlsContext| message(Cluster::try_from(cluster_with_common(common)));
     let mut unknown = istio_common(&[], &[]);
     unknown.tls_certificate_sds_secret_configs = vec![sds("vault://client-cert")];
     assert!(cluster_with(unknown).contains(
@@ -286,6 +315,18 @@ fn tls_the_proxy_cannot_honour_is_refused() {
         sds_config: None,
     }];
     assert!(cluster_with(not_ads).ends_with("sds_config: required field is missing or empty"));
+    // Secrets over ADS are accepted; from any agent cluster but Istio's, or over REST, not.
+    let mut over_ads = istio_common(&[], &[]);
+    over_ads.tls_certificate_sds_secret_configs[0].sds_config = Some(ads());
+    assert!(Cluster::try_from(cluster_with_common(over_ads)).is_ok());
+    let mut elsewhere = istio_common(&[], &[]);
+    elsewhere.tls_certificate_sds_secret_configs[0].sds_config =
+        Some(grpc_source("other-agent", ApiType::Grpc));
+    assert!(cluster_with(elsewhere).contains("only envoy_grpc sds-grpc"));
+    let mut rest = istio_common(&[], &[]);
+    rest.tls_certificate_sds_secret_configs[0].sds_config =
+        Some(grpc_source("sds-grpc", ApiType::Rest));
+    assert!(cluster_with(rest).ends_with("unsupported value \"REST (only GRPC)\""));
     // A downstream context on a cluster, TLS on an original-destination cluster, a server
     // without a certificate.
     let mut wrong = istio_cluster("c");
