@@ -27,10 +27,9 @@ const BANNER_DEADLINE: Duration = Duration::from_secs(1);
 const RATINGS_HOST: &str = "ratings.default.svc.cluster.local";
 
 /// Headers a sidecar may add that differ by proxy by design (ids, timing, Envoy's own
-/// `x-envoy-*` internals), and `x-forwarded-client-cert`, which only mutual TLS brings: the
-/// Envoy sidecars here have no workload certificate, so traffic to or from them is plaintext
-/// (as to a pod without `security.istio.io/tlsMode`), while the mesh-proxy pair uses mTLS.
-/// Present or not, they are not compared.
+/// `x-envoy-*` internals), and `x-forwarded-client-cert`, whose `Hash=` names each client's
+/// own certificate (every sidecar here, Envoy with its `mesh-proxy agent`, talks mutual TLS;
+/// `e2e_envoy_mtls.rs` checks the header itself). Present or not, they are not compared.
 fn proxy_specific(name: &str) -> bool {
     name.starts_with("x-envoy-")
         || name == "x-request-id"
