@@ -7,8 +7,8 @@
 //!   rejected with errors naming the file, the object and the field; where the document has an
 //!   `_err` (Istio's expected message), one of our messages carries its meaning (see
 //!   `conformance_crds/expected.rs`) and both are logged.
-//! - Kinds it does not support (EnvoyFilter, ProxyConfig, RequestAuthentication, Telemetry,
-//!   WasmPlugin, WorkloadGroup) are reported as unsupported, valid or not.
+//! - Kinds it does not support (EnvoyFilter, ProxyConfig, RequestAuthentication, WasmPlugin,
+//!   WorkloadGroup) are reported as unsupported, valid or not.
 //!
 //! Without the material the test prints SKIPPED and passes without checking anything.
 
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use controlplane::config::{parse_str, ConfigError};
 use serde_norway::Value;
 
-const SUPPORTED: [&str; 8] = [
+const SUPPORTED: [&str; 9] = [
     "VirtualService",
     "DestinationRule",
     "Gateway",
@@ -29,13 +29,13 @@ const SUPPORTED: [&str; 8] = [
     "Sidecar",
     "PeerAuthentication",
     "AuthorizationPolicy",
+    "Telemetry",
 ];
 
-const UNSUPPORTED: [&str; 6] = [
+const UNSUPPORTED: [&str; 5] = [
     "EnvoyFilter",
     "ProxyConfig",
     "RequestAuthentication",
-    "Telemetry",
     "WasmPlugin",
     "WorkloadGroup",
 ];

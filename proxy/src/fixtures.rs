@@ -23,6 +23,7 @@ pub fn tcp_chain(name: &str, matcher: FilterChainMatch, cluster: &str) -> Filter
             cluster: cluster.into(),
             weighted_clusters: Vec::new(),
             idle_timeout: None,
+            access_log: Vec::new(),
         }),
     }
 }
@@ -40,6 +41,8 @@ pub fn http_chain(name: &str, matcher: FilterChainMatch, routes: RouteSource) ->
             http_filters: vec![HttpFilter::Router],
             path_normalization: PathNormalization::default(),
             xfcc: Default::default(),
+            access_log: Vec::new(),
+            tracing: None,
         }),
     }
 }

@@ -5,12 +5,15 @@
 //!   parsed with a Prometheus text parser, checked label by label and value by value (both
 //!   reporters of the 200s, the client's 503 with its flag, the TCP connection at both ends);
 //! - the access-log lines parsed as JSON and checked field by field (the 200 at both ends,
-//!   the 503, the TCP connection);
+//!   the 503, a request an AuthorizationPolicy denies at the server's sidecar, at both ends,
+//!   the TCP connection);
 //! - an OTLP collector on the host, built on the published OpenTelemetry protos, receiving
 //!   both spans of the traced call: one trace id, the client span a child of the caller's
 //!   span and the server span a child of the client span.
 
 mod common;
+#[path = "telemetry_support/denied.rs"]
+mod denied;
 mod telemetry_support;
 use telemetry_support::*;
 
@@ -32,6 +35,10 @@ const TCP_PORT: u16 = common::TCP_PORT;
 const REVIEWS: &str = common::REVIEWS_HOST;
 const RATINGS: &str = "ratings.default.svc.cluster.local";
 
+/// Denies one path at `reviews`' sidecar (on the HTTP port only: a DENY rule with HTTP fields
+/// denies every TCP connection, as in Istio).
+const DENY_POLICY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-telemetry, namespace: default}\nspec:\n  selector: {matchLabels: {app: reviews}}\n  action: DENY\n  rules:\n  - to: [{operation: {ports: [\"9080\"], paths: [\"/telemetry/denied\"]}}]\n";
+
 #[test]
 fn metrics_access_logs_and_spans_through_two_sidecars() -> Result<()> {
     mesh_tests::skip_unless_netns!();
@@ -42,6 +49,7 @@ fn metrics_access_logs_and_spans_through_two_sidecars() -> Result<()> {
             .selector("app", "ratings"),
     )?;
     let (_rt, otlp, collector) = start_collector(&mesh)?;
+    mesh.topo.write_config("deny.yaml", DENY_POLICY)?;
     mesh.topo.start_control_plane()?;
     let opts = ProxyOptions {
         extra_run_args: vec![
@@ -228,6 +236,8 @@ fn check(mesh: &Mesh, client: &Pod, server: &Pod, collector: &Collector) -> Resu
     check_metrics(client, server, [traced.body.len(), plain.body.len()], n)?;
     check_spans(collector, trace, caller_span, &id)?;
     check_proxy_config(client, server)?;
+    // After the metrics, whose counts it would change.
+    denied::check_denied(client, server)?;
     // The control plane's flat endpoint list holds the server pod on every reviews port.
     let r = mesh.cp.debug_get("/debug/endpointz")?;
     ensure!(r.status == 200, "endpointz: {}", r.status);

@@ -22,6 +22,7 @@ pub mod filter;
 pub mod matcher;
 pub mod rbac;
 pub mod route;
+pub mod telemetry;
 pub mod tls;
 
 pub use self::cluster::{
@@ -40,6 +41,7 @@ pub use self::route::{
     ValuePart, VirtualHost, WeightedCluster,
 };
 pub use rbac::Rbac;
+pub use telemetry::{AccessLogger, TracingConfig};
 pub use tls::{DownstreamTls, TransportSocketMatch, UpstreamTls, Xfcc};
 
 /// The four resource types of the slice, in the order a control plane should send them
@@ -207,6 +209,10 @@ pub struct HttpConnectionManager {
     pub path_normalization: PathNormalization,
     /// `x-forwarded-client-cert` handling.
     pub xfcc: Xfcc,
+    /// `access_log`; empty: the proxy's default (`--access-log`).
+    pub access_log: Vec<AccessLogger>,
+    /// `tracing`; `None`: the proxy's own tracing settings.
+    pub tracing: Option<TracingConfig>,
 }
 
 /// The connection manager's path normalization: `normalize_path`, `merge_slashes`,
@@ -269,6 +275,8 @@ pub struct TcpProxy {
     pub weighted_clusters: Vec<(String, u32)>,
     /// Close the connection after this long without traffic either way.
     pub idle_timeout: Option<Duration>,
+    /// `access_log`; empty: the proxy's default (`--access-log`).
+    pub access_log: Vec<AccessLogger>,
 }
 
 /// A cluster: a set of upstream endpoints and how to reach them.

@@ -91,7 +91,11 @@ impl<'a> Index<'a> {
                 Object::AuthorizationPolicy(o) => {
                     idx.authorization_policies.push(Entry { obj: o, file })
                 }
-                Object::Namespace(_) | Object::Endpoints(_) | Object::EndpointSlice(_) => {}
+                Object::Namespace(_)
+                | Object::Endpoints(_)
+                | Object::EndpointSlice(_)
+                | Object::Telemetry(_)
+                | Object::ConfigMap(_) => {}
             }
         }
         idx

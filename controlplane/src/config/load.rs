@@ -235,6 +235,8 @@ fn parse_document(file: &Path, doc: usize, value: Value) -> DocOutcome {
         Kind::EndpointSlice => decode(value).and_then(|raw| {
             validate::endpoint_slice(&namespace, &name, raw).map(Object::EndpointSlice)
         }),
+        Kind::ConfigMap => decode(value)
+            .and_then(|raw| validate::config_map(&namespace, &name, raw).map(Object::ConfigMap)),
         _ => return istio_document(file, &object, key, kind, value, problems),
     };
     match result {

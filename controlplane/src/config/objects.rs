@@ -12,13 +12,15 @@ use serde::Serialize;
 
 use super::istio::{
     AuthorizationPolicy, DestinationRule, Gateway, IstioConfig, PeerAuthentication, ServiceEntry,
-    Sidecar, VirtualService, WorkloadEntry,
+    Sidecar, Telemetry, VirtualService, WorkloadEntry,
 };
 
 /// API versions of `networking.istio.io` the store accepts.
 pub const NETWORKING_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
 /// API versions of `security.istio.io` the store accepts.
 pub const SECURITY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
+/// API versions of `telemetry.istio.io` the store accepts.
+pub const TELEMETRY_VERSIONS: [&str; 2] = ["v1", "v1alpha1"];
 
 /// The kinds of object the store understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -47,6 +49,10 @@ pub enum Kind {
     PeerAuthentication,
     /// `security.istio.io` AuthorizationPolicy.
     AuthorizationPolicy,
+    /// `telemetry.istio.io` Telemetry.
+    Telemetry,
+    /// core `v1` ConfigMap (only `istio-system/istio`, the mesh config, is read).
+    ConfigMap,
 }
 
 impl Kind {
@@ -65,6 +71,8 @@ impl Kind {
             Kind::Sidecar => "Sidecar",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::Telemetry => "Telemetry",
+            Kind::ConfigMap => "ConfigMap",
         }
     }
 
@@ -72,7 +80,11 @@ impl Kind {
     pub fn is_istio(self) -> bool {
         !matches!(
             self,
-            Kind::Namespace | Kind::Service | Kind::Endpoints | Kind::EndpointSlice
+            Kind::Namespace
+                | Kind::Service
+                | Kind::Endpoints
+                | Kind::EndpointSlice
+                | Kind::ConfigMap
         )
     }
 
@@ -87,6 +99,7 @@ impl Kind {
             ("networking.istio.io", "Sidecar") => Some(Kind::Sidecar),
             ("security.istio.io", "PeerAuthentication") => Some(Kind::PeerAuthentication),
             ("security.istio.io", "AuthorizationPolicy") => Some(Kind::AuthorizationPolicy),
+            ("telemetry.istio.io", "Telemetry") => Some(Kind::Telemetry),
             _ => None,
         }
     }
@@ -95,6 +108,7 @@ impl Kind {
     pub fn istio_versions(self) -> &'static [&'static str] {
         match self {
             Kind::PeerAuthentication | Kind::AuthorizationPolicy => &SECURITY_VERSIONS,
+            Kind::Telemetry => &TELEMETRY_VERSIONS,
             _ => &NETWORKING_VERSIONS,
         }
     }
@@ -110,6 +124,7 @@ impl Kind {
             ("v1", "Namespace") => Some(Kind::Namespace),
             ("v1", "Service") => Some(Kind::Service),
             ("v1", "Endpoints") => Some(Kind::Endpoints),
+            ("v1", "ConfigMap") => Some(Kind::ConfigMap),
             ("discovery.k8s.io/v1", "EndpointSlice") => Some(Kind::EndpointSlice),
             _ => {
                 let (group, version) = api_version.split_once('/')?;
@@ -176,6 +191,10 @@ pub enum Object {
     PeerAuthentication(Box<IstioConfig<PeerAuthentication>>),
     /// An AuthorizationPolicy.
     AuthorizationPolicy(Box<IstioConfig<AuthorizationPolicy>>),
+    /// A Telemetry.
+    Telemetry(Box<IstioConfig<Telemetry>>),
+    /// A ConfigMap.
+    ConfigMap(ConfigMap),
 }
 
 impl Object {
@@ -194,6 +213,8 @@ impl Object {
             Object::Sidecar(_) => Kind::Sidecar,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Object::Telemetry(_) => Kind::Telemetry,
+            Object::ConfigMap(_) => Kind::ConfigMap,
         }
     }
 
@@ -216,7 +237,9 @@ impl Object {
             Object::Sidecar(o) => Some(m(o)),
             Object::PeerAuthentication(o) => Some(m(o)),
             Object::AuthorizationPolicy(o) => Some(m(o)),
-            Object::Namespace(_)
+            Object::Telemetry(o) => Some(m(o)),
+            Object::ConfigMap(_)
+            | Object::Namespace(_)
             | Object::Service(_)
             | Object::Endpoints(_)
             | Object::EndpointSlice(_) => None,
@@ -230,6 +253,7 @@ impl Object {
             Object::Service(o) => (o.namespace.clone(), o.name.clone()),
             Object::Endpoints(o) => (o.namespace.clone(), o.name.clone()),
             Object::EndpointSlice(o) => (o.namespace.clone(), o.name.clone()),
+            Object::ConfigMap(o) => (o.namespace.clone(), o.name.clone()),
             other => match other.istio_meta() {
                 Some(m) => (m.namespace.to_string(), m.name.to_string()),
                 None => (String::new(), String::new()),
@@ -425,4 +449,16 @@ pub struct SliceEndpoint {
     pub zone: Option<String>,
     /// `nodeName`.
     pub node_name: Option<String>,
+}
+
+/// A ConfigMap: its `data`. The mesh config (`istio-system/istio`, key `mesh`) is validated
+/// when loaded ([`crate::meshconfig`]); other ConfigMaps are kept and not read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfigMap {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// `data`.
+    pub data: BTreeMap<String, String>,
 }

@@ -120,3 +120,10 @@ pub(crate) struct RawSliceEndpoint {
 pub(crate) struct RawConditions {
     pub ready: Option<bool>,
 }
+
+/// A ConfigMap.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawConfigMap {
+    #[serde(default)]
+    pub data: Option<BTreeMap<String, String>>,
+}

@@ -259,6 +259,29 @@ impl Problems {
     }
 }
 
+/// A ConfigMap; the mesh config (`istio-system/istio`, key `mesh`) is checked.
+pub(crate) fn config_map(
+    ns: &str,
+    name: &str,
+    raw: super::raw::RawConfigMap,
+) -> Result<super::objects::ConfigMap, Problems> {
+    let mut p = Problems::default();
+    p.name("metadata.name", name, NameRule::Dns1123Subdomain);
+    let data = raw.data.unwrap_or_default();
+    if ns == crate::networking::ROOT_NAMESPACE && name == crate::meshconfig::MESH_CONFIGMAP {
+        if let Some(mesh) = data.get(crate::meshconfig::MESH_KEY) {
+            if let Err(problems) = crate::meshconfig::parse(mesh) {
+                p.0.extend(problems);
+            }
+        }
+    }
+    p.finish(super::objects::ConfigMap {
+        name: name.to_string(),
+        namespace: ns.to_string(),
+        data,
+    })
+}
+
 /// A Namespace.
 pub(crate) fn namespace(name: &str, raw: RawNamespace) -> Result<Namespace, Problems> {
     let mut p = Problems::default();

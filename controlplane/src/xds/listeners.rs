@@ -337,5 +337,30 @@ pub fn listeners(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Listener> {
     for l in &mut all {
         authz::normalize_paths(l, mesh.authorization.path_normalization);
     }
+    if let Some(ns) = proxy.namespace.as_deref() {
+        let resolved =
+            crate::telemetry::Telemetries::build(&mesh.config).resolve(ns, &proxy.labels);
+        let service = format!("{}.{ns}", canonical_service(proxy));
+        for l in &mut all {
+            let side = if l.name == "virtualInbound" {
+                &resolved.server
+            } else {
+                &resolved.client
+            };
+            crate::telemetry::apply(l, side, &service);
+        }
+    }
     all
+}
+
+/// The workload's canonical service, as Istio derives it from its labels.
+fn canonical_service(proxy: &ProxyInfo) -> &str {
+    [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|k| proxy.labels.get(*k))
+    .map_or("unknown", String::as_str)
 }

@@ -72,8 +72,9 @@ pub fn kind_types(kind: Kind) -> TypeSet {
         Kind::VirtualService => TypeSet::of(&[C, L, R]),
         // mTLS settings of clusters and inbound listeners.
         Kind::PeerAuthentication => TypeSet::of(&[C, E, L]),
-        // RBAC filters in listeners.
-        Kind::AuthorizationPolicy => TypeSet::of(&[L]),
+        // RBAC filters in listeners; access-log and tracing settings of listeners (Telemetry,
+        // and the mesh config's providers in a ConfigMap).
+        Kind::AuthorizationPolicy | Kind::Telemetry | Kind::ConfigMap => TypeSet::of(&[L]),
         Kind::Endpoints | Kind::EndpointSlice | Kind::WorkloadEntry => TypeSet::of(&[E]),
         // Gateways configure gateway proxies, never sidecars.
         Kind::Gateway => TypeSet::NONE,
@@ -119,7 +120,7 @@ pub fn depends_on(
         // take the `tlsMode` metadata off its endpoints (istiod pushes it to every proxy).
         Kind::PeerAuthentication => true,
         // Namespace-local policy, or mesh-wide from the root namespace.
-        Kind::Sidecar | Kind::AuthorizationPolicy => {
+        Kind::Sidecar | Kind::AuthorizationPolicy | Kind::Telemetry => {
             key.namespace == proxy_ns || key.namespace == ROOT_NAMESPACE
         }
         Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => [old, new]

@@ -23,6 +23,23 @@ pub const MEANINGS: &[(&str, &[&str])] = &[
         "spec.trafficPolicy.loadBalancer.warmup.aggression: Invalid value",
         &["aggression", "greater than or equal to 1"],
     ),
+    // Telemetry
+    (
+        "name in body should be at least 1 chars long",
+        &["name in body should be at least 1 chars long"],
+    ),
+    (
+        "customMetric in body should be at least 1 chars lon",
+        &["customMetric in body should be at least 1 chars long"],
+    ),
+    (
+        "value must be set when operation is UPSERT",
+        &["value must be set when operation is UPSERT"],
+    ),
+    (
+        "value must not be set when operation is REMOVE",
+        &["value must not be set when operation is REMOVE"],
+    ),
     // PeerAuthentication
     ("Unsupported value: \"BLAH\"", &["unknown variant", "BLAH"]),
     (

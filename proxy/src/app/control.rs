@@ -102,18 +102,10 @@ impl BackgroundService for Control {
         }
         tokio::spawn(follow_config(self.xds.clone(), self.shared.clone()));
         if let Some(tracer) = &self.shared.tracer {
-            if let (Some(rx), Some(endpoint)) =
-                (tracer.take_receiver(), tracer.settings().endpoint.clone())
-            {
+            if let Some(rx) = tracer.take_receiver() {
                 let service = tracer.settings().service_name.clone();
                 let (exported, dropped) = (tracer.exported.clone(), tracer.dropped.clone());
-                tokio::spawn(async move {
-                    if let Err(e) =
-                        crate::trace::export::run(rx, endpoint, service, exported, dropped).await
-                    {
-                        tracing::error!(error = %e, "span exporter stopped");
-                    }
-                });
+                tokio::spawn(crate::trace::export::run(rx, service, exported, dropped));
             }
         }
         if let Some(l) = self.listeners.take() {

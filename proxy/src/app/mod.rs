@@ -162,11 +162,13 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         &mesh_id,
     );
     let metrics = Arc::new(Metrics::new(local.clone()).map_err(Error::Metrics)?);
-    let tracer = a.tracing_otlp_endpoint.as_ref().map(|endpoint| {
+    // The tracer always exists: a listener's tracing (Telemetry API) may name a collector
+    // even when `--tracing-otlp-endpoint` does not.
+    let tracer = Some({
         let info = &local.info;
         Arc::new(Tracer::new(TracingSettings {
             sampling: a.tracing_sampling,
-            endpoint: Some(endpoint.clone()),
+            endpoint: a.tracing_otlp_endpoint.clone(),
             service_name: format!("{}.{}", info.canonical_service, info.namespace),
             tags: vec![
                 (

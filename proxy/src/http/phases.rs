@@ -580,9 +580,19 @@ impl ProxyHttp for MeshHttp {
             }
         }
         let entry = access_log_entry(session, ctx);
+        let mut write = true;
         if let Some(conn) = ctx.conn.clone() {
             telemetry::on_logging(&self.shared, &conn, ctx, &entry);
+            // The Telemetry API's loggers of the chain (none: the proxy's default).
+            if let crate::snapshot::ChainKind::Http(chain) = &conn.chain.kind {
+                write = xds_client::model::telemetry::should_log(
+                    &chain.access_log,
+                    entry.response_code,
+                );
+            }
         }
-        self.shared.access_log.log(entry);
+        if write {
+            self.shared.access_log.log(entry);
+        }
     }
 }

@@ -70,8 +70,33 @@ pub fn on_request(
         t.peer = Some(shared.metrics.peers.peer(header.as_deref()));
     }
     if let Some(tracer) = &shared.tracer {
-        t.span = Some(tracer.begin(&req.headers, side(conn)));
+        // Traced when the proxy has a collector, or the listener's tracing (Telemetry API)
+        // is set; its sampling percentage wins over the proxy's.
+        let chain = chain_tracing(conn);
+        if tracer.settings().endpoint.is_some() || chain.is_some() {
+            let sampling = chain.and_then(|c| c.sampling);
+            t.span = Some(tracer.begin_with(&req.headers, side(conn), sampling));
+        }
     }
+}
+
+/// The tracing settings of the connection's HTTP chain, if it has any.
+fn chain_tracing(conn: &ConnContext) -> Option<&xds_client::model::TracingConfig> {
+    match &conn.chain.kind {
+        crate::snapshot::ChainKind::Http(c) => c.tracing.as_ref(),
+        crate::snapshot::ChainKind::Tcp(_) => None,
+    }
+}
+
+/// The OTLP endpoint of a collector cluster: one of its endpoints, as `http://ADDRESS`.
+fn collector_endpoint(shared: &Shared, cluster: &str) -> Option<String> {
+    let snapshot = shared.snapshot.load();
+    let hosts = snapshot.cluster(cluster)?.host_states();
+    hosts
+        .iter()
+        .find(|(_, ejected, _)| !ejected)
+        .or(hosts.first())
+        .map(|(addr, _, _)| format!("http://{addr}"))
 }
 
 /// The request goes upstream (each attempt): this proxy's metadata (outbound, to mesh
@@ -263,7 +288,10 @@ pub fn on_logging(shared: &Shared, conn: &ConnContext, ctx: &mut RequestCtx, e: 
             conn.destination.address.port()
         ),
     };
-    tracer.finish(
+    let collector = chain_tracing(conn)
+        .and_then(|c| c.collector.as_deref())
+        .and_then(|c| collector_endpoint(shared, c));
+    tracer.finish_to(
         span,
         Finished {
             name,
@@ -286,5 +314,6 @@ pub fn on_logging(shared: &Shared, conn: &ConnContext, ctx: &mut RequestCtx, e: 
             request_size: e.bytes_received,
             response_size: e.bytes_sent,
         },
+        collector,
     );
 }

@@ -86,6 +86,10 @@ pub struct HttpChain {
     pub path_normalization: PathNormalization,
     /// `x-forwarded-client-cert` handling.
     pub xfcc: Xfcc,
+    /// The access loggers (Telemetry API); empty: the proxy's default.
+    pub access_log: Vec<xds_client::model::AccessLogger>,
+    /// Tracing settings (Telemetry API); `None`: the proxy's flags.
+    pub tracing: Option<xds_client::model::TracingConfig>,
 }
 
 /// Where an HTTP chain's routes come from.
@@ -116,6 +120,8 @@ impl ChainRuntime {
                     .collect(),
                 path_normalization: hcm.path_normalization,
                 xfcc: hcm.xfcc,
+                access_log: hcm.access_log.clone(),
+                tracing: hcm.tracing.clone(),
             }),
         };
         ChainRuntime {

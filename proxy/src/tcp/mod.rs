@@ -287,7 +287,10 @@ where
     closed.closed.inc();
     closed.received.inc_by(entry.bytes_received);
     closed.sent.inc_by(entry.bytes_sent);
-    shared.access_log.log(entry);
+    // The Telemetry API's loggers of the TCP proxy (none: the proxy's default).
+    if xds_client::model::telemetry::should_log(&settings.access_log, entry.response_code) {
+        shared.access_log.log(entry);
+    }
 }
 
 /// The cluster of a connection: the only one, or one of the weighted clusters chosen by

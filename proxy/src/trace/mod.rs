@@ -36,7 +36,8 @@ pub const QUEUE: usize = 4096;
 pub struct TracingSettings {
     /// Percentage of requests without an upstream decision that are sampled (0 to 100).
     pub sampling: f64,
-    /// The OTLP/gRPC collector (`http://host:4317`); `None`: spans are not exported.
+    /// The OTLP/gRPC collector (`http://host:4317`, `--tracing-otlp-endpoint`); `None`: spans
+    /// are exported only where the listener's tracing (Telemetry API) names a collector.
     pub endpoint: Option<String>,
     /// The `service.name` resource attribute (Istio's `<canonical service>.<namespace>`).
     pub service_name: String,
@@ -123,13 +124,18 @@ pub struct Finished<'a> {
 #[derive(Debug)]
 pub struct Tracer {
     settings: TracingSettings,
-    tx: mpsc::Sender<SpanData>,
-    rx: std::sync::Mutex<Option<mpsc::Receiver<SpanData>>>,
+    tx: mpsc::Sender<(String, SpanData)>,
+    rx: std::sync::Mutex<Option<mpsc::Receiver<(String, SpanData)>>>,
     /// Spans dropped (queue full, no exporter running, export failed).
     pub dropped: Arc<AtomicU64>,
     /// Spans exported.
     pub exported: Arc<AtomicU64>,
     threshold: u64,
+}
+
+/// The random draw below which a request is sampled, for a percentage.
+fn threshold(percentage: f64) -> u64 {
+    (percentage.clamp(0.0, 100.0) / 100.0 * u64::MAX as f64) as u64
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
@@ -146,9 +152,8 @@ impl Tracer {
     /// [`export::run`].
     pub fn new(settings: TracingSettings) -> Tracer {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let sampling = settings.sampling.clamp(0.0, 100.0);
         Tracer {
-            threshold: (sampling / 100.0 * u64::MAX as f64) as u64,
+            threshold: threshold(settings.sampling),
             settings,
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
@@ -162,23 +167,28 @@ impl Tracer {
         &self.settings
     }
 
-    /// The export queue's receiving end (once).
-    pub fn take_receiver(&self) -> Option<mpsc::Receiver<SpanData>> {
+    /// The export queue's receiving end (once): each span with its collector.
+    pub fn take_receiver(&self) -> Option<mpsc::Receiver<(String, SpanData)>> {
         self.rx.lock().ok()?.take()
     }
 
-    fn sample(&self) -> bool {
-        self.threshold > 0 && (self.threshold == u64::MAX || rand::random::<u64>() < self.threshold)
+    /// The span of a request arriving with `headers`, sampled at the proxy's percentage.
+    pub fn begin(&self, headers: &HeaderMap, side: Side) -> SpanState {
+        self.begin_with(headers, side, None)
     }
 
-    /// The span of a request arriving with `headers`.
-    pub fn begin(&self, headers: &HeaderMap, side: Side) -> SpanState {
+    /// The span of a request arriving with `headers`; `sampling` (a percentage, from the
+    /// listener's tracing) replaces the proxy's own when given.
+    pub fn begin_with(&self, headers: &HeaderMap, side: Side, sampling: Option<f64>) -> SpanState {
+        let threshold = sampling.map_or(self.threshold, threshold);
+        let sample =
+            || threshold > 0 && (threshold == u64::MAX || rand::random::<u64>() < threshold);
         match propagation::extract(headers) {
             Ok(ctx) => SpanState {
                 trace_id: ctx.trace_id,
                 span_id: random_bytes(),
                 parent: Some(ctx.span_id),
-                sampled: ctx.sampled.unwrap_or_else(|| self.sample()),
+                sampled: ctx.sampled.unwrap_or_else(sample),
                 format: Some(ctx.format),
                 tracestate: ctx.tracestate,
                 side,
@@ -187,7 +197,7 @@ impl Tracer {
                 trace_id: random_bytes(),
                 span_id: random_bytes(),
                 parent: None,
-                sampled: decision.unwrap_or_else(|| self.sample()),
+                sampled: decision.unwrap_or_else(sample),
                 format: None,
                 tracestate: None,
                 side,
@@ -195,14 +205,23 @@ impl Tracer {
         }
     }
 
-    /// Record a finished request's span (sampled spans only, when an exporter is
-    /// configured); never waits.
+    /// Record a finished request's span for the proxy's collector (sampled spans only, when
+    /// one is configured); never waits.
     pub fn finish(&self, state: &SpanState, done: Finished<'_>) {
-        if !state.sampled || self.settings.endpoint.is_none() {
+        self.finish_to(state, done, None);
+    }
+
+    /// Record a finished request's span for `collector` (`http://host:port`), else the
+    /// proxy's; sampled spans only; never waits.
+    pub fn finish_to(&self, state: &SpanState, done: Finished<'_>, collector: Option<String>) {
+        let Some(endpoint) = collector.or_else(|| self.settings.endpoint.clone()) else {
+            return;
+        };
+        if !state.sampled {
             return;
         }
         let span = self.span_data(state, done);
-        if self.tx.try_send(span).is_err() {
+        if self.tx.try_send((endpoint, span)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

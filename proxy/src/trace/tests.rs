@@ -78,7 +78,8 @@ fn finished_spans_are_queued_and_a_full_queue_drops() {
         },
     );
     let mut rx = t.take_receiver().unwrap();
-    let span = rx.try_recv().unwrap();
+    let (endpoint, span) = rx.try_recv().unwrap();
+    assert_eq!(endpoint, "http://127.0.0.1:1");
     assert_eq!(span.span_kind, SpanKind::Client);
     assert_eq!(
         span.span_context.trace_id(),
@@ -99,4 +100,20 @@ fn finished_spans_are_queued_and_a_full_queue_drops() {
         t.finish(&s, Finished::default());
     }
     assert_eq!(t.dropped.load(Ordering::Relaxed), 3);
+}
+
+#[test]
+fn a_listener_sampling_and_collector_replace_the_proxy_own() {
+    let t = tracer(0.0);
+    // The proxy samples nothing; the listener's 100% wins.
+    assert!(!t.begin(&HeaderMap::new(), Side::Server).sampled);
+    let s = t.begin_with(&HeaderMap::new(), Side::Server, Some(100.0));
+    assert!(s.sampled);
+    assert!(
+        !t.begin_with(&HeaderMap::new(), Side::Server, Some(0.0))
+            .sampled
+    );
+    t.finish_to(&s, Finished::default(), Some("http://10.0.0.9:4317".into()));
+    let (endpoint, _) = t.take_receiver().unwrap().try_recv().unwrap();
+    assert_eq!(endpoint, "http://10.0.0.9:4317");
 }

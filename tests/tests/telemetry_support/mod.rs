@@ -1,5 +1,6 @@
 //! The scene of the end-to-end telemetry test: an OTLP collector on the published protos in
 //! a pod's reach, Prometheus scrapes of a pod's stats port, and the pods of the test.
+#![allow(dead_code)]
 
 use super::*;
 use anyhow::{bail, ensure, Context, Result};

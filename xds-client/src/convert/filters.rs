@@ -2,7 +2,8 @@
 //! filters (`rbac`, `fault`, `cors`, `router`).
 //!
 //! Ignored fields of the HTTP connection manager (observability and Envoy-side tuning; the
-//! proxy has its own): `tracing`, `access_log*`, `stream_idle_timeout`, `request_timeout`,
+//! proxy has its own): `access_log_flush_interval`, `flush_access_log_on_new_request`,
+//! `access_log_options`, `stream_idle_timeout`, `request_timeout`,
 //! `request_headers_timeout`, `drain_timeout*`, `delayed_close_timeout`,
 //! `stream_flush_timeout`, `common_http_protocol_options`, `http_protocol_options`,
 //! `http2_protocol_options`, `max_request_headers_kb`, `server_name`,
@@ -19,7 +20,9 @@
 //! `REJECT_REQUEST`, `UNESCAPE_AND_FORWARD`) set the path normalization; `UNESCAPE_AND_REDIRECT`
 //! and `path_normalization_options` are rejected.
 //!
-//! Ignored fields of `tcp_proxy`: `access_log*`, `flush_access_log_on_connected`,
+//! `access_log` and `tracing` are converted by [`super::telemetry`].
+//!
+//! Ignored fields of `tcp_proxy`: `access_log_options`, `flush_access_log_on_connected`,
 //! `backoff_options`, `check_drain_close`. Ignored fields of the router: all but
 //! `upstream_http_filters`. The CORS filter has no settings of its own (they are per route).
 
@@ -185,12 +188,20 @@ impl TryFrom<hcm::HttpConnectionManager> for HttpConnectionManager {
             )
             .at("http_filters"));
         }
+        let access_log = super::telemetry::access_logs(proto.access_log)?;
+        let tracing = proto
+            .tracing
+            .map(super::telemetry::tracing_config)
+            .transpose()
+            .at("tracing")?;
         Ok(HttpConnectionManager {
             stat_prefix: proto.stat_prefix,
             routes,
             http_filters,
             path_normalization,
             xfcc,
+            access_log,
+            tracing,
         })
     }
 }
@@ -391,11 +402,13 @@ impl TryFrom<tcp::TcpProxy> for TcpProxy {
         };
         let idle_timeout =
             timeout_or(proto.idle_timeout.as_ref(), TCP_IDLE_TIMEOUT).at("idle_timeout")?;
+        let access_log = super::telemetry::access_logs(proto.access_log)?;
         Ok(TcpProxy {
             stat_prefix: proto.stat_prefix,
             cluster,
             weighted_clusters,
             idle_timeout,
+            access_log,
         })
     }
 }

@@ -9,9 +9,10 @@
 //! - fields the model carries are converted and validated;
 //! - fields that change how traffic is handled and that the proxy cannot apply are rejected
 //!   when set (a NACK, never a silent drop);
-//! - fields that only concern Envoy's own observability or resource tuning (stat names, access
-//!   logs, tracing, buffer limits, socket backlog, metadata) are accepted and ignored, because
-//!   the proxy has its own telemetry and limits. Each submodule lists the fields it ignores.
+//! - fields that only concern Envoy's own observability or resource tuning (stat names, buffer
+//!   limits, socket backlog, metadata) are accepted and ignored, because the proxy has its own
+//!   telemetry and limits. Each submodule lists the fields it ignores. Access logs and tracing
+//!   set by the Telemetry API are converted (`telemetry`).
 //!
 //! Envoy's defaults are applied where the model needs a value: a cluster without
 //! `connect_timeout` gets 5 s, a route action without `timeout` gets 15 s, a `tcp_proxy`
@@ -29,6 +30,7 @@ mod listener;
 mod matcher;
 mod rbac;
 mod route;
+mod telemetry;
 mod tls;
 
 #[cfg(test)]

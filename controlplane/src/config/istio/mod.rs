@@ -1,6 +1,7 @@
 //! Istio's configuration kinds: `networking.istio.io` (v1, v1beta1, v1alpha3) VirtualService,
 //! DestinationRule, Gateway, ServiceEntry, WorkloadEntry, Sidecar and `security.istio.io` (v1,
-//! v1beta1) PeerAuthentication, AuthorizationPolicy.
+//! v1beta1) PeerAuthentication, AuthorizationPolicy, and `telemetry.istio.io` (v1, v1alpha1)
+//! Telemetry.
 //!
 //! Each kind's `spec` is decoded into serde structs that mirror Istio's API field by field
 //! (camelCase names, unknown fields rejected as the CRDs' structural schemas reject them), then
@@ -19,6 +20,7 @@ mod parse;
 pub mod peer_authentication;
 pub mod service_entry;
 pub mod sidecar;
+pub mod telemetry;
 pub mod types;
 pub mod values;
 pub mod virtual_service;
@@ -36,6 +38,7 @@ pub use gateway::Gateway;
 pub use peer_authentication::PeerAuthentication;
 pub use service_entry::{ServiceEntry, WorkloadEntry};
 pub use sidecar::Sidecar;
+pub use telemetry::Telemetry;
 pub use virtual_service::VirtualService;
 
 pub(crate) use parse::parse;
@@ -87,6 +90,9 @@ pub enum IstioProblem {
     /// AuthorizationPolicy rules.
     #[error(transparent)]
     AuthorizationPolicy(#[from] authorization_policy::Problem),
+    /// Telemetry rules.
+    #[error(transparent)]
+    Telemetry(#[from] telemetry::Problem),
 }
 
 /// Collects the errors (which reject the object) and the warnings (which Istio reports but

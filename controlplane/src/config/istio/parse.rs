@@ -10,7 +10,7 @@ use serde_norway::Value;
 
 use super::{
     authorization_policy, destination_rule, gateway, names, peer_authentication, service_entry,
-    sidecar, virtual_service, Checker, IstioConfig, IstioProblem,
+    sidecar, telemetry, virtual_service, Checker, IstioConfig, IstioProblem,
 };
 use crate::config::objects::{Kind, Object};
 use crate::config::validate::{FieldProblem, NameRule, Problems};
@@ -105,7 +105,13 @@ pub(crate) fn parse(kind: Kind, object: &ObjectRef, value: Value) -> Result<Pars
             .map(|s| Object::PeerAuthentication(Box::new(with_spec(&header, s)))),
         Kind::AuthorizationPolicy => typed(spec, &mut c, authorization_policy::check)
             .map(|s| Object::AuthorizationPolicy(Box::new(with_spec(&header, s)))),
-        Kind::Namespace | Kind::Service | Kind::Endpoints | Kind::EndpointSlice => None,
+        Kind::Telemetry => typed(spec, &mut c, telemetry::check)
+            .map(|s| Object::Telemetry(Box::new(with_spec(&header, s)))),
+        Kind::Namespace
+        | Kind::Service
+        | Kind::Endpoints
+        | Kind::EndpointSlice
+        | Kind::ConfigMap => None,
     };
     if let Some(o) = &built {
         check_annotations(&mut c, o, &header);

@@ -174,6 +174,11 @@ pub(super) fn tcp(mut m: TcpProxy) -> R {
         }
         other => m.cluster_specifier = other,
     }
+    o.list(
+        "access_log",
+        take(&mut m.access_log),
+        super::telemetry::access_log_json,
+    )?;
     o.done(m, "TcpProxy")
 }
 
@@ -215,5 +220,11 @@ pub(super) fn hcm(mut m: HttpConnectionManager) -> R {
         )?,
     );
     tls::xfcc_fields(&mut o, &mut m)?;
+    o.list(
+        "access_log",
+        take(&mut m.access_log),
+        super::telemetry::access_log_json,
+    )?;
+    o.msg("tracing", m.tracing.take(), super::telemetry::tracing_json)?;
     o.done(m, "HttpConnectionManager")
 }

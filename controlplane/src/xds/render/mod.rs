@@ -22,6 +22,9 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig;
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::{Cors, CorsPolicy};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
@@ -52,6 +55,7 @@ mod listener;
 mod meta;
 mod rbac;
 mod route;
+mod telemetry;
 mod tls;
 pub use listener::listener;
 use listener::{hcm, tcp};
@@ -256,6 +260,12 @@ pub fn any(any: Any) -> R {
             Some(Value::from(std::mem::take(&mut m.update_frequency))),
         );
         o.done(m, "PreviousPrioritiesConfig")?
+    } else if url == FileAccessLog::type_url() {
+        telemetry::file_access_log_json(decode(&any)?)?
+    } else if url == ExpressionFilter::type_url() {
+        telemetry::expression_filter(decode(&any)?)?
+    } else if url == OpenTelemetryConfig::type_url() {
+        telemetry::open_telemetry(decode(&any)?)?
     } else if let Some(body) = tls::typed(&any) {
         body?
     } else {

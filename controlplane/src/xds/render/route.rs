@@ -437,7 +437,7 @@ fn pb_value(v: PbValue) -> Value {
     }
 }
 
-fn pb_struct(s: Struct) -> Value {
+pub(super) fn pb_struct(s: Struct) -> Value {
     let mut fields: Vec<_> = s.fields.into_iter().collect();
     fields.sort_by(|a, b| a.0.cmp(&b.0));
     Value::Object(fields.into_iter().map(|(k, v)| (k, pb_value(v))).collect())

@@ -35,6 +35,7 @@ fn conn(mtls: bool) -> ConnContext {
                 cluster: "c".into(),
                 idle_timeout: None,
                 weighted_clusters: Vec::new(),
+                access_log: Vec::new(),
             }),
         }),
         application_protocol: None,

@@ -110,6 +110,7 @@ fn virtual_outbound() {
             cluster: "BlackHoleCluster".into(),
             weighted_clusters: vec![],
             idle_timeout: Some(Duration::from_secs(3600)),
+            access_log: vec![],
         })
     );
     let default = l.default_filter_chain.unwrap();
