@@ -1,8 +1,9 @@
 //! AuthorizationPolicy on mutual TLS identities, through captured sidecars: a namespace
 //! denied by default (`spec: {}`) with explicit allows by `principals` and `namespaces`,
 //! a port rule (monitoring reaches the metrics port only, HTTP and TCP), `when` conditions on
-//! `source.principal` and `source.namespace`, and spoofed `x-forwarded-client-cert` headers
-//! that claim an allowed identity and never get through. A denied request gets 403
+//! `source.principal` and `source.namespace`, an AUDIT policy marking what it matches, spoofed
+//! `x-forwarded-client-cert` headers that claim an allowed identity and never get through,
+//! and an open TCP connection closed when a new policy denies it. A denied request gets 403
 //! `RBAC: access denied`, a denied TCP connection is closed before any byte reaches the app.
 
 mod common;
@@ -60,6 +61,12 @@ fn policies() -> String {
              \x20   when: [{key: source.principal, values: [cluster.local/ns/orders/sa/batch]}]\n\
              \x20 - to: [{operation: {paths: [/when-namespace]}}]\n\
              \x20   when: [{key: source.namespace, values: [web]}]\n",
+        ),
+        // AUDIT decides nothing; it marks what it matches in the access log.
+        policy(
+            "audit-web",
+            "  selector: {matchLabels: {app: payments}}\n  action: AUDIT\n  rules:\n\
+             \x20 - from: [{source: {principals: [cluster.local/ns/web/sa/web]}}]\n",
         ),
     ]
     .join("---\n")
@@ -206,6 +213,15 @@ fn principals_namespaces_ports_and_when_decide_who_reaches_payments() -> Result<
                     == "spiffe://cluster.local/ns/monitoring/sa/prometheus"
         })?;
         ensure!(log["bytes_sent"] == 0, "{log}");
+        // AUDIT marked web's requests, allowed or denied, and only web's.
+        let audited = wait_log(&payments, "web's audited request", |e| {
+            e["path"] == "/when-namespace" && e["response_code"] == 200
+        })?;
+        ensure!(audited["access_log_hint"] == true, "{audited}");
+        let other = wait_log(&payments, "batch's request", |e| {
+            e["path"] == "/when-principal" && e["response_code"] == 200
+        })?;
+        ensure!(other["access_log_hint"] == false, "{other}");
         // The denial names the caller's verified identity.
         let log = wait_log(&payments, "web's denied request", |e| {
             e["path"] == "/pay"
