@@ -223,12 +223,19 @@ pub fn run(
             }
         }
     }
-    let scoping_applied = points.iter().filter(|p| p.scoped).find_map(|s| {
-        points
-            .iter()
-            .find(|u| !u.scoped && u.services == s.services && u.peer == s.peer)
-            .and_then(|u| Some(s.clusters? < u.clusters?))
-    });
+    // Applied when any scoped point holds fewer clusters than the same mesh unscoped (with
+    // one namespace's worth of services, scoping has nothing to remove).
+    let reduced: Vec<bool> = points
+        .iter()
+        .filter(|p| p.scoped)
+        .filter_map(|s| {
+            points
+                .iter()
+                .find(|u| !u.scoped && u.services == s.services && u.peer == s.peer)
+                .and_then(|u| Some(s.clusters? < u.clusters?))
+        })
+        .collect();
+    let scoping_applied = (!reduced.is_empty()).then(|| reduced.contains(&true));
     Ok(ScaleResults {
         points,
         scoping_applied,
@@ -273,7 +280,7 @@ pub fn render(out: &mut String, s: &ScaleResults) {
     if s.scoping_applied == Some(false) {
         let _ = writeln!(
             out,
-            "    scoping NOT applied: the control plane does not implement the Sidecar kind yet, so the scoped rows carry the whole mesh"
+            "    scoping NOT applied: no scoped row holds fewer clusters than the same mesh unscoped"
         );
     }
 }
