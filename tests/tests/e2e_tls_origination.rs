@@ -63,7 +63,11 @@ fn ensure_tls_refused(client: &Pod, path: &str, reason: &str, what: &str) -> Res
         "{what}: no UF flag: {log}"
     );
     ensure!(
-        s(&log, "upstream_transport_failure_reason").contains(reason),
+        // BoringSSL names a failed verification `CERTIFICATE_VERIFY_FAILED` or in words,
+        // depending on where the handshake stopped: compare without case.
+        s(&log, "upstream_transport_failure_reason")
+            .to_lowercase()
+            .contains(reason),
         "{what}: expected a failure reason with {reason:?}: {log}"
     );
     Ok(())
