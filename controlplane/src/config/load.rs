@@ -16,7 +16,7 @@ use super::validate::{self, FieldProblem, Problems};
 use super::{istio, ConfigError, ConfigWarning, ObjectRef, UnsupportedReason};
 
 /// What one document became.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum DocOutcome {
     /// A valid object, and the warnings Istio would report about it.
     Valid(Object, Vec<ConfigWarning>),
@@ -25,7 +25,7 @@ pub(crate) enum DocOutcome {
 }
 
 /// What one file became.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct FileOutcome {
     /// The file.
     pub file: PathBuf,

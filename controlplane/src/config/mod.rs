@@ -247,12 +247,16 @@ impl ConfigSnapshot {
     }
 }
 
-/// Loads a directory and reloads it, keeping last valid versions.
+/// Loads a directory and reloads it, keeping last valid versions. A file whose text is
+/// unchanged since the last load is not parsed again: its documents are taken from the last
+/// load (a change to one file of a big directory costs that file's parse).
 #[derive(Debug)]
 pub struct ConfigStore {
     root: PathBuf,
     domain: String,
     current: Arc<ConfigSnapshot>,
+    /// Per file, its text and what it became, as of the last load.
+    parsed: BTreeMap<PathBuf, (String, load::FileOutcome)>,
 }
 
 impl ConfigStore {
@@ -274,6 +278,7 @@ impl ConfigStore {
             root,
             domain: domain.to_string(),
             current: empty,
+            parsed: BTreeMap::new(),
         };
         store.reload();
         store
@@ -314,7 +319,22 @@ impl ConfigStore {
                 return self.current.clone();
             }
         };
-        let outcomes: Vec<_> = files.iter().map(|f| load::load_file(f)).collect();
+        let mut parsed = BTreeMap::new();
+        let outcomes: Vec<_> = files
+            .iter()
+            .map(|f| {
+                let Ok(text) = std::fs::read_to_string(f) else {
+                    return load::load_file(f);
+                };
+                let outcome = match self.parsed.remove(f) {
+                    Some((before, outcome)) if before == text => outcome,
+                    _ => load::parse_text(f, &text),
+                };
+                parsed.insert(f.clone(), (text, outcome.clone()));
+                outcome
+            })
+            .collect();
+        self.parsed = parsed;
         let mut rejected_keys = BTreeSet::new();
         let mut broken_files = BTreeSet::new();
         for outcome in outcomes {

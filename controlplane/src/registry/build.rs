@@ -136,6 +136,7 @@ impl MeshSnapshot {
             peer_authentications: Arc::new(crate::mtls::PeerAuthentications::build(config)),
             version: 0,
             trigger: None,
+            render_cache: Arc::default(),
         }
     }
 }

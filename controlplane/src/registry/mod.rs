@@ -40,6 +40,7 @@ use crate::config::ConfigSnapshot;
 use crate::mtls::PeerAuthentications;
 use crate::networking::Rules;
 use crate::watch::{sleep_until, Debounce, Debouncer, Trigger};
+use crate::xds::cache::RenderCache;
 
 pub use model::{
     DnsEndpoint, Endpoint, EndpointSource, Locality, Protocol, Resolution, Service, ServiceKey,
@@ -81,6 +82,10 @@ pub struct MeshSnapshot {
     /// The changes this snapshot answers: config file changes and proxy (dis)connections,
     /// from the first event to the end of the debounce. `None` for the first snapshot.
     pub trigger: Option<Trigger>,
+    /// Resources rendered for earlier pushes, shared by every proxy they are equal for (keyed
+    /// by everything they depend on, so that the registry hands it from one snapshot to the
+    /// next).
+    pub render_cache: Arc<RenderCache>,
 }
 
 /// Mesh-wide settings a snapshot is built with (Istio's mesh config, the parts this control
@@ -248,6 +253,7 @@ pub fn spawn_registry(
             }
             next.version = current.version + 1;
             next.trigger = Some(trigger);
+            next.render_cache = current.render_cache.clone();
             tracing::debug!(
                 version = next.version,
                 services = next.services.len(),

@@ -46,20 +46,33 @@ pub struct ProxyScope {
     pub services: Vec<Arc<Service>>,
 }
 
+/// A service's key as borrowed parts (namespace, name): ordered as [`ServiceKey`].
+fn key_of(svc: &Service) -> (&str, &str) {
+    (&svc.namespace, &svc.name)
+}
+
 /// Keeps one service per host name (see the module documentation), sorted by key.
 fn unique_by_host(candidates: Vec<Arc<Service>>, namespace: Option<&str>) -> Vec<Arc<Service>> {
-    let mut by_host: BTreeMap<String, Arc<Service>> = BTreeMap::new();
-    for svc in candidates {
-        let rank = |s: &Service| (!s.is_kubernetes(), Some(s.namespace.as_str()) != namespace);
-        match by_host.get(&svc.hostname) {
-            Some(kept) if rank(kept) <= rank(&svc) => {}
+    let rank = |s: &Service| (!s.is_kubernetes(), Some(s.namespace.as_str()) != namespace);
+    let mut by_host: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, svc) in candidates.iter().enumerate() {
+        match by_host.get(svc.hostname.as_str()) {
+            Some(kept) if rank(&candidates[*kept]) <= rank(svc) => {}
             _ => {
-                by_host.insert(svc.hostname.clone(), svc);
+                by_host.insert(&svc.hostname, i);
             }
         }
     }
-    let mut out: Vec<Arc<Service>> = by_host.into_values().collect();
-    out.sort_by_key(|s| s.key());
+    let mut keep = vec![false; candidates.len()];
+    for i in by_host.into_values() {
+        keep[i] = true;
+    }
+    let mut out: Vec<Arc<Service>> = candidates
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(s, k)| k.then_some(s))
+        .collect();
+    out.sort_by(|a, b| key_of(a).cmp(&key_of(b)));
     out
 }
 
@@ -100,6 +113,33 @@ impl EgressScope {
     }
 }
 
+/// The services of every egress listener, one per key with the union of their ports.
+fn merge_ports(egress: &[EgressScope]) -> Vec<Arc<Service>> {
+    let mut merged: BTreeMap<ServiceKey, Arc<Service>> = BTreeMap::new();
+    for svc in egress.iter().flat_map(|e| &e.services) {
+        match merged.get_mut(&svc.key()) {
+            None => {
+                merged.insert(svc.key(), svc.clone());
+            }
+            Some(kept) => {
+                let missing: Vec<ServicePort> = svc
+                    .ports
+                    .iter()
+                    .filter(|p| !kept.ports.contains(p))
+                    .cloned()
+                    .collect();
+                if !missing.is_empty() {
+                    let mut full = (**kept).clone();
+                    full.ports.extend(missing);
+                    full.ports.sort_by_key(|p| p.port);
+                    *kept = Arc::new(full);
+                }
+            }
+        }
+    }
+    merged.into_values().collect()
+}
+
 impl ProxyScope {
     /// The scope of `proxy` in `mesh`.
     pub fn new(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> ProxyScope {
@@ -123,34 +163,17 @@ impl ProxyScope {
                 services: unique_by_host(exported, namespace),
             }],
         };
-        let mut merged: BTreeMap<ServiceKey, Arc<Service>> = BTreeMap::new();
-        for svc in egress.iter().flat_map(|e| &e.services) {
-            match merged.get_mut(&svc.key()) {
-                None => {
-                    merged.insert(svc.key(), svc.clone());
-                }
-                Some(kept) => {
-                    let missing: Vec<ServicePort> = svc
-                        .ports
-                        .iter()
-                        .filter(|p| !kept.ports.contains(p))
-                        .cloned()
-                        .collect();
-                    if !missing.is_empty() {
-                        let mut full = (**kept).clone();
-                        full.ports.extend(missing);
-                        full.ports.sort_by_key(|p| p.port);
-                        *kept = Arc::new(full);
-                    }
-                }
-            }
-        }
+        let services = match egress.as_slice() {
+            // One listener: its services are unique by host and sorted already.
+            [only] => only.services.clone(),
+            _ => unique_by_host(merge_ports(&egress), namespace),
+        };
         ProxyScope {
             namespace: proxy.namespace.clone(),
             sidecar: rule.map(|r| format!("{}/{}", r.namespace, r.name)),
             outbound: rule.and_then(|r| r.outbound).unwrap_or_default(),
             egress,
-            services: unique_by_host(merged.into_values().collect(), namespace),
+            services,
         }
     }
 

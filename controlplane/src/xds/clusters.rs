@@ -2,6 +2,7 @@
 //! `outbound|PORT|SUBSET|HOST` per subset of the DestinationRule that applies to the proxy,
 //! each with the rule's traffic policy for it ([`cluster_policy`]).
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -10,13 +11,16 @@ use envoy_types::pb::envoy::config::cluster::v3::{
 };
 use envoy_types::pb::envoy::config::core::v3::BindConfig;
 
+use envoy_types::util::pack_any;
+
 use super::build::{self, INBOUND_SOURCE};
+use super::cache::{ClusterKey, Rendered, Shared};
 use super::cluster_policy;
 use super::service_clusters;
 use super::tls;
 use super::{inbound_cluster_name, inbound_ports, outbound_cluster_name, subset_cluster_name};
 use crate::config::istio::destination_rule::{Subset, TrafficPolicy};
-use crate::registry::{MeshSnapshot, Protocol, ProxyInfo, ProxyScope, ServiceKey};
+use crate::registry::{MeshSnapshot, Protocol, ProxyInfo, ProxyScope, Resolution, ServiceKey};
 
 /// `PassthroughCluster`: the original destination, for traffic to unknown destinations.
 pub const PASSTHROUGH: &str = "PassthroughCluster";
@@ -91,10 +95,12 @@ pub fn inbound(port: u16, protocol: Protocol) -> Cluster {
 }
 
 /// Every cluster of a proxy (the outbound ones of its scope, see
-/// [`service_clusters::outbound_cluster`]), sorted by name.
-pub fn clusters(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Cluster> {
+/// [`service_clusters::outbound_cluster`]), sorted by name, packed. The outbound clusters of
+/// client-side load balancing come from the snapshot's [`super::cache::RenderCache`]: each is
+/// rendered once for every proxy it is equal for.
+pub fn clusters(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Shared> {
     let scope = ProxyScope::new(mesh, proxy);
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<String, Shared> = BTreeMap::new();
     let auto = tls::proxy_has_identity(proxy);
     for (svc, port) in scope.outbound_ports() {
         let rule = mesh
@@ -129,22 +135,42 @@ pub fn clusters(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Cluster> {
             let settings = policy.as_ref().and_then(|p| p.tls.as_ref());
             let t = tls::from_destination_rule(settings, &sni, &sans, &svc.hostname, h2);
             tls::apply(&mut c, t, auto, &sni, &sans, h2);
-            c
+            Rendered::new(name.to_string(), pack_any(c))
+        };
+        // DNS and passthrough clusters depend on more (the proxy's address family, the
+        // endpoints inline): rendered per proxy.
+        let cached = |name: &str, subset: Option<&Subset>| {
+            if svc.resolution != Resolution::ClientSideLb {
+                return build(name, subset);
+            }
+            let key = ClusterKey {
+                name: name.to_string(),
+                service: svc.clone(),
+                port: port.port,
+                rule: rule.clone(),
+                subset: subset.map(|s| s.name.clone()),
+                sans: sans.clone(),
+                auto,
+            };
+            mesh.render_cache
+                .cluster(key, mesh.version, || build(name, subset))
         };
         let name = outbound_cluster_name(port.port, &svc.hostname);
-        out.entry(name.clone())
-            .or_insert_with(|| build(&name, None));
+        if let Entry::Vacant(e) = out.entry(name) {
+            let c = cached(e.key(), None);
+            e.insert(c);
+        }
         for subset in rule.iter().flat_map(|r| &r.subsets) {
             let name = subset_cluster_name(port.port, &subset.name, &svc.hostname);
-            out.entry(name.clone())
-                .or_insert_with(|| build(&name, Some(subset)));
+            if let Entry::Vacant(e) = out.entry(name) {
+                let c = cached(e.key(), Some(subset));
+                e.insert(c);
+            }
         }
     }
+    let mut fixed = Vec::new();
     for port in inbound_ports(mesh, proxy) {
-        out.insert(
-            inbound_cluster_name(port.port),
-            inbound(port.port, port.protocol),
-        );
+        fixed.push(inbound(port.port, port.protocol));
     }
     let mut passthrough = base(
         PASSTHROUGH,
@@ -152,17 +178,17 @@ pub fn clusters(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Cluster> {
         LbPolicy::ClusterProvided,
     );
     cluster_policy::default_circuit_breakers(&mut passthrough);
-    out.insert(PASSTHROUGH.to_string(), passthrough);
+    fixed.push(passthrough);
     let mut inbound_passthrough = bound_to_inbound_source(base(
         INBOUND_PASSTHROUGH,
         DiscoveryType::OriginalDst,
         LbPolicy::ClusterProvided,
     ));
     cluster_policy::default_circuit_breakers(&mut inbound_passthrough);
-    out.insert(INBOUND_PASSTHROUGH.to_string(), inbound_passthrough);
-    out.insert(
-        BLACKHOLE.to_string(),
-        base(BLACKHOLE, DiscoveryType::Static, LbPolicy::RoundRobin),
-    );
+    fixed.push(inbound_passthrough);
+    fixed.push(base(BLACKHOLE, DiscoveryType::Static, LbPolicy::RoundRobin));
+    for c in fixed {
+        out.insert(c.name.clone(), Rendered::new(c.name.clone(), pack_any(c)));
+    }
     out.into_values().collect()
 }

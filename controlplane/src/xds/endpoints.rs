@@ -12,6 +12,9 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 
 use envoy_types::pb::google::protobuf::value::Kind;
 
+use envoy_types::util::pack_any;
+
+use super::cache::{Rendered, Shared};
 use super::service_clusters::metadata_field;
 use super::{build, parse_outbound_cluster_name};
 use crate::mtls::Mode;
@@ -87,6 +90,32 @@ pub fn endpoints(
     proxy: &ProxyInfo,
     names: &BTreeSet<String>,
 ) -> Vec<ClusterLoadAssignment> {
+    selected(mesh, proxy, names)
+        .into_iter()
+        .map(|(name, endpoints)| load_assignment(name, &endpoints))
+        .collect()
+}
+
+/// [`endpoints`], packed: each assignment is rendered once for every proxy that is sent the
+/// same endpoints under the same name (see [`super::cache`]).
+pub fn rendered(mesh: &MeshSnapshot, proxy: &ProxyInfo, names: &BTreeSet<String>) -> Vec<Shared> {
+    selected(mesh, proxy, names)
+        .into_iter()
+        .map(|(name, endpoints)| {
+            mesh.render_cache
+                .assignment(name, &endpoints, mesh.version, || {
+                    Rendered::new(name.clone(), pack_any(load_assignment(name, &endpoints)))
+                })
+        })
+        .collect()
+}
+
+/// The endpoints of each requested cluster that exists for `proxy`, in name order.
+fn selected<'a, 'n>(
+    mesh: &'a MeshSnapshot,
+    proxy: &ProxyInfo,
+    names: &'n BTreeSet<String>,
+) -> Vec<(&'n String, Cow<'a, [Endpoint]>)> {
     let scope = ProxyScope::new(mesh, proxy);
     let by_host: BTreeMap<&str, &Service> = scope
         .services
@@ -111,7 +140,7 @@ pub fn endpoints(
         }
         let all = mtls_checked(mesh, &svc.namespace, mesh.endpoints_of(&svc.key(), port));
         if subset.is_empty() {
-            out.push(load_assignment(name, &all));
+            out.push((name, all));
             continue;
         }
         let Some(labels) = mesh
@@ -126,7 +155,7 @@ pub fn endpoints(
             .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
             .cloned()
             .collect();
-        out.push(load_assignment(name, &selected));
+        out.push((name, Cow::Owned(selected)));
     }
     out
 }

@@ -9,6 +9,7 @@
 //! proxy give the same resources in the same order.
 
 pub mod build;
+pub mod cache;
 pub mod cluster_policy;
 pub mod clusters;
 pub mod endpoints;
@@ -36,6 +37,7 @@ use serde::Serialize;
 
 use crate::config::objects::TargetPort;
 use crate::registry::{MeshSnapshot, Protocol, ProxyInfo, Service, ServicePort};
+use cache::{Rendered, Shared};
 
 /// The resource types served, in the order a push sends them (make before break).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -211,25 +213,35 @@ pub fn resources(
     proxy: &ProxyInfo,
     names: &BTreeSet<String>,
 ) -> Vec<(String, Any)> {
+    rendered(kind, mesh, proxy, names)
+        .into_iter()
+        .map(|r| (r.name.clone(), r.any.clone()))
+        .collect()
+}
+
+/// [`resources`], shared: what a stream sends and keeps (see [`cache`]).
+pub fn rendered(
+    kind: ResourceType,
+    mesh: &MeshSnapshot,
+    proxy: &ProxyInfo,
+    names: &BTreeSet<String>,
+) -> Vec<Shared> {
     if proxy.is_proxyless_grpc() {
-        return grpcgen::resources(kind, mesh, proxy, names);
+        return grpcgen::resources(kind, mesh, proxy, names)
+            .into_iter()
+            .map(|(name, any)| Rendered::new(name, any))
+            .collect();
     }
     match kind {
-        ResourceType::Cluster => clusters::clusters(mesh, proxy)
-            .into_iter()
-            .map(|c| (c.name.clone(), pack_any(c)))
-            .collect(),
-        ResourceType::Endpoint => endpoints::endpoints(mesh, proxy, names)
-            .into_iter()
-            .map(|c| (c.cluster_name.clone(), pack_any(c)))
-            .collect(),
+        ResourceType::Cluster => clusters::clusters(mesh, proxy),
+        ResourceType::Endpoint => endpoints::rendered(mesh, proxy, names),
         ResourceType::Listener => listeners::listeners(mesh, proxy)
             .into_iter()
-            .map(|l| (l.name.clone(), pack_any(l)))
+            .map(|l| Rendered::new(l.name.clone(), pack_any(l)))
             .collect(),
         ResourceType::Route => routes::routes(mesh, proxy, names)
             .into_iter()
-            .map(|r| (r.name.clone(), pack_any(r)))
+            .map(|r| Rendered::new(r.name.clone(), pack_any(r)))
             .collect(),
     }
 }

@@ -27,21 +27,21 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::cache::Shared;
 use super::status::ProxyStatus;
-use super::{resources, ResourceType};
+use super::{rendered, ResourceType};
 use crate::metrics::Metrics;
 use crate::registry::{ConnectionId, MeshSnapshot, ProxyInfo};
 
 /// Identifier sent as `control_plane.identifier`.
 pub const CONTROL_PLANE_ID: &str = "mesh-controlplane";
 
-/// A resource ready to send: name, packed message, content hash.
-type Resource = (String, Any, u64);
+/// A resource ready to send, shared with every stream that sends the same one.
+type Resource = Shared;
 
 /// The last response sent for a type.
 #[derive(Debug)]
@@ -71,7 +71,7 @@ struct TypeState {
 #[derive(Debug, Default)]
 struct PendingRemoval {
     /// The kept clusters, packed.
-    kept: BTreeMap<String, (Any, u64)>,
+    kept: BTreeMap<String, Resource>,
     /// Nonces (LDS, RDS) that must be ACKed before the clusters go.
     wait: BTreeMap<ResourceType, String>,
 }
@@ -103,16 +103,8 @@ pub(crate) struct StreamState {
     /// The snapshot of the last push handled: the `old` side of the next one.
     mesh: Arc<MeshSnapshot>,
     /// The cluster set last computed (without kept clusters).
-    clusters: BTreeMap<String, (Any, u64)>,
+    clusters: BTreeMap<String, Resource>,
     removal: Option<PendingRemoval>,
-}
-
-/// The content hash of a packed resource.
-fn hash_any(any: &Any) -> u64 {
-    let mut h = DefaultHasher::new();
-    any.type_url.hash(&mut h);
-    any.value.hash(&mut h);
-    h.finish()
 }
 
 /// The version of a type: a hash of what the proxy is sent, so that equal content gives equal
@@ -182,13 +174,7 @@ impl StreamState {
         names: &BTreeSet<String>,
     ) -> Vec<Resource> {
         let proxy = self.proxy.clone().unwrap_or_default();
-        resources(kind, mesh, &proxy, names)
-            .into_iter()
-            .map(|(name, any)| {
-                let hash = hash_any(&any);
-                (name, any, hash)
-            })
-            .collect()
+        rendered(kind, mesh, &proxy, names)
     }
 
     /// Computes a state-of-the-world type (CDS, LDS): everything for a wildcard subscription,
@@ -366,11 +352,7 @@ impl StreamState {
             clusters = removal.kept.len(),
             "kept clusters removed"
         );
-        let resources: Vec<Resource> = self
-            .clusters
-            .iter()
-            .map(|(n, (a, h))| (n.clone(), a.clone(), *h))
-            .collect();
+        let resources: Vec<Resource> = self.clusters.values().cloned().collect();
         Some(self.respond(ResourceType::Cluster, resources, Vec::new(), Duration::ZERO))
     }
 
@@ -388,14 +370,14 @@ impl StreamState {
         if kind == ResourceType::Cluster {
             self.clusters = resources
                 .iter()
-                .map(|(n, a, h)| (n.clone(), (a.clone(), *h)))
+                .map(|r| (r.name.clone(), r.clone()))
                 .collect();
         }
         let state = self.types.get(&kind)?;
         let same = state.sent.len() == resources.len()
             && resources
                 .iter()
-                .all(|(n, _, h)| state.sent.get(n) == Some(h));
+                .all(|r| state.sent.get(&r.name) == Some(&r.hash));
         if same && !force {
             return None;
         }
@@ -418,9 +400,9 @@ impl StreamState {
         if kind.is_full_set() {
             state.sent.clear();
         }
-        for (name, _, hash) in resources.iter().chain(&extra) {
-            state.sent.insert(name.clone(), *hash);
-            state.retry.remove(name);
+        for r in resources.iter().chain(&extra) {
+            state.sent.insert(r.name.clone(), r.hash);
+            state.retry.remove(&r.name);
         }
         let version = version_of(&state.sent);
         state.last = Some(Sent {
@@ -432,9 +414,9 @@ impl StreamState {
         let response = DiscoveryResponse {
             version_info: version.clone(),
             resources: resources
-                .into_iter()
-                .chain(extra)
-                .map(|(_, any, _)| any)
+                .iter()
+                .chain(&extra)
+                .map(|r| r.any.clone())
                 .collect(),
             type_url: kind.type_url().to_string(),
             nonce: nonce.clone(),

@@ -163,3 +163,92 @@ fn sniffed_ports_keep_both_halves_on_the_plaintext_branch() {
         assert_eq!(tcp.destination_port.map(|p| p.value), port, "{listener}");
     }
 }
+
+fn endpoint(ip: &str) -> crate::registry::Endpoint {
+    crate::registry::Endpoint {
+        locality: Default::default(),
+        ip: ip.parse().unwrap(),
+        port: 9080,
+        healthy: true,
+        source: crate::registry::EndpointSource::Config,
+        weight: 1,
+        tls_mode: Default::default(),
+        labels: Default::default(),
+        service_account: Some("cart".into()),
+    }
+}
+
+#[test]
+fn proxies_with_the_same_view_share_one_rendering_across_snapshots() {
+    let mut m = mesh(vec![
+        service("shop", "cart", Some("10.96.0.7")),
+        service("web", "front", Some("10.96.0.8")),
+    ]);
+    let cart_key = crate::registry::ServiceKey {
+        namespace: "shop".into(),
+        name: "cart".into(),
+    };
+    m.endpoints
+        .insert((cart_key.clone(), 9080), vec![endpoint("10.1.0.1")]);
+    let proxy = |ns: &str| ProxyInfo {
+        namespace: Some(ns.into()),
+        ..ProxyInfo::default()
+    };
+    let (a, b) = (proxy("shop"), proxy("web"));
+    let none = BTreeSet::new();
+    let find = |v: &[cache::Shared], name: &str| {
+        v.iter()
+            .find(|r| r.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    let cart = "outbound|9080||cart.shop.svc.cluster.local";
+    let ca = rendered(ResourceType::Cluster, &m, &a, &none);
+    let cb = rendered(ResourceType::Cluster, &m, &b, &none);
+    assert!(Arc::ptr_eq(&find(&ca, cart), &find(&cb, cart)));
+    // The shared rendering is the cluster the translation builds.
+    let plain: Vec<(String, Any)> = resources(ResourceType::Cluster, &m, &a, &none);
+    assert_eq!(plain.len(), ca.len());
+    let cached = m.render_cache.len();
+
+    // The next snapshot adds a Service: only its cluster is rendered, the others are reused.
+    let mut next = m.clone();
+    next.version = 1;
+    let added = service("web", "extra", Some("10.96.0.9"));
+    next.services.insert(added.key(), Arc::new(added));
+    let cn = rendered(ResourceType::Cluster, &next, &a, &none);
+    assert!(Arc::ptr_eq(&find(&ca, cart), &find(&cn, cart)));
+    assert_eq!(next.render_cache.len(), cached + 1);
+
+    // A changed Service, or new endpoint identities, render again.
+    let mut changed = next.clone();
+    changed.version = 2;
+    changed
+        .endpoints
+        .insert((cart_key, 9080), vec![endpoint("10.1.0.2")]);
+    let mut ep = endpoint("10.1.0.3");
+    ep.service_account = Some("other".into());
+    let front_key = crate::registry::ServiceKey {
+        namespace: "web".into(),
+        name: "front".into(),
+    };
+    changed.endpoints.insert((front_key, 9080), vec![ep]);
+    let cc = rendered(ResourceType::Cluster, &changed, &a, &none);
+    let front = "outbound|9080||front.web.svc.cluster.local";
+    assert!(Arc::ptr_eq(&find(&cn, cart), &find(&cc, cart)));
+    assert!(!Arc::ptr_eq(&find(&cn, front), &find(&cc, front)));
+
+    // Load assignments: shared while the endpoints are the same, rendered again when not.
+    let names: BTreeSet<String> = [cart.to_string()].into();
+    let ea = rendered(ResourceType::Endpoint, &next, &a, &names);
+    let eb = rendered(ResourceType::Endpoint, &next, &b, &names);
+    assert!(Arc::ptr_eq(&ea[0], &eb[0]));
+    let ec = rendered(ResourceType::Endpoint, &changed, &b, &names);
+    assert_ne!(ea[0].hash, ec[0].hash);
+    use prost::Message;
+    let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
+        ec[0].any.value.as_slice(),
+    )
+    .unwrap();
+    assert!(format!("{cla:?}").contains("10.1.0.2"));
+}

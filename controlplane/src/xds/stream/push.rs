@@ -43,8 +43,8 @@ impl StreamState {
         let sent = self.types.get(&kind).map(|t| &t.sent);
         resources
             .iter()
-            .filter(|(n, _, h)| sent.and_then(|s| s.get(n)) != Some(h))
-            .map(|(n, _, _)| n.clone())
+            .filter(|r| sent.and_then(|s| s.get(&r.name)) != Some(&r.hash))
+            .map(|r| r.name.clone())
             .collect()
     }
 
@@ -68,7 +68,9 @@ impl StreamState {
         let changed = self.changed(kind, &resources);
         let send: Vec<Resource> = resources
             .into_iter()
-            .filter(|(n, _, _)| changed.contains(n) || always.contains(n) || retry.contains(n))
+            .filter(|r| {
+                changed.contains(&r.name) || always.contains(&r.name) || retry.contains(&r.name)
+            })
             .collect();
         (!send.is_empty()).then(|| (send, started.elapsed()))
     }
@@ -115,7 +117,7 @@ impl StreamState {
             changed_clusters = self.changed(Cluster, &resources);
             self.clusters = resources
                 .iter()
-                .map(|(n, a, h)| (n.clone(), (a.clone(), *h)))
+                .map(|r| (r.name.clone(), r.clone()))
                 .collect();
             cds = Some((resources, started.elapsed()));
         }
@@ -190,11 +192,11 @@ impl StreamState {
     fn cds_response(
         &mut self,
         cds: Option<Computed>,
-        previous: &BTreeMap<String, (envoy_types::pb::google::protobuf::Any, u64)>,
+        previous: &BTreeMap<String, Resource>,
         references_change: bool,
     ) -> Option<DiscoveryResponse> {
         let (resources, took) = cds?;
-        let names: BTreeSet<&String> = resources.iter().map(|(n, _, _)| n).collect();
+        let names: BTreeSet<&String> = resources.iter().map(|r| &r.name).collect();
         // After a NACK the proxy is told again, even of what it holds, so that it ends on an
         // ACKed response.
         let changed = !self.changed(Cluster, &resources).is_empty()
@@ -221,10 +223,7 @@ impl StreamState {
             return changed.then(|| self.respond(Cluster, resources, Vec::new(), took));
         }
         if references_change || waiting {
-            let extra: Vec<Resource> = kept
-                .iter()
-                .map(|(n, (a, h))| (n.clone(), a.clone(), *h))
-                .collect();
+            let extra: Vec<Resource> = kept.values().cloned().collect();
             tracing::debug!(
                 conn = self.conn,
                 kept = kept.len(),

@@ -1,0 +1,226 @@
+//! Resources rendered once and shared: a push builds each distinct resource once and hands the
+//! same encoding to every proxy that is sent it (istiod's `XdsCache`).
+//!
+//! A [`Rendered`] resource is packed and hashed once and shared behind an `Arc`: streams keep
+//! what they sent as `Arc`s, never as copies. The [`RenderCache`] memoizes outbound clusters
+//! by everything their content depends on (the Service, the port, the DestinationRule that
+//! applies, the subset, the identities of the Service's endpoints, whether the proxy has an
+//! identity), so a key that is equal gives an equal cluster whatever snapshot or proxy asks:
+//! the cache is carried from one snapshot to the next, and a push after one new Service
+//! renders that Service's clusters only. Entries not used in the last two generations (registry
+//! snapshots that rendered clusters) are dropped once the cache holds more than twice what
+//! the current generation uses.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use envoy_types::pb::google::protobuf::Any;
+
+use crate::networking::MergedRule;
+use crate::registry::{Endpoint, Service};
+
+/// A resource ready to send: its name, its packed message, a hash of its content.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rendered {
+    /// The resource name.
+    pub name: String,
+    /// The packed message.
+    pub any: Any,
+    /// A hash of the type URL and the encoded message.
+    pub hash: u64,
+}
+
+/// A rendered resource, shared by every stream that sends it.
+pub type Shared = Arc<Rendered>;
+
+impl Rendered {
+    /// Packs and hashes `any` under `name`.
+    pub fn new(name: String, any: Any) -> Shared {
+        let mut h = DefaultHasher::new();
+        any.type_url.hash(&mut h);
+        any.value.hash(&mut h);
+        Arc::new(Rendered {
+            name,
+            hash: h.finish(),
+            any,
+        })
+    }
+}
+
+/// Everything an outbound cluster of client-side load balancing depends on.
+#[derive(Debug)]
+pub(crate) struct ClusterKey {
+    /// The cluster name.
+    pub name: String,
+    /// The Service (as the proxy's scope has it: its ports may be trimmed).
+    pub service: Arc<Service>,
+    /// The Service port.
+    pub port: u16,
+    /// The DestinationRule that applies to the host for the proxy.
+    pub rule: Option<MergedRule>,
+    /// The subset, for a subset cluster.
+    pub subset: Option<String>,
+    /// The identities of the Service's endpoints.
+    pub sans: Vec<String>,
+    /// Whether the proxy has an identity (auto mTLS).
+    pub auto: bool,
+}
+
+impl PartialEq for ClusterKey {
+    fn eq(&self, other: &ClusterKey) -> bool {
+        self.name == other.name
+            && self.port == other.port
+            && self.auto == other.auto
+            && self.subset == other.subset
+            && (Arc::ptr_eq(&self.service, &other.service) || self.service == other.service)
+            && self.sans == other.sans
+            && self.rule == other.rule
+    }
+}
+
+// A rule with a NaN in it never equals itself: such a key is rendered again on each use,
+// which the sweep bounds.
+impl Eq for ClusterKey {}
+
+impl Hash for ClusterKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        self.auto.hash(state);
+    }
+}
+
+/// An entry and the generation that last used it.
+#[derive(Debug)]
+struct Entry<V> {
+    value: V,
+    generation: u64,
+}
+
+/// A map whose entries unused in the last two generations are dropped once it holds more
+/// than twice what the current generation uses.
+#[derive(Debug)]
+struct Memo<K, V> {
+    map: HashMap<K, Entry<V>>,
+    /// The newest generation seen.
+    generation: u64,
+    /// Entries used in it.
+    live: usize,
+}
+
+impl<K, V> Default for Memo<K, V> {
+    fn default() -> Self {
+        Memo {
+            map: HashMap::new(),
+            generation: 0,
+            live: 0,
+        }
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> Memo<K, V> {
+    fn advance(&mut self, generation: u64) {
+        if generation > self.generation {
+            self.generation = generation;
+            self.live = 0;
+        }
+    }
+
+    /// The value of `key` if `valid` accepts it, marked used in `generation`.
+    fn get<Q>(&mut self, key: &Q, generation: u64, valid: impl FnOnce(&V) -> bool) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.advance(generation);
+        let newest = self.generation;
+        let entry = self.map.get_mut(key).filter(|e| valid(&e.value))?;
+        let first_use = entry.generation < newest;
+        entry.generation = entry.generation.max(generation);
+        let value = entry.value.clone();
+        if first_use {
+            self.live += 1;
+        }
+        Some(value)
+    }
+
+    fn insert(&mut self, key: K, value: V, generation: u64) {
+        self.advance(generation);
+        if self.map.len() > 2 * self.live + 1024 {
+            let keep = self.generation.saturating_sub(1);
+            self.map.retain(|_, e| e.generation >= keep);
+        }
+        let fresh = self
+            .map
+            .insert(key, Entry { value, generation })
+            .is_none_or(|old| old.generation < self.generation);
+        if fresh && generation >= self.generation {
+            self.live += 1;
+        }
+    }
+}
+
+/// A rendered load assignment and the endpoints it was rendered from.
+type Assignment = (Arc<[Endpoint]>, Shared);
+
+/// Rendered resources shared by every snapshot the registry derives from the first one (see
+/// the module documentation).
+#[derive(Debug, Default)]
+pub struct RenderCache {
+    clusters: Mutex<Memo<ClusterKey, Shared>>,
+    /// Load assignments by cluster name, with the endpoints they were rendered from.
+    assignments: Mutex<Memo<String, Assignment>>,
+}
+
+impl RenderCache {
+    /// The cluster of `key`, rendered by `render` unless an equal key was rendered before.
+    /// `generation` is the snapshot's version.
+    pub(crate) fn cluster(
+        &self,
+        key: ClusterKey,
+        generation: u64,
+        render: impl FnOnce() -> Shared,
+    ) -> Shared {
+        let found = lock(&self.clusters).get(&key, generation, |_| true);
+        if let Some(value) = found {
+            return value;
+        }
+        // Rendered outside the lock: streams render different clusters in parallel.
+        let value = render();
+        lock(&self.clusters).insert(key, value.clone(), generation);
+        value
+    }
+
+    /// The load assignment `name` of `endpoints`, rendered by `render` unless it was
+    /// rendered from the same endpoints before.
+    pub(crate) fn assignment(
+        &self,
+        name: &str,
+        endpoints: &[Endpoint],
+        generation: u64,
+        render: impl FnOnce() -> Shared,
+    ) -> Shared {
+        let found = lock(&self.assignments).get(name, generation, |(e, _)| **e == *endpoints);
+        if let Some((_, value)) = found {
+            return value;
+        }
+        let value = render();
+        let entry = (Arc::from(endpoints), value.clone());
+        lock(&self.assignments).insert(name.to_string(), entry, generation);
+        value
+    }
+
+    /// Number of cached clusters and load assignments.
+    pub fn len(&self) -> usize {
+        lock(&self.clusters).map.len() + lock(&self.assignments).map.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
