@@ -8,6 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::keepalive::Connection;
 use common::upstreams::{http_echo, tcp_echo};
 use common::xds::*;
 use common::{curl, Ports, Proxy};
@@ -244,6 +245,25 @@ async fn http_rbac_denies_allows_and_checks_the_forwarded_path() {
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(seen["path"], "/public/x/~z?q=/../a");
     assert_eq!(status(&proxy, "/public/%00", &[]).await.0, 400);
+
+    // Denials and refused paths keep an HTTP/1.1 connection alive, like any response.
+    let mut conn = Connection::open(proxy.inbound).await;
+    for (target, headers, code) in [
+        ("/other", &[][..], 403),
+        ("/public/ka1", &[][..], 200),
+        ("/admin", &[("x-token", "secret")][..], 403),
+        ("/public/%00", &[][..], 400),
+        ("/public/ka2", &[][..], 200),
+    ] {
+        let r = conn.send("GET", "app", target, headers).await;
+        assert_eq!(r.status, code, "{target}: {r:?}");
+        assert_eq!(
+            r.header("connection"),
+            Some("keep-alive"),
+            "{target}: {r:?}"
+        );
+    }
+    assert!(!conn.closed_within(Duration::from_millis(300)).await);
 
     // The dry-run DENY of /dry is logged, not enforced (the ALLOW rule lets it through).
     assert_eq!(status(&proxy, "/dry", &[]).await.0, 200);

@@ -209,7 +209,7 @@ async fn local_replies_are_envoys() {
     assert_eq!(uf.status, 503);
     assert_eq!(
         uf.body,
-        "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+        "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
     );
     let ut = get(proxy.outbound, "slow", "/?delay_ms=2000", false).await;
     assert_eq!(

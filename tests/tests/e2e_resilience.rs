@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{ensure, Result};
 use common::{
@@ -241,7 +241,7 @@ fn virtual_service_timeouts_answer_504_ut() -> Result<()> {
         ensure!(took < Duration::from_millis(2500), "{took:?}");
         let log = outbound_log(&client, "/pertry")?;
         ensure!(
-            log["response_flags"] == "UT,URX"
+            log["response_flags"] == "URX,UT"
                 && log["response_code_details"] == "upstream_per_try_timeout",
             "{log}"
         );
@@ -310,6 +310,95 @@ fn destination_rule_pool_overflow_answers_503_uo_at_once() -> Result<()> {
             }
         }
         ensure!((ok, overflow) == (2, 3), "{ok} served, {overflow} refused");
+        Ok(())
+    })
+}
+
+const OUTLIER: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 2
+      interval: 1s
+      baseEjectionTime: 3s
+      maxEjectionPercent: 100
+";
+
+/// When the sidecar that wrote access-log `entry` received the request.
+fn start_time(entry: &Value) -> Result<SystemTime> {
+    Ok(humantime::parse_rfc3339(s(entry, "start_time"))?)
+}
+
+#[test]
+fn outlier_detection_gives_a_failing_endpoint_no_traffic_for_the_ejection_time() -> Result<()> {
+    mesh_tests::skip_unless_netns!();
+    let mesh = Mesh::new("outlier_detection_gives_a_failing_endpoint_no_traffic")?;
+    mesh.topo.start_control_plane()?;
+    let live = mesh.reviews_pod("v1")?;
+    // A pod whose app is down: its sidecar answers 503 (UF) for it.
+    let down = mesh.topo.injected_pod(
+        "reviews-v2",
+        common::NS,
+        &[("app", "reviews"), ("version", "v2")],
+    )?;
+    let client = mesh.client_pod()?;
+    mesh.check(|| {
+        mesh.wait_converged(&client, &[live.clone(), down.clone()])?;
+        mesh.topo.write_config("dr-reviews.yaml", OUTLIER)?;
+        let cluster = format!("outbound|{HTTP_PORT}||{REVIEWS_HOST}");
+        // The dump shows the snapshot the data path uses; before the push its
+        // `outlier_detection` is null, so wait for the value itself.
+        wait_for("the outlier detection settings", PUSH_TIMEOUT, || {
+            let dump = config_dump(&client)?;
+            Ok(dump["config"]["clusters"][&cluster]["outlier_detection"]["consecutive_5xx"] == 2)
+        })?;
+        // Every request that reached the failing pod, in order (its sidecar logs each).
+        let attempts = || -> Vec<Value> {
+            common::access_log(&down)
+                .into_iter()
+                .filter(|e| s(e, "upstream_cluster").starts_with("inbound|"))
+                .collect()
+        };
+        ensure!(
+            attempts().is_empty(),
+            "traffic before the test: {:?}",
+            attempts()
+        );
+        // Round robin reaches the failing pod; its second consecutive 503 ejects it (the
+        // default retry hides the 503s from the caller).
+        let mut i = 0;
+        while attempts().len() < 2 {
+            let reply = get(&client, &format!("/o/{i}"), &[] as &[&str])?;
+            ensure!(reply.status == 200, "{reply:?}");
+            i += 1;
+            ensure!(i < 20, "the failing pod is never reached");
+        }
+        // The ejection happened after the second attempt reached the pod, and lasts 3 s:
+        // until 2.5 s after that attempt (the pod's own clock), nothing reaches it.
+        let ejecting = start_time(&attempts()[1])?;
+        let mut served = 0;
+        while SystemTime::now() < ejecting + Duration::from_millis(2500) {
+            let reply = get(&client, &format!("/during/{served}"), &[] as &[&str])?;
+            ensure!(reply.status == 200, "{reply:?}");
+            served += 1;
+        }
+        ensure!(served >= 5, "only {served} requests");
+        // After its ejection time it gets traffic again, and not before (a request that
+        // slipped through during the ejection would be the third attempt, logged early).
+        wait_for("the pod to be readmitted", Duration::from_secs(8), || {
+            get(&client, "/back", &[] as &[&str])?;
+            Ok(attempts().len() > 2)
+        })?;
+        let back = start_time(&attempts()[2])?;
+        let gap = back.duration_since(ejecting)?;
+        ensure!(
+            gap >= Duration::from_secs(3),
+            "the ejected pod got traffic {gap:?} after its ejecting failure: {:?}",
+            attempts()
+        );
         Ok(())
     })
 }

@@ -106,7 +106,7 @@ impl ResponseFlag {
         }
     }
 
-    /// Position in Envoy's output order.
+    /// A small distinct number per flag (1..=12).
     fn rank(self) -> u32 {
         match self {
             ResponseFlag::None => 0,
@@ -125,20 +125,23 @@ impl ResponseFlag {
         }
     }
 
-    const ALL: [ResponseFlag; 12] = [
-        ResponseFlag::NoHealthyUpstream,
-        ResponseFlag::UpstreamRequestTimeout,
-        ResponseFlag::UpstreamConnectionFailure,
-        ResponseFlag::UpstreamConnectionTermination,
-        ResponseFlag::UpstreamOverflow,
-        ResponseFlag::NoRoute,
-        ResponseFlag::DelayInjected,
-        ResponseFlag::FaultInjected,
-        ResponseFlag::DownstreamConnectionTermination,
-        ResponseFlag::UpstreamRetryLimitExceeded,
-        ResponseFlag::StreamIdleTimeout,
-        ResponseFlag::NoClusterFound,
-    ];
+    fn from_rank(rank: u64) -> ResponseFlag {
+        match rank {
+            1 => ResponseFlag::NoHealthyUpstream,
+            2 => ResponseFlag::UpstreamRequestTimeout,
+            3 => ResponseFlag::UpstreamConnectionFailure,
+            4 => ResponseFlag::UpstreamConnectionTermination,
+            5 => ResponseFlag::UpstreamOverflow,
+            6 => ResponseFlag::NoRoute,
+            7 => ResponseFlag::DelayInjected,
+            8 => ResponseFlag::FaultInjected,
+            9 => ResponseFlag::DownstreamConnectionTermination,
+            10 => ResponseFlag::UpstreamRetryLimitExceeded,
+            11 => ResponseFlag::StreamIdleTimeout,
+            12 => ResponseFlag::NoClusterFound,
+            _ => ResponseFlag::None,
+        }
+    }
 }
 
 impl Serialize for ResponseFlag {
@@ -186,27 +189,42 @@ impl Serialize for Detail {
     }
 }
 
-/// A set of response flags, written as Envoy writes them: comma-separated in Envoy's order
-/// (`UF,URX`), `-` when empty.
+/// A set of response flags, written as Envoy 1.40 writes them: comma-separated in the order
+/// they were set (a retry limit noted before the failure that ends the request gives
+/// `URX,UF`, `URX,UT`), `-` when empty.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ResponseFlags(u32);
+pub struct ResponseFlags {
+    /// Bit `rank` per flag set.
+    set: u32,
+    /// The ranks in the order they were set, 4 bits each, first in the low bits.
+    order: u64,
+}
 
 impl ResponseFlags {
-    /// Add a flag.
+    /// Add a flag (a flag already set keeps its place).
     pub fn insert(&mut self, flag: ResponseFlag) {
-        if flag != ResponseFlag::None {
-            self.0 |= 1 << flag.rank();
+        if flag == ResponseFlag::None || self.contains(flag) {
+            return;
         }
+        let slot = self.set.count_ones();
+        self.set |= 1 << flag.rank();
+        self.order |= u64::from(flag.rank()) << (4 * slot);
     }
 
     /// Whether `flag` is set.
     pub fn contains(self, flag: ResponseFlag) -> bool {
-        flag != ResponseFlag::None && self.0 & (1 << flag.rank()) != 0
+        flag != ResponseFlag::None && self.set & (1 << flag.rank()) != 0
     }
 
     /// Whether no flag is set.
     pub fn is_empty(self) -> bool {
-        self.0 == 0
+        self.set == 0
+    }
+
+    /// The flags in the order they were set.
+    pub fn iter(self) -> impl Iterator<Item = ResponseFlag> {
+        (0..self.set.count_ones())
+            .map(move |i| ResponseFlag::from_rank((self.order >> (4 * i)) & 0xf))
     }
 }
 
@@ -223,15 +241,11 @@ impl std::fmt::Display for ResponseFlags {
         if self.is_empty() {
             return f.write_str("-");
         }
-        let mut first = true;
-        for flag in ResponseFlag::ALL {
-            if self.contains(flag) {
-                if !first {
-                    f.write_str(",")?;
-                }
-                f.write_str(flag.as_str())?;
-                first = false;
+        for (i, flag) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
             }
+            f.write_str(flag.as_str())?;
         }
         Ok(())
     }

@@ -73,6 +73,23 @@ fn entry_uses_istio_field_names_and_formats() {
 }
 
 #[test]
+fn flags_are_written_in_the_order_they_were_set() {
+    // Envoy 1.40: a retry limit noted before the failure that ends the request comes first.
+    let mut flags = ResponseFlags::default();
+    flags.insert(ResponseFlag::UpstreamRetryLimitExceeded);
+    flags.insert(ResponseFlag::UpstreamConnectionFailure);
+    flags.insert(ResponseFlag::UpstreamRetryLimitExceeded);
+    assert_eq!(flags.to_string(), "URX,UF");
+    let mut flags = ResponseFlags::default();
+    flags.insert(ResponseFlag::DelayInjected);
+    flags.insert(ResponseFlag::FaultInjected);
+    flags.insert(ResponseFlag::NoClusterFound);
+    assert_eq!(flags.to_string(), "DI,FI,NC");
+    assert!(flags.contains(ResponseFlag::FaultInjected));
+    assert!(!flags.contains(ResponseFlag::UpstreamOverflow));
+}
+
+#[test]
 fn writes_one_line_per_entry() {
     let buf = SharedBuf::default();
     let log = AccessLog::spawn(buf.clone(), 16).unwrap();

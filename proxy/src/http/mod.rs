@@ -86,7 +86,7 @@ impl MeshHttp {
         let finalize = |resp: &mut pingora_http::ResponseHeader| {
             phases::finalize_response(ctx_ref, protocol, resp)
         };
-        reply::send(session, &reply, &finalize).await?;
+        reply::send(session, &reply, false, &finalize).await?;
         Ok(true)
     }
 }

@@ -15,7 +15,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::ctx::RequestCtx;
 use super::headers::{apply_request, ValueContext};
-use super::reply::{self, LocalReply, Outcome};
+use super::reply::{self, ConnectCause, LocalReply, Outcome};
 use super::retry::Failure;
 pub(super) use super::steps::finalize_response;
 use super::steps::{
@@ -249,7 +249,7 @@ impl ProxyHttp for MeshHttp {
                     crate::tcp::upstream_tls_failed(&self.shared, &e);
                     ctx.upstream = Some(address);
                     ctx.upstream_transport_failure = Some(e.to_string());
-                    ctx.failure = Some(LocalReply::ConnectFailure);
+                    ctx.failure = Some(LocalReply::ConnectFailure(ConnectCause::Other));
                     return Error::e_explain(ErrorType::TLSHandshakeFailure, e.to_string());
                 }
             },
@@ -282,7 +282,7 @@ impl ProxyHttp for MeshHttp {
         if let Err(e) = crate::tls::client::verify_upstream(peer, digest) {
             crate::tcp::upstream_tls_failed(&self.shared, &e);
             ctx.upstream_transport_failure = Some(e.to_string());
-            ctx.failure = Some(LocalReply::ConnectFailure);
+            ctx.failure = Some(LocalReply::ConnectFailure(ConnectCause::Other));
             return Error::e_explain(ErrorType::TLSHandshakeFailure, e.to_string());
         }
         if peer.is_tls() && !reused {
@@ -473,9 +473,12 @@ impl ProxyHttp for MeshHttp {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        let cause = ConnectCause::of(&e);
         if peer.is_tls() && ctx.upstream_transport_failure.is_none() {
             Stats::incr(&self.shared.stats.upstream_ssl_connection_error);
             ctx.upstream_transport_failure = Some(e.to_string());
+        } else if let Some(reason) = cause.transport_failure_reason() {
+            ctx.upstream_transport_failure = Some(reason.to_string());
         }
         // Nothing reached the upstream: any method may be retried.
         let replayable = !session.as_ref().retry_buffer_truncated();
@@ -483,7 +486,7 @@ impl ProxyHttp for MeshHttp {
             ctx,
             Some(Failure::ConnectFailure),
             replayable,
-            LocalReply::ConnectFailure,
+            LocalReply::ConnectFailure(cause),
         );
         e.set_retry(retry);
         e
@@ -528,9 +531,10 @@ impl ProxyHttp for MeshHttp {
             }
             // The upstream's certificate refused after the handshake (`connected_to_upstream`):
             // the connection failed, nothing was sent (Envoy's `UF`, TLS error).
-            ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert => {
-                (Some(Failure::ConnectFailure), LocalReply::ConnectFailure)
-            }
+            ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert => (
+                Some(Failure::ConnectFailure),
+                LocalReply::ConnectFailure(ConnectCause::Other),
+            ),
             _ => (
                 Some(Failure::Reset {
                     before_request: stale,

@@ -34,7 +34,7 @@ pub enum LocalReply {
     /// The cluster has no healthy endpoint: 503 `UH`.
     NoHealthyUpstream,
     /// Connecting to the upstream failed: 503 `UF`.
-    ConnectFailure,
+    ConnectFailure(ConnectCause),
     /// The route's timeout elapsed: 504 `UT`.
     Timeout,
     /// The last attempt's own timeout (`per_try_timeout`) elapsed: 504 `UT`.
@@ -63,6 +63,41 @@ pub enum LocalReply {
     Internal,
 }
 
+/// Why a connection to the upstream failed, as Envoy 1.40 reports it (reset reason and
+/// transport failure reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectCause {
+    /// The upstream refused the connection (`ECONNREFUSED`).
+    Refused,
+    /// No route to the upstream's host or network.
+    NoRoute,
+    /// The connect timeout elapsed.
+    Timeout,
+    /// Another failure (socket, bind, TLS handshake or peer verification).
+    Other,
+}
+
+impl ConnectCause {
+    /// The cause of a Pingora connect error.
+    pub fn of(e: &Error) -> ConnectCause {
+        match e.etype() {
+            ErrorType::ConnectRefused => ConnectCause::Refused,
+            ErrorType::ConnectNoRoute => ConnectCause::NoRoute,
+            ErrorType::ConnectTimedout => ConnectCause::Timeout,
+            _ => ConnectCause::Other,
+        }
+    }
+
+    /// Envoy's upstream transport failure reason, as its access log writes it.
+    pub fn transport_failure_reason(self) -> Option<&'static str> {
+        match self {
+            ConnectCause::Refused => Some("delayed_connect_error:_Connection_refused"),
+            ConnectCause::NoRoute => Some("delayed_connect_error:_No_route_to_host"),
+            ConnectCause::Timeout | ConnectCause::Other => None,
+        }
+    }
+}
+
 /// What an error means for the downstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -72,8 +107,7 @@ pub enum Outcome {
     DownstreamGone,
 }
 
-const RESET_PREFIX: &str =
-    "upstream connect error or disconnect/reset before headers. reset reason: ";
+const RESET_PREFIX: &str = "upstream connect error or disconnect/reset before headers. ";
 
 impl LocalReply {
     /// HTTP status.
@@ -82,7 +116,7 @@ impl LocalReply {
             LocalReply::NoRoute => 404,
             LocalReply::NoCluster(status) => *status,
             LocalReply::NoHealthyUpstream
-            | LocalReply::ConnectFailure
+            | LocalReply::ConnectFailure(_)
             | LocalReply::UpstreamReset
             | LocalReply::Overflow => 503,
             LocalReply::Timeout | LocalReply::PerTryTimeout => 504,
@@ -104,7 +138,7 @@ impl LocalReply {
             LocalReply::NoRoute => ResponseFlag::NoRoute,
             LocalReply::NoCluster(_) => ResponseFlag::NoClusterFound,
             LocalReply::NoHealthyUpstream => ResponseFlag::NoHealthyUpstream,
-            LocalReply::ConnectFailure => ResponseFlag::UpstreamConnectionFailure,
+            LocalReply::ConnectFailure(_) => ResponseFlag::UpstreamConnectionFailure,
             LocalReply::Timeout | LocalReply::PerTryTimeout => ResponseFlag::UpstreamRequestTimeout,
             LocalReply::StreamIdleTimeout => ResponseFlag::StreamIdleTimeout,
             LocalReply::UpstreamReset => ResponseFlag::UpstreamConnectionTermination,
@@ -119,6 +153,20 @@ impl LocalReply {
 
     /// Envoy's body text.
     pub fn body(&self) -> String {
+        self.body_after(false)
+    }
+
+    /// Envoy's body text when the request was `retried` (the reset replies then say
+    /// `retried and the latest reset reason: ...`).
+    pub fn body_after(&self, retried: bool) -> String {
+        let reset = |reason: &str| {
+            let retried = if retried {
+                "retried and the latest "
+            } else {
+                ""
+            };
+            format!("{RESET_PREFIX}{retried}reset reason: {reason}")
+        };
         match self {
             LocalReply::NoRoute
             | LocalReply::NoCluster(_)
@@ -126,11 +174,12 @@ impl LocalReply {
             | LocalReply::Internal => String::new(),
             LocalReply::RbacDenied => "RBAC: access denied".into(),
             LocalReply::NoHealthyUpstream => "no healthy upstream".into(),
-            LocalReply::ConnectFailure => format!("{RESET_PREFIX}connection failure"),
+            LocalReply::ConnectFailure(ConnectCause::Timeout) => reset("connection timeout"),
+            LocalReply::ConnectFailure(_) => reset("remote connection failure"),
             LocalReply::Timeout | LocalReply::PerTryTimeout => "upstream request timeout".into(),
             LocalReply::StreamIdleTimeout => "stream timeout".into(),
-            LocalReply::UpstreamReset => format!("{RESET_PREFIX}connection termination"),
-            LocalReply::Overflow => format!("{RESET_PREFIX}overflow"),
+            LocalReply::UpstreamReset => reset("connection termination"),
+            LocalReply::Overflow => reset("overflow"),
             LocalReply::FaultAbort { body, .. } => {
                 body.as_deref().unwrap_or("fault filter abort").to_string()
             }
@@ -144,9 +193,22 @@ impl LocalReply {
             LocalReply::NoRoute => "route_not_found",
             LocalReply::NoCluster(_) => "cluster_not_found",
             LocalReply::NoHealthyUpstream => "no_healthy_upstream",
-            LocalReply::ConnectFailure => {
-                "upstream_reset_before_response_started{connection_failure}"
-            }
+            LocalReply::ConnectFailure(cause) => match cause {
+                ConnectCause::Refused => {
+                    "upstream_reset_before_response_started{remote_connection_failure|\
+                     delayed_connect_error:_Connection_refused}"
+                }
+                ConnectCause::NoRoute => {
+                    "upstream_reset_before_response_started{remote_connection_failure|\
+                     delayed_connect_error:_No_route_to_host}"
+                }
+                ConnectCause::Timeout => {
+                    "upstream_reset_before_response_started{connection_timeout}"
+                }
+                ConnectCause::Other => {
+                    "upstream_reset_before_response_started{remote_connection_failure}"
+                }
+            },
             LocalReply::Timeout => "response_timeout",
             LocalReply::PerTryTimeout => "upstream_per_try_timeout",
             LocalReply::StreamIdleTimeout => "stream_idle_timeout",
@@ -198,7 +260,7 @@ pub fn classify(e: &Error) -> Outcome {
             ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | BindError
             | SocketError | ConnectProxyFailure | TLSHandshakeFailure | TLSHandshakeTimedout
             | InvalidCert | HandshakeError,
-        ) => Outcome::Reply(LocalReply::ConnectFailure),
+        ) => Outcome::Reply(LocalReply::ConnectFailure(ConnectCause::of(e))),
         (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => {
             Outcome::Reply(LocalReply::Timeout)
         }
@@ -215,14 +277,16 @@ pub fn is_grpc(req: &RequestHeader) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// Write `reply` to the downstream, letting `finalize` change the response header (the
-/// route's response header operations). Returns the HTTP status written.
+/// Write `reply` to the downstream (its body as after a retry when `retried`), letting
+/// `finalize` change the response header (the route's response header operations). Returns
+/// the HTTP status written.
 pub async fn send(
     session: &mut Session,
     reply: &LocalReply,
+    retried: bool,
     finalize: &(dyn Fn(&mut ResponseHeader) + Send + Sync),
 ) -> pingora_error::Result<u16> {
-    let body = reply.body();
+    let body = reply.body_after(retried);
     let direct = matches!(reply, LocalReply::Direct(_));
     if !direct && is_grpc(session.req_header()) {
         let mut resp = ResponseHeader::build(200, Some(3))?;

@@ -355,8 +355,9 @@ impl MeshHttp {
         }
         Stats::incr(&self.shared.stats.downstream_rq_local_reply);
         let protocol = protocol_name(session.req_header().version);
+        let retried = ctx.retry.attempts > 1;
         let finalize = |resp: &mut ResponseHeader| finalize_response(ctx, protocol, resp);
-        match reply::send(session, &reply, &finalize).await {
+        match reply::send(session, &reply, retried, &finalize).await {
             Ok(code) => FailToProxy {
                 error_code: code,
                 can_reuse_downstream: true,

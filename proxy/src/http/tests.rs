@@ -8,7 +8,7 @@ use xds_client::model::{
 
 use super::ctx::MatchedRoute;
 use super::filters::{Filter, Verdict};
-use super::reply::{classify, is_grpc, LocalReply, Outcome};
+use super::reply::{classify, is_grpc, ConnectCause, LocalReply, Outcome};
 use super::route::{RequestInfo, RouteTable};
 use super::*;
 use crate::accesslog::ResponseFlag;
@@ -212,12 +212,30 @@ fn local_replies_match_envoy() {
     assert_eq!(LocalReply::NoHealthyUpstream.status(), 503);
     assert_eq!(LocalReply::NoHealthyUpstream.body(), "no healthy upstream");
     assert_eq!(LocalReply::NoHealthyUpstream.flag().as_str(), "UH");
-    assert_eq!(LocalReply::ConnectFailure.status(), 503);
+    // Envoy 1.40's words for a refused connection, a timed out one, and after retries.
+    let refused = LocalReply::ConnectFailure(ConnectCause::Refused);
+    assert_eq!(refused.status(), 503);
     assert_eq!(
-        LocalReply::ConnectFailure.body(),
-        "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+        refused.body(),
+        "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
     );
-    assert_eq!(LocalReply::ConnectFailure.flag().as_str(), "UF");
+    assert_eq!(
+        refused.body_after(true),
+        "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"
+    );
+    assert_eq!(
+        refused.details(),
+        "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}"
+    );
+    assert_eq!(
+        ConnectCause::Refused.transport_failure_reason(),
+        Some("delayed_connect_error:_Connection_refused")
+    );
+    assert_eq!(
+        LocalReply::ConnectFailure(ConnectCause::Timeout).body(),
+        "upstream connect error or disconnect/reset before headers. reset reason: connection timeout"
+    );
+    assert_eq!(refused.flag().as_str(), "UF");
     assert_eq!(LocalReply::Timeout.status(), 504);
     assert_eq!(LocalReply::Timeout.flag().as_str(), "UT");
     assert_eq!(LocalReply::NoHealthyUpstream.grpc_status(), 14);
@@ -238,11 +256,11 @@ fn errors_are_classified_like_envoy() {
     };
     assert_eq!(
         classify(&up(ErrorType::ConnectRefused)),
-        Outcome::Reply(LocalReply::ConnectFailure)
+        Outcome::Reply(LocalReply::ConnectFailure(ConnectCause::Refused))
     );
     assert_eq!(
         classify(&up(ErrorType::ConnectTimedout)),
-        Outcome::Reply(LocalReply::ConnectFailure)
+        Outcome::Reply(LocalReply::ConnectFailure(ConnectCause::Timeout))
     );
     assert_eq!(
         classify(&up(ErrorType::ReadTimedout)),

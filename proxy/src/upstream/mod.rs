@@ -368,8 +368,10 @@ impl ClusterRuntime {
             let ejected = hosts.iter().filter(|h| h.state.is_ejected(now)).count();
             (ejected, hosts.len())
         });
+        // Envoy's rule: the ejection may not take the ejected share past
+        // `max_ejection_percent`, unless `always_eject_one_host` lets a first one through.
         let allowed = (ejected + 1) * 100 <= od.max_ejection_percent as usize * total
-            || (ejected == 0 && (od.always_eject_one_host || od.max_ejection_percent > 0));
+            || (ejected == 0 && od.always_eject_one_host);
         if !allowed || host.is_ejected(now) {
             return false;
         }

@@ -2,6 +2,7 @@
 //! by an in-process ADS server, in front of in-process upstreams.
 #![allow(dead_code)]
 
+pub mod keepalive;
 pub mod upstreams;
 pub mod xds;
 

@@ -1,6 +1,8 @@
 //! A state-of-the-world ADS server whose resources the test replaces while the proxy runs: each
 //! [`PushAds::push`] is a new version sent on every open stream for every subscribed type, and
 //! every NACK the proxy sends back is recorded with its message.
+// Shared by several test binaries, each using a part.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

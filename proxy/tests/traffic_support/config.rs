@@ -1,5 +1,7 @@
 //! The Istio-shaped resources of the traffic tests: an outbound HTTP listener whose connection
 //! manager has istiod's filters (fault, CORS, router) and one virtual host per scenario.
+// Shared by several test binaries, each using a part.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,6 +50,8 @@ pub struct Backends {
     pub grpc: SocketAddr,
     /// Always 503.
     pub failing: SocketAddr,
+    /// Always 503 too (a second failing endpoint).
+    pub failing2: SocketAddr,
     /// Records the mirrored requests.
     pub mirror: SocketAddr,
     /// A loopback port nothing listens on.
@@ -330,8 +334,18 @@ fn routes() -> Vec<(&'static str, Vec<Route>)> {
         ("otherhost", vec![other_host]),
         ("empty", vec![forward("empty", |_| {})]),
         ("closed", vec![forward("closed", |_| {})]),
+        (
+            "closedretry",
+            vec![forward("closed", |a| {
+                a.retry_policy = retry("connect-failure", 2, None)
+            })],
+        ),
         ("outlier", vec![forward("outlier", |_| {})]),
         ("pool", vec![forward("pool", |a| a.timeout = Some(d(5000)))]),
+        ("overflow", vec![forward("overflow", |_| {})]),
+        ("backoff", vec![forward("backoff", |_| {})]),
+        ("maxeject", vec![forward("maxeject", |_| {})]),
+        ("minhealth", vec![forward("minhealth", |_| {})]),
     ]
 }
 
@@ -374,20 +388,37 @@ pub fn resources_with(
     ring.lb_policy = cluster::LbPolicy::RingHash as i32;
     let mut sticky = static_cluster("stickyfail", &[b.failing, b.v1], Proto::Http1);
     sticky.lb_policy = cluster::LbPolicy::RingHash as i32;
-    let mut outlier = static_cluster("outlier", &[b.v1, b.failing], Proto::Http1);
-    outlier.outlier_detection = Some(OutlierDetection {
-        consecutive_5xx: u32v(2),
-        enforcing_consecutive_5xx: u32v(100),
-        enforcing_success_rate: u32v(0),
-        interval: Some(d(1000)),
-        base_ejection_time: Some(d(2000)),
-        max_ejection_percent: u32v(100),
-        ..Default::default()
-    });
-    outlier.common_lb_config = Some(cluster::CommonLbConfig {
-        healthy_panic_threshold: Some(Percent { value: 0.0 }),
-        ..Default::default()
-    });
+    // Two consecutive 5xx eject a host for `base_ms` times its ejections, at most
+    // `max_percent` of the hosts, unless fewer than `panic` percent would stay healthy.
+    let ejecting = |name: &str, hosts: &[SocketAddr], base_ms, interval_ms, max_percent, panic| {
+        let mut c = static_cluster(name, hosts, Proto::Http1);
+        c.outlier_detection = Some(OutlierDetection {
+            consecutive_5xx: u32v(2),
+            enforcing_consecutive_5xx: u32v(100),
+            enforcing_success_rate: u32v(0),
+            interval: Some(d(interval_ms)),
+            base_ejection_time: Some(d(base_ms)),
+            max_ejection_percent: u32v(max_percent),
+            ..Default::default()
+        });
+        c.common_lb_config = Some(cluster::CommonLbConfig {
+            healthy_panic_threshold: Some(Percent { value: panic }),
+            ..Default::default()
+        });
+        c
+    };
+    let outlier = ejecting("outlier", &[b.v1, b.failing], 2000, 1000, 100, 0.0);
+    // No decay of the ejection count within the test (interval 10 s).
+    let backoff = ejecting("backoff", &[b.v1, b.failing], 1000, 10_000, 100, 0.0);
+    let max_eject = ejecting(
+        "maxeject",
+        &[b.v1, b.failing, b.failing2],
+        10_000,
+        10_000,
+        50,
+        0.0,
+    );
+    let min_health = ejecting("minhealth", &[b.v1, b.failing], 10_000, 10_000, 100, 60.0);
     let mut pool = static_cluster("pool", &[b.v1], Proto::Http1);
     pool.circuit_breakers = Some(CircuitBreakers {
         thresholds: vec![circuit_breakers::Thresholds {
@@ -395,6 +426,15 @@ pub fn resources_with(
             max_pending_requests: u32v(1),
             max_requests: u32v(u32::MAX),
             max_retries: u32v(u32::MAX),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    // Admits no request at all: every request overflows (`UO`) without any concurrency.
+    let mut overflow = static_cluster("overflow", &[b.v1], Proto::Http1);
+    overflow.circuit_breakers = Some(CircuitBreakers {
+        thresholds: vec![circuit_breakers::Thresholds {
+            max_requests: u32v(0),
             ..Default::default()
         }],
         ..Default::default()
@@ -435,4 +475,8 @@ pub fn resources_with(
         .cluster(static_cluster("closed", &[b.closed], Proto::Http1))
         .cluster(outlier)
         .cluster(pool)
+        .cluster(overflow)
+        .cluster(backoff)
+        .cluster(max_eject)
+        .cluster(min_health)
 }

@@ -1,5 +1,7 @@
 //! The scene of the traffic tests: mesh-echo and recording upstreams, the proxy fed by the
-//! push ADS server, and a client that sends one request per connection.
+//! push ADS server, and a client that keeps its connections alive.
+// Shared by several test binaries, each using a part.
+#![allow(dead_code)]
 
 use super::*;
 use crate::common;
@@ -36,9 +38,12 @@ pub async fn echo(version: &str) -> (SocketAddr, SocketAddr) {
     )
 }
 
+/// The requests a [`recorder`] saw: each one's `Host` header and when it arrived.
+pub type Hits = Arc<Mutex<Vec<(String, Instant)>>>;
+
 /// An HTTP server that answers every request with `status` and records each request's
-/// `Host` header.
-pub async fn recorder(status: u16) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+/// `Host` header and arrival time.
+pub async fn recorder(status: u16) -> (SocketAddr, Hits) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -60,8 +65,8 @@ pub async fn recorder(status: u16) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                                 .and_then(|h| h.to_str().ok())
                                 .unwrap_or("")
                                 .to_string();
+                            record.lock().unwrap().push((host, Instant::now()));
                             let _ = req.into_body().collect().await;
-                            record.lock().unwrap().push(host);
                             let mut resp = hyper::Response::new(Full::new(Bytes::from("recorded")));
                             *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
                             Ok::<_, std::convert::Infallible>(resp)
@@ -82,8 +87,9 @@ pub struct Setup {
     pub ports: Ports,
     pub backends: Backends,
     pub proxy: Proxy,
-    pub mirrored: Arc<Mutex<Vec<String>>>,
-    pub failed: Arc<Mutex<Vec<String>>>,
+    pub mirrored: Hits,
+    pub failed: Hits,
+    pub failed2: Hits,
     pub v1: SocketAddr,
     pub client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
@@ -93,6 +99,7 @@ pub async fn start() -> Setup {
     let (v2, _) = echo("v2").await;
     let (v3, _) = echo("v3").await;
     let (failing, failed) = recorder(503).await;
+    let (failing2, failed2) = recorder(503).await;
     let closed = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     let (mirror, mirrored) = recorder(200).await;
     let ports = Ports::new();
@@ -102,6 +109,7 @@ pub async fn start() -> Setup {
         v3,
         grpc,
         failing,
+        failing2,
         mirror,
         closed,
     };
@@ -115,13 +123,12 @@ pub async fn start() -> Setup {
         proxy,
         mirrored,
         failed,
+        failed2,
         v1,
-        // A new connection per request: each scenario is about one request. (mesh-proxy
-        // closes an HTTP/1.1 connection after some local replies while answering
-        // `connection: keep-alive`; a pooled connection would race with that.)
-        client: Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build_http(),
+        // Kept-alive connections, reused across requests and scenarios (local replies
+        // included): a connection the proxy closed after a response saying keep-alive
+        // would fail the next request on it.
+        client: Client::builder(TokioExecutor::new()).build_http(),
     }
 }
 
