@@ -430,6 +430,17 @@ fn check_metrics(client: &Pod, server: &Pod, bodies: [usize; 2], n: u64) -> Resu
         ("destination_service_name", "reviews"),
         ("request_protocol", "tcp"),
         ("response_flags", "-"),
+        // Mutual TLS to the server's sidecar: both SPIFFE IDs (both pods run as `default`);
+        // the source reporter's security policy is `unknown`, as Istio's.
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/default/sa/default",
+        ),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/default/sa/default",
+        ),
+        ("connection_security_policy", "unknown"),
     ];
     for (metric, want) in [
         ("istio_tcp_connections_opened_total", 1.0),
@@ -478,6 +489,10 @@ fn check_metrics(client: &Pod, server: &Pod, bodies: [usize; 2], n: u64) -> Resu
                 "source_principal",
                 "spiffe://cluster.local/ns/default/sa/default",
             ),
+            (
+                "destination_principal",
+                "spiffe://cluster.local/ns/default/sa/default",
+            ),
         ],
     )?;
     ensure!(value(ok)? == 2.0, "destination 200s: {}", value(ok)?);
@@ -493,6 +508,14 @@ fn check_metrics(client: &Pod, server: &Pod, bodies: [usize; 2], n: u64) -> Resu
         ("request_protocol", "tcp"),
         ("response_flags", "-"),
         ("connection_security_policy", "mutual_tls"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/default/sa/default",
+        ),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/default/sa/default",
+        ),
     ];
     for (metric, want) in [
         ("istio_tcp_connections_opened_total", 1.0),

@@ -161,7 +161,14 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         xds_client::node::CLUSTER_ID,
         &mesh_id,
     );
-    let metrics = Arc::new(Metrics::new(local.clone()).map_err(Error::Metrics)?);
+    let mut metrics = Metrics::new(local.clone()).map_err(Error::Metrics)?;
+    // This workload's SPIFFE ID: the source principal of what it sends over mutual TLS and the
+    // destination principal of what it receives so.
+    metrics.local_principal = settings
+        .identity
+        .as_ref()
+        .map(|id| Arc::from(id.spiffe_id.as_str()));
+    let metrics = Arc::new(metrics);
     // The tracer always exists: a listener's tracing (Telemetry API) may name a collector
     // even when `--tracing-otlp-endpoint` does not.
     let tracer = Some({

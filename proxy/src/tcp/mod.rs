@@ -181,7 +181,7 @@ where
     let snapshot = shared.snapshot.load();
     let cluster_name = choose_cluster(settings, rand::random());
     entry.upstream_cluster = Some(cluster_name.to_string());
-    let parties = crate::http::telemetry::parties(shared, conn, None, Some(cluster_name), None);
+    let mut parties = crate::http::telemetry::parties(shared, conn, None, Some(cluster_name), None);
     let mut opened = None;
     match snapshot.cluster(cluster_name) {
         None => entry.response_flags = ResponseFlag::NoClusterFound.into(),
@@ -206,52 +206,62 @@ where
                             }
                             entry.response_flags = ResponseFlag::UpstreamConnectionFailure.into();
                         }
-                        Ok(mut upstream) => {
+                        Ok(upstream) => {
                             let _active = picked.state.as_ref().map(|s| s.start_request());
-                            // Counted as open while it is, under the label set of a
-                            // connection without flags.
-                            let handles = shared.metrics.istio.tcp(&TcpKey {
-                                parties: parties.clone(),
-                                response_flags: shared.metrics.flags("-"),
-                            });
-                            handles.opened.inc();
-                            opened = Some(handles);
                             let _permit = permit;
                             let tls = cluster.tls_for(addr).cloned();
                             drop(snapshot);
-                            let relayed = match tls {
-                                None => Some(
+                            // Mutual TLS to the upstream: the server's verified SPIFFE ID is the
+                            // destination principal, this workload's the source principal (as
+                            // Envoy's peer metadata and SSL info give them to Istio's stats).
+                            let mut upstream = match tls {
+                                None => Ok(Upstream::Plain(upstream)),
+                                Some(tls) => match tls.connect(upstream, &shared.identity).await {
+                                    Ok((secured, peer)) => {
+                                        Stats::incr(&shared.stats.upstream_ssl_handshake);
+                                        if let Some(uri) = peer.uris.first() {
+                                            parties.peer_principal = Some(uri.as_str().into());
+                                            parties.local_principal =
+                                                shared.metrics.local_principal.clone();
+                                        }
+                                        Ok(Upstream::Tls(Box::new(secured)))
+                                    }
+                                    Err(e) => Err(e),
+                                },
+                            };
+                            if upstream.is_ok() {
+                                // Counted as open while it is, under the label set of a
+                                // connection without flags.
+                                let handles = shared.metrics.istio.tcp(&TcpKey {
+                                    parties: parties.clone(),
+                                    response_flags: shared.metrics.flags("-"),
+                                });
+                                handles.opened.inc();
+                                opened = Some(handles);
+                            }
+                            let revoked = crate::listener::revoked(conn, shared);
+                            let relayed = match &mut upstream {
+                                Ok(Upstream::Plain(up)) => Some(
+                                    relay_until(downstream, up, settings.idle_timeout, revoked)
+                                        .await,
+                                ),
+                                Ok(Upstream::Tls(up)) => Some(
                                     relay_until(
                                         downstream,
-                                        &mut upstream,
+                                        up.as_mut(),
                                         settings.idle_timeout,
-                                        crate::listener::revoked(conn, shared),
+                                        revoked,
                                     )
                                     .await,
                                 ),
-                                Some(tls) => match tls.connect(upstream, &shared.identity).await {
-                                    Ok((mut secured, _)) => {
-                                        Stats::incr(&shared.stats.upstream_ssl_handshake);
-                                        Some(
-                                            relay_until(
-                                                downstream,
-                                                &mut secured,
-                                                settings.idle_timeout,
-                                                crate::listener::revoked(conn, shared),
-                                            )
-                                            .await,
-                                        )
-                                    }
-                                    Err(e) => {
-                                        upstream_tls_failed(shared, &e);
-                                        tracing::debug!(error = %e, %addr, "upstream TLS failed");
-                                        entry.response_flags =
-                                            ResponseFlag::UpstreamConnectionFailure.into();
-                                        entry.upstream_transport_failure_reason =
-                                            Some(e.to_string());
-                                        None
-                                    }
-                                },
+                                Err(e) => {
+                                    upstream_tls_failed(shared, e);
+                                    tracing::debug!(error = %e, %addr, "upstream TLS failed");
+                                    entry.response_flags =
+                                        ResponseFlag::UpstreamConnectionFailure.into();
+                                    entry.upstream_transport_failure_reason = Some(e.to_string());
+                                    None
+                                }
                             };
                             if let Some(relayed) = relayed {
                                 entry.bytes_received = relayed.from_downstream;
@@ -312,6 +322,14 @@ pub fn choose_cluster(settings: &TcpProxy, draw: u64) -> &str {
         point -= u64::from(*weight);
     }
     &settings.cluster
+}
+
+/// The upstream side of a proxied connection.
+enum Upstream {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// Mutual (or simple) TLS.
+    Tls(Box<pingora_boringssl::tokio_ssl::SslStream<TcpStream>>),
 }
 
 /// Counts a failed TLS connection to an upstream.
