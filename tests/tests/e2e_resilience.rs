@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{ensure, Result};
 use common::{
-    config_dump, curl, s, seen_header, wait_for, wait_log, Mesh, Reply, HTTP_PORT, REVIEWS_HOST,
+    config_dump, curl, echo_client, s, seen_header, wait_for, wait_log, Mesh, Reply, GRPC_PORT,
+    HTTP_PORT, REVIEWS_HOST,
 };
 use mesh_tests::harness::Pod;
 use serde_json::Value;
@@ -398,6 +399,100 @@ fn outlier_detection_gives_a_failing_endpoint_no_traffic_for_the_ejection_time()
             gap >= Duration::from_secs(3),
             "the ejected pod got traffic {gap:?} after its ejecting failure: {:?}",
             attempts()
+        );
+        Ok(())
+    })
+}
+
+const GRPC_ABORT: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - fault:
+      abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}
+    route:
+    - destination: {host: reviews}
+";
+
+#[test]
+fn grpc_calls_retried_on_unavailable_and_aborted_with_a_grpc_status() -> Result<()> {
+    mesh_tests::skip_unless_netns!();
+    let test = "grpc_calls_retried_on_unavailable_and_aborted_with_a_grpc_status";
+    let (mesh, client, servers) = Mesh::standard(test, &["v1"])?;
+    mesh.check(|| {
+        let target = format!("reviews:{GRPC_PORT}");
+        let cluster = format!("outbound|{GRPC_PORT}||{REVIEWS_HOST}");
+        // Istio's default retry policy retries `unavailable`: the first two calls fail with
+        // UNAVAILABLE at the server, the third attempt answers, the caller sees OK.
+        let ok = echo_client(
+            &client,
+            &[
+                "grpc",
+                &target,
+                "--message",
+                "retried",
+                "-H",
+                "x-echo-fail-first: 2",
+                "-H",
+                "x-echo-fail-key: grpc-retry",
+            ],
+        )?;
+        ensure!(
+            ok.len() == 1 && ok[0]["code"] == 0 && ok[0]["reply"]["message"] == "retried",
+            "{ok:?}"
+        );
+        let id = ok[0]["reply"]["metadata"]["x-request-id"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        // Three attempts reached the server's sidecar, one request left the client's.
+        let at_server = |id: &str| {
+            common::access_log(&servers[0])
+                .iter()
+                .filter(|e| e["request_id"] == id)
+                .count()
+        };
+        wait_for(
+            "three attempts at the server",
+            Duration::from_secs(5),
+            || Ok(at_server(&id) == 3),
+        )?;
+        let out = wait_log(&client, "the retried call", |e| {
+            e["request_id"] == id.as_str() && s(e, "upstream_cluster") == cluster
+        })?;
+        ensure!(
+            out["response_code"] == 200 && out["response_flags"] == "-",
+            "{out}"
+        );
+
+        // A fault abort with a gRPC status: the caller gets UNAVAILABLE from the client's
+        // sidecar (flag FI) and the server sees nothing.
+        mesh.topo.write_config("vs-reviews.yaml", GRPC_ABORT)?;
+        wait_for("the gRPC abort", PUSH_TIMEOUT, || {
+            let out = client.echo_client(&["grpc", &target, "--expect-code", "14"])?;
+            Ok(out.success())
+        })?;
+        let aborted = client.echo_client(&[
+            "grpc",
+            &target,
+            "-H",
+            "x-request-id: grpc-abort",
+            "--expect-code",
+            "14",
+        ])?;
+        ensure!(aborted.success(), "{aborted:?}");
+        let out = wait_log(&client, "the aborted call", |e| {
+            e["request_id"] == "grpc-abort" && s(e, "upstream_cluster") == cluster
+        })?;
+        ensure!(
+            out["response_flags"] == "FI" && out["response_code_details"] == "fault_filter_abort",
+            "{out}"
+        );
+        ensure!(
+            at_server("grpc-abort") == 0,
+            "the aborted call reached the server"
         );
         Ok(())
     })
