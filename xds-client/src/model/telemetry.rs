@@ -290,4 +290,34 @@ mod tests {
         assert!(!should_log(&off, 200));
         assert!(should_log(&[], 200));
     }
+
+    #[test]
+    fn the_documented_forms_parse_and_others_are_refused_with_a_reason() {
+        assert_eq!(
+            parse("response.code >= 400"),
+            Ok(Expr::Code(CmpOp::Ge, 400))
+        );
+        assert_eq!(
+            parse("!(response.code < 400) || false"),
+            Ok(Expr::Or(
+                Box::new(Expr::Not(Box::new(Expr::Code(CmpOp::Lt, 400)))),
+                Box::new(Expr::Const(false))
+            ))
+        );
+        assert!(parse("response.code == 200 && response.code != 201").is_ok());
+        assert_eq!(
+            parse("request.url_path.startsWith('/x')"),
+            Err(ParseError::Attribute("request.url_path.startsWith".into()))
+        );
+        assert_eq!(parse(""), Err(ParseError::Empty));
+        assert_eq!(parse("response.code >="), Err(ParseError::End));
+        assert_eq!(
+            parse("response.code >= 400 400"),
+            Err(ParseError::Unexpected("400".into()))
+        );
+        assert_eq!(
+            parse("response.code = 1"),
+            Err(ParseError::Unexpected("=".into()))
+        );
+    }
 }

@@ -1,9 +1,9 @@
 //! `Telemetry` (`telemetry.istio.io` v1, v1alpha1): per-workload access logging and tracing.
 //! Types from Istio's `telemetry.proto`; the checks of Istio's `validateTelemetry` (selector,
 //! sampling range, one tracing provider) plus this mesh's own: a `filter.expression` must be one
-//! the proxies evaluate ([`cel`]), and fields the proxies do not apply are warnings naming them.
+//! the proxies evaluate (xds-client's [`cel`] subset, parsed by the same code), and fields the proxies do not apply are warnings naming them.
 
-pub mod cel;
+use xds_client::model::telemetry as cel;
 
 use serde::{Deserialize, Serialize};
 
