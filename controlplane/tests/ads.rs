@@ -48,6 +48,7 @@ async fn initial_subscribe_then_ack_is_tracked_in_syncz() {
 
     let entry = wait_syncz(&cp, "reviews-1", |e| {
         e["types"]["rds"]["acked_version"] == rds.version_info.as_str()
+            && e["types"]["eds"]["acked_version"] == eds.version_info.as_str()
     })
     .await;
     assert_eq!(entry["namespace"], "default");

@@ -100,6 +100,7 @@ pub fn cla(cluster: &str, endpoints: &[&str]) -> ClusterLoadAssignment {
                 locality: String::new(),
                 priority: 0,
                 transport_metadata: Default::default(),
+                workload: None,
             })
             .collect(),
     }

@@ -14,6 +14,8 @@
 mod common;
 #[path = "telemetry_support/denied.rs"]
 mod denied;
+#[path = "telemetry_support/proxy_config.rs"]
+mod proxy_config;
 mod telemetry_support;
 use telemetry_support::*;
 
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{curl, echo_client, ip_of, s, wait_for, wait_log, Mesh, NS};
-use mesh_tests::harness::{bin, Pod, ProxyOptions, ServiceSpec};
+use mesh_tests::harness::{Pod, ProxyOptions, ServiceSpec};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prometheus_parse::Value;
@@ -47,6 +49,13 @@ fn metrics_access_logs_and_spans_through_two_sidecars() -> Result<()> {
         &ServiceSpec::new("ratings", NS)
             .port("http", HTTP_PORT, HTTP_PORT)
             .selector("app", "ratings"),
+    )?;
+    // The caller is a Service's endpoint too, so the server's sidecar knows the workload at
+    // its address (the source labels of a TCP connection, which carries no peer metadata).
+    mesh.topo.add_service(
+        &ServiceSpec::new("client", NS)
+            .port("http", HTTP_PORT, HTTP_PORT)
+            .selector("app", "client"),
     )?;
     let (_rt, otlp, collector) = start_collector(&mesh)?;
     mesh.topo.write_config("deny.yaml", DENY_POLICY)?;
@@ -235,7 +244,7 @@ fn check(mesh: &Mesh, client: &Pod, server: &Pod, collector: &Collector) -> Resu
 
     check_metrics(client, server, [traced.body.len(), plain.body.len()], n)?;
     check_spans(collector, trace, caller_span, &id)?;
-    check_proxy_config(client, server)?;
+    proxy_config::check_proxy_config(client, server)?;
     // After the metrics, whose counts it would change.
     denied::check_denied(client, server)?;
     // The control plane's flat endpoint list holds the server pod on every reviews port.
@@ -253,94 +262,6 @@ fn check(mesh: &Mesh, client: &Pod, server: &Pod, collector: &Collector) -> Resu
             && reviews_http["healthy"] == true
             && reviews_http["namespace"] == NS,
         "{reviews_http}"
-    );
-    Ok(())
-}
-
-/// `meshctl proxy-config KIND POD ARGS` in `pod`'s network (the admin port is on its
-/// loopback).
-fn meshctl(pod: &Pod, args: &[&str]) -> Result<mesh_tests::harness::ExecOutput> {
-    let mut argv = vec!["proxy-config"];
-    argv.extend_from_slice(args);
-    Ok(pod.command([bin("meshctl")]).args(argv).exec()?)
-}
-
-/// The whitespace-separated cells of the table row of `out` that starts with `first`.
-fn row(out: &str, first: &str) -> Result<Vec<String>> {
-    out.lines()
-        .find(|l| l.split_whitespace().next() == Some(first))
-        .map(|l| l.split_whitespace().map(str::to_owned).collect())
-        .with_context(|| format!("no row {first} in:\n{out}"))
-}
-
-fn check_proxy_config(client: &Pod, server: &Pod) -> Result<()> {
-    let out = meshctl(client, &["clusters", "client"])?.ok()?;
-    ensure!(
-        out.lines()
-            .next()
-            .is_some_and(|h| h.starts_with("SERVICE FQDN")),
-        "{out}"
-    );
-    let reviews = out
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|c| c.first() == Some(&REVIEWS) && c.get(1) == Some(&"9080"))
-        .with_context(|| format!("no reviews:9080 cluster:\n{out}"))?;
-    ensure!(reviews[2..] == ["-", "outbound", "EDS"], "{reviews:?}");
-    let eps = meshctl(client, &["endpoints", "client.default"])?.ok()?;
-    let ep = row(&eps, &format!("{}:{HTTP_PORT}", server.ip()))?;
-    ensure!(ep[1] == "HEALTHY", "{ep:?}");
-    ensure!(
-        eps.contains(&format!("outbound|{HTTP_PORT}||{REVIEWS}")),
-        "{eps}"
-    );
-    let json: Json =
-        serde_json::from_str(&meshctl(client, &["endpoints", "client", "-o", "json"])?.ok()?)?;
-    let cla = json
-        .as_array()
-        .and_then(|a| {
-            a.iter().find(|c| {
-                c["endpoint_config"]["cluster_name"] == format!("outbound|{HTTP_PORT}||{REVIEWS}")
-            })
-        })
-        .with_context(|| format!("-o json: {json}"))?;
-    ensure!(
-        cla["endpoint_config"]["endpoints"][0]["address"] == format!("{}:{HTTP_PORT}", server.ip()),
-        "{cla}"
-    );
-    let routes = meshctl(client, &["routes", "client"])?.ok()?;
-    ensure!(
-        routes.contains(&format!("{REVIEWS}:{HTTP_PORT}")),
-        "{routes}"
-    );
-    let listeners = meshctl(server, &["listeners", "reviews-v1"])?.ok()?;
-    ensure!(
-        listeners.contains("virtualInbound") && listeners.contains("virtualOutbound"),
-        "{listeners}"
-    );
-    let secret = meshctl(server, &["secret", "reviews-v1"])?.ok()?;
-    let serial = common::config_dump(server)?["identity"]["certificate"]["serial"]
-        .as_str()
-        .context("no serial")?
-        .to_owned();
-    let default = row(&secret, "default")?;
-    ensure!(default[1..4] == ["Cert", "Chain", "ACTIVE"], "{secret}");
-    ensure!(
-        default[4].eq_ignore_ascii_case(&serial),
-        "serial {serial}: {secret}"
-    );
-    ensure!(
-        row(&secret, "ROOTCA").is_ok() && !secret.contains("PRIVATE"),
-        "{secret}"
-    );
-    // Another pod's sidecar is an error, not a table.
-    let wrong = meshctl(client, &["clusters", "reviews-v1"])?;
-    ensure!(
-        !wrong.success()
-            && wrong
-                .stderr
-                .contains("is pod client.default, not reviews-v1"),
-        "{wrong:?}"
     );
     Ok(())
 }
@@ -367,6 +288,16 @@ fn check_metrics(client: &Pod, server: &Pod, bodies: [usize; 2], n: u64) -> Resu
             ("response_flags", "-"),
             ("grpc_response_status", ""),
             ("connection_security_policy", "unknown"),
+            // Mutual TLS to the server's sidecar: this workload's SPIFFE ID and the one the
+            // server's certificate verified (both pods run as `default`).
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/default",
+            ),
+            (
+                "destination_principal",
+                "spiffe://cluster.local/ns/default/sa/default",
+            ),
         ],
     )?;
     ensure!(value(ok)? == 2.0, "source 200s: {}", value(ok)?);
@@ -422,12 +353,11 @@ fn check_metrics(client: &Pod, server: &Pod, bodies: [usize; 2], n: u64) -> Resu
         let want = bodies.iter().filter(|&&n| n as f64 <= b.less_than).count() as f64;
         ensure!(b.count == want, "response sizes {bodies:?}: {sb:?}");
     }
-    // TCP at the client: one connection opened and closed, bytes both ways.
-    let tcp_labels = [
+    // TCP at the client: one connection opened and closed, bytes both ways; the server's
+    // workload from the chosen endpoint's metadata (no peer metadata on TCP).
+    let mut tcp_labels = parties.clone();
+    tcp_labels.extend([
         ("reporter", "source"),
-        ("source_workload", "client"),
-        ("destination_service", REVIEWS),
-        ("destination_service_name", "reviews"),
         ("request_protocol", "tcp"),
         ("response_flags", "-"),
         // Mutual TLS to the server's sidecar: both SPIFFE IDs (both pods run as `default`);
@@ -441,14 +371,19 @@ fn check_metrics(client: &Pod, server: &Pod, bodies: [usize; 2], n: u64) -> Resu
             "spiffe://cluster.local/ns/default/sa/default",
         ),
         ("connection_security_policy", "unknown"),
-    ];
+    ]);
     for (metric, want) in [
         ("istio_tcp_connections_opened_total", 1.0),
         ("istio_tcp_connections_closed_total", 1.0),
         ("istio_tcp_sent_bytes_total", n as f64),
         ("istio_tcp_received_bytes_total", n as f64),
     ] {
-        let s = sample(&c, metric, &tcp_labels)?;
+        let s = sample(
+            &c,
+            metric,
+            &[("reporter", "source"), ("request_protocol", "tcp")],
+        )?;
+        labels(s, &tcp_labels)?;
         ensure!(
             value(s)? == want,
             "client {metric}: {} want {want}",
@@ -500,11 +435,10 @@ fn check_metrics(client: &Pod, server: &Pod, bodies: [usize; 2], n: u64) -> Resu
         sample(&sv, "istio_requests_total", &[("reporter", "source")]).is_err(),
         "the server made no outbound request"
     );
-    let tcp_in = [
+    // The caller's workload from the endpoint metadata of its address.
+    let mut tcp_in = parties.clone();
+    tcp_in.extend([
         ("reporter", "destination"),
-        ("destination_workload", "reviews-v1"),
-        ("destination_app", "reviews"),
-        ("destination_service", REVIEWS),
         ("request_protocol", "tcp"),
         ("response_flags", "-"),
         ("connection_security_policy", "mutual_tls"),
@@ -516,14 +450,19 @@ fn check_metrics(client: &Pod, server: &Pod, bodies: [usize; 2], n: u64) -> Resu
             "destination_principal",
             "spiffe://cluster.local/ns/default/sa/default",
         ),
-    ];
+    ]);
     for (metric, want) in [
         ("istio_tcp_connections_opened_total", 1.0),
         ("istio_tcp_connections_closed_total", 1.0),
         ("istio_tcp_sent_bytes_total", n as f64),
         ("istio_tcp_received_bytes_total", n as f64),
     ] {
-        let s = sample(&sv, metric, &tcp_in)?;
+        let s = sample(
+            &sv,
+            metric,
+            &[("reporter", "destination"), ("request_protocol", "tcp")],
+        )?;
+        labels(s, &tcp_in)?;
         ensure!(
             value(s)? == want,
             "server {metric}: {} want {want}",

@@ -457,6 +457,32 @@ pub struct Endpoint {
     /// string values), which selects the cluster's `transport_socket_matches` entry:
     /// `tlsMode: istio` for endpoints that have a sidecar.
     pub transport_metadata: BTreeMap<String, String>,
+    /// The workload behind the address, from the endpoint's telemetry metadata (what the
+    /// metrics label this peer with); `None` when the control plane sent none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<EndpointWorkload>,
+}
+
+/// The workload of an endpoint, as istiod describes it in `filter_metadata.istio.workload`
+/// (`WORKLOAD;NAMESPACE;CANONICAL_SERVICE;CANONICAL_REVISION;CLUSTER`), with the `app` and
+/// `version` labels this project's control plane adds beside it (`istio.app`,
+/// `istio.version`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct EndpointWorkload {
+    /// Workload name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Canonical service (empty: not sent).
+    pub canonical_service: String,
+    /// Canonical revision (empty: istiod leaves out its default `latest`).
+    pub canonical_revision: String,
+    /// Cluster id.
+    pub cluster: String,
+    /// `app` label, when sent.
+    pub app: Option<String>,
+    /// `version` label, when sent.
+    pub version: Option<String>,
 }
 
 /// Endpoint health as reported by EDS.

@@ -115,6 +115,7 @@ impl MeshSnapshot {
                     ep.labels = proxy.labels.clone();
                     ep.service_account = proxy.service_account.clone();
                     ep.tls_mode = proxy_tls_mode(proxy);
+                    ep.workload = proxy.endpoint_workload();
                 }
             }
             list.sort();
@@ -180,6 +181,7 @@ fn config_endpoint(locality: Locality, ip: IpAddr, port: u16, healthy: bool) -> 
         tls_mode: TlsMode::Disabled,
         labels: BTreeMap::new(),
         service_account: None,
+        workload: None,
     }
 }
 
@@ -256,6 +258,7 @@ fn proxy_endpoints(b: &mut Builder, proxy: &ProxyInfo) {
                     tls_mode: proxy_tls_mode(proxy),
                     labels: proxy.labels.clone(),
                     service_account: proxy.service_account.clone(),
+                    workload: proxy.endpoint_workload(),
                 };
                 b.endpoint(&svc, sp.port, ep);
             }

@@ -43,8 +43,8 @@ use crate::watch::{sleep_until, Debounce, Debouncer, Trigger};
 use crate::xds::cache::RenderCache;
 
 pub use model::{
-    DnsEndpoint, Endpoint, EndpointSource, Locality, Protocol, Resolution, Service, ServiceKey,
-    ServiceOrigin, ServicePort, TlsMode,
+    DnsEndpoint, Endpoint, EndpointSource, EndpointWorkload, Locality, Protocol, Resolution,
+    Service, ServiceKey, ServiceOrigin, ServicePort, TlsMode,
 };
 pub use proxy::ProxyInfo;
 pub use scope::ProxyScope;

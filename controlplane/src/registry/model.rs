@@ -324,6 +324,21 @@ pub struct Endpoint {
     /// The workload's service account (its identity), when known: a connected proxy's or a
     /// WorkloadEntry's.
     pub service_account: Option<String>,
+    /// The workload behind the address, when known (a connected proxy, a WorkloadEntry, or an
+    /// Endpoints address a connected proxy of the Service's namespace holds): what the
+    /// proxies' metrics label the peer with (istiod's endpoint telemetry metadata).
+    pub workload: Option<EndpointWorkload>,
+}
+
+/// The workload of an endpoint, as the telemetry metadata of its `LbEndpoint` describes it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct EndpointWorkload {
+    /// Workload name (a Deployment's name for its pods, a WorkloadEntry's name).
+    pub name: String,
+    /// Namespace of the workload.
+    pub namespace: String,
+    /// Cluster id (`CLUSTER_ID`, `Kubernetes` by default).
+    pub cluster: String,
 }
 
 /// One endpoint of a DNS-resolved Service port (resolution DNS or DNS_ROUND_ROBIN) that

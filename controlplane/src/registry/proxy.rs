@@ -129,6 +129,23 @@ impl ProxyInfo {
         Some((self.namespace.as_deref()?, *self.ips.first()?))
     }
 
+    /// The workload this proxy runs for, as istiod names it for telemetry: a Deployment's
+    /// pod `NAME-HASH-SUFFIX` labelled `pod-template-hash=HASH` is workload `NAME`, a
+    /// StatefulSet's pod `NAME-N` is `NAME`, any other pod its own name. `None` without a pod
+    /// name or namespace.
+    pub fn endpoint_workload(&self) -> Option<super::EndpointWorkload> {
+        let pod = self.pod.as_deref().filter(|p| !p.is_empty())?;
+        let namespace = self.namespace.clone()?;
+        Some(super::EndpointWorkload {
+            name: workload_name(pod, &self.labels),
+            namespace,
+            cluster: self
+                .cluster_id
+                .clone()
+                .unwrap_or_else(|| "Kubernetes".to_string()),
+        })
+    }
+
     /// A proxyless gRPC client (metadata `GENERATOR: grpc`, as istiod decides), which is
     /// served by [`crate::xds::grpcgen`] and asks for every type by name.
     pub fn is_proxyless_grpc(&self) -> bool {
@@ -144,4 +161,24 @@ impl ProxyInfo {
             subzone: get("topology.istio.io/subzone"),
         }
     }
+}
+
+/// Istio's workload name of a pod (see [`ProxyInfo::endpoint_workload`]).
+pub fn workload_name(pod: &str, labels: &BTreeMap<String, String>) -> String {
+    if let Some(hash) = labels.get("pod-template-hash").filter(|h| !h.is_empty()) {
+        if let Some(i) = pod.rfind(&format!("-{hash}-")).filter(|i| *i > 0) {
+            return pod[..i].to_string();
+        }
+    }
+    if labels.contains_key("statefulset.kubernetes.io/pod-name") {
+        if let Some((name, ordinal)) = pod.rsplit_once('-') {
+            if !name.is_empty()
+                && !ordinal.is_empty()
+                && ordinal.bytes().all(|b| b.is_ascii_digit())
+            {
+                return name.to_string();
+            }
+        }
+    }
+    pod.to_string()
 }

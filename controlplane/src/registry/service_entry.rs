@@ -27,8 +27,8 @@ use ipnet::IpNet;
 
 use super::build::Builder;
 use super::model::{
-    DnsEndpoint, Endpoint, EndpointSource, Locality, Protocol, Resolution, Service, ServiceOrigin,
-    ServicePort, TlsMode,
+    DnsEndpoint, Endpoint, EndpointSource, EndpointWorkload, Locality, Protocol, Resolution,
+    Service, ServiceOrigin, ServicePort, TlsMode,
 };
 use crate::config::istio::service_entry::{
     Location, Resolution as SeResolution, ServiceEntry, WorkloadEntry,
@@ -112,6 +112,20 @@ fn tls_mode(we: &WorkloadEntry) -> TlsMode {
     }
 }
 
+/// The workload of a WorkloadEntry endpoint: the entry's name and namespace (an endpoint
+/// written inline in a ServiceEntry names no workload).
+fn entry_workload(source: &EndpointSource) -> Option<EndpointWorkload> {
+    let EndpointSource::WorkloadEntry(key) = source else {
+        return None;
+    };
+    let (namespace, name) = key.split_once('/')?;
+    Some(EndpointWorkload {
+        name: name.to_string(),
+        namespace: namespace.to_string(),
+        cluster: "Kubernetes".to_string(),
+    })
+}
+
 /// Adds `we` as an endpoint of `svc` on service port `sp` at workload port `port`, in the form
 /// the service's resolution needs.
 fn add_workload(
@@ -125,6 +139,7 @@ fn add_workload(
     if we.address.starts_with("unix://") || we.address.is_empty() || port == 0 {
         return;
     }
+    let workload = entry_workload(&source);
     let locality = Locality::parse(&we.locality);
     let weight = we.weight.max(1);
     let dns = matches!(svc.resolution, Resolution::Dns | Resolution::DnsRoundRobin);
@@ -142,6 +157,7 @@ fn add_workload(
                 tls_mode: tls_mode(we),
                 labels: we.labels.clone(),
                 service_account: Some(we.service_account.clone()).filter(|s| !s.is_empty()),
+                workload,
             },
         ),
         Err(_) if dns => b.dns_endpoint(

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality as EnvoyLocality};
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality as EnvoyLocality, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint,
     LocalityLbEndpoints,
@@ -24,7 +24,8 @@ use crate::registry::{
 
 /// The load assignment of one cluster: endpoints grouped by locality (always set, possibly
 /// empty strings, since gRPC rejects an unset one), in locality order; an endpoint that
-/// accepts Istio mTLS carries Istio's metadata `envoy.transport_socket_match.tlsMode: istio`.
+/// accepts Istio mTLS carries Istio's metadata `envoy.transport_socket_match.tlsMode: istio`,
+/// one whose workload is known its telemetry metadata (see [`telemetry_metadata`]).
 pub fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssignment {
     let mut by_locality: BTreeMap<&Locality, Vec<LbEndpoint>> = BTreeMap::new();
     for ep in endpoints {
@@ -42,6 +43,7 @@ pub fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssi
                 Kind::StringValue(ep.tls_mode.as_str().to_string()),
             );
         }
+        telemetry_metadata(&mut metadata, ep);
         by_locality
             .entry(&ep.locality)
             .or_default()
@@ -78,6 +80,59 @@ pub fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssi
             })
             .collect(),
         ..Default::default()
+    }
+}
+
+/// The first non-empty value of `keys` in `labels`.
+fn first_label<'a>(labels: &'a BTreeMap<String, String>, keys: &[&str]) -> Option<&'a str> {
+    keys.iter()
+        .find_map(|k| labels.get(*k).map(String::as_str).filter(|v| !v.is_empty()))
+}
+
+/// istiod's endpoint telemetry metadata, for the proxies' metrics to label a peer they learn
+/// nothing about otherwise (a TCP connection, a request that never reached a sidecar):
+/// `filter_metadata.istio.workload` =
+/// `WORKLOAD;NAMESPACE;CANONICAL_SERVICE;CANONICAL_REVISION;CLUSTER`, the canonical service and
+/// revision defaulted from the labels as Istio does (`service.istio.io/canonical-name`, else
+/// `app.kubernetes.io/name`, else `app`, else the workload; `-revision`, else
+/// `app.kubernetes.io/version`, else `version`, else `latest`, which is sent empty). This
+/// project adds `istio.app` and `istio.version` (the `app`/`version` labels, when set), which
+/// Istio's sidecars learn by exchanging metadata instead; Envoy ignores both.
+pub fn telemetry_metadata(metadata: &mut Option<Metadata>, ep: &Endpoint) {
+    let Some(w) = &ep.workload else {
+        return;
+    };
+    let canonical_service = first_label(
+        &ep.labels,
+        &[
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ],
+    )
+    .unwrap_or(&w.name);
+    let canonical_revision = first_label(
+        &ep.labels,
+        &[
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ],
+    )
+    .filter(|r| *r != "latest")
+    .unwrap_or("");
+    let value = format!(
+        "{};{};{canonical_service};{canonical_revision};{}",
+        w.name, w.namespace, w.cluster
+    );
+    metadata_field(metadata, "istio", "workload", Kind::StringValue(value));
+    for (key, labels) in [
+        ("app", &["app", "app.kubernetes.io/name"]),
+        ("version", &["version", "app.kubernetes.io/version"]),
+    ] {
+        if let Some(v) = first_label(&ep.labels, labels) {
+            metadata_field(metadata, "istio", key, Kind::StringValue(v.to_string()));
+        }
     }
 }
 

@@ -175,6 +175,7 @@ fn endpoint(ip: &str) -> crate::registry::Endpoint {
         tls_mode: Default::default(),
         labels: Default::default(),
         service_account: Some("cart".into()),
+        workload: None,
     }
 }
 

@@ -220,25 +220,86 @@ impl Proxy {
     }
 
     /// The Envoy-like initial exchange: CDS, EDS (for `eds`), LDS, RDS (for `rds`), each
-    /// ACKed. Returns the four responses.
+    /// ACKed. Returns the four responses, the EDS one as it stands once the control plane has
+    /// registered this proxy (see [`Proxy::awaits_registration`]).
     pub async fn sync(&mut self, eds: &[&str], rds: &[&str]) -> [DiscoveryResponse; 4] {
         self.send(CDS, &[], "", "", None).await;
         let cds = self.recv().await;
         assert_eq!(cds.type_url, CDS);
         self.ack(&cds, &[]).await;
         self.send(EDS, eds, "", "", None).await;
-        let eds_resp = self.recv().await;
+        let mut eds_resp = self.recv().await;
         assert_eq!(eds_resp.type_url, EDS);
         self.ack(&eds_resp, eds).await;
         self.send(LDS, &[], "", "", None).await;
-        let lds = self.recv().await;
-        assert_eq!(lds.type_url, LDS);
+        let lds = self.recv_skipping_eds(LDS, eds, &mut eds_resp).await;
         self.ack(&lds, &[]).await;
         self.send(RDS, rds, "", "", None).await;
-        let rds_resp = self.recv().await;
-        assert_eq!(rds_resp.type_url, RDS);
+        let rds_resp = self.recv_skipping_eds(RDS, eds, &mut eds_resp).await;
         self.ack(&rds_resp, rds).await;
+        if self.awaits_registration(&eds_resp) {
+            eds_resp = self.recv().await;
+            assert_eq!(eds_resp.type_url, EDS);
+            assert!(!self.awaits_registration(&eds_resp), "no workload metadata");
+            self.ack(&eds_resp, eds).await;
+        }
         [cds, eds_resp, lds, rds_resp]
+    }
+
+    /// The next response of `type_url`; an EDS push that comes first is ACKed and kept in
+    /// `latest_eds`.
+    async fn recv_skipping_eds(
+        &mut self,
+        type_url: &str,
+        eds: &[&str],
+        latest_eds: &mut DiscoveryResponse,
+    ) -> DiscoveryResponse {
+        loop {
+            let resp = self.recv().await;
+            if resp.type_url == type_url {
+                return resp;
+            }
+            assert_eq!(resp.type_url, EDS, "expected {type_url}");
+            self.ack(&resp, eds).await;
+            *latest_eds = resp;
+        }
+    }
+
+    /// Whether `eds` holds an endpoint at this proxy's address, in a Service of its
+    /// namespace, without the workload telemetry metadata: the control plane registers a
+    /// connecting proxy after its first push (debounced), and then sends that endpoint again
+    /// with the workload's metadata.
+    fn awaits_registration(&self, eds: &DiscoveryResponse) -> bool {
+        let meta = self.node.metadata.as_ref();
+        let field = |k: &str| match meta.and_then(|m| m.fields.get(k)?.kind.as_ref()) {
+            Some(Kind::StringValue(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let (ip, ns) = (field("INSTANCE_IPS"), field("NAMESPACE"));
+        eds.resources
+            .iter()
+            .map(|a| ClusterLoadAssignment::decode(a.value.as_slice()).unwrap())
+            .filter(|c| {
+                c.cluster_name
+                    .split('|')
+                    .nth(3)
+                    .and_then(|h| h.split('.').nth(1))
+                    == Some(&ns)
+            })
+            .flat_map(|c| c.endpoints)
+            .flat_map(|g| g.lb_endpoints)
+            .any(|lb| {
+                let at_ip = matches!(&lb.host_identifier,
+                    Some(lb_endpoint::HostIdentifier::Endpoint(ep))
+                        if matches!(ep.address.as_ref().and_then(|a| a.address.as_ref()),
+                            Some(address::Address::SocketAddress(sa)) if sa.address == ip));
+                let has_workload = lb
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.filter_metadata.get("istio"))
+                    .is_some_and(|s| s.fields.contains_key("workload"));
+                at_ip && !has_workload
+            })
     }
 }
 

@@ -269,6 +269,7 @@ impl DnsResolvers {
                     locality: String::new(),
                     priority: 0,
                     transport_metadata: Default::default(),
+                    workload: None,
                 })
                 .collect()
         })

@@ -288,6 +288,7 @@ impl ProxyHttp for MeshHttp {
         if peer.is_tls() && !reused {
             Stats::incr(&self.shared.stats.upstream_ssl_handshake);
         }
+        telemetry::on_upstream_connected(&self.shared, peer, digest, &mut ctx.telemetry);
         let Some(fwd) = ctx.forward.as_mut() else {
             return Ok(());
         };

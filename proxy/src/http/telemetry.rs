@@ -41,6 +41,9 @@ pub struct RequestTelemetry {
     pub cluster: Option<Arc<ClusterStats>>,
     /// Whether the request is gRPC.
     pub grpc: bool,
+    /// Outbound over mutual TLS: the server's verified SPIFFE ID and this workload's own
+    /// (the principals Istio's client sidecar reports from the upstream connection).
+    pub upstream_principals: Option<(Arc<str>, Option<Arc<str>>)>,
 }
 
 fn side(conn: &ConnContext) -> Side {
@@ -66,8 +69,13 @@ pub fn on_request(
     }
     // Only the server's sidecar trusts a peer's metadata on the request; what an application
     // sends is dropped above and never counted.
+    // Without its headers (a caller without a sidecar), the caller is the workload the
+    // endpoints' metadata places at its address, if any.
     if conn.role == Role::Inbound {
-        t.peer = Some(shared.metrics.peers.peer(header.as_deref()));
+        t.peer = Some(match header.as_deref() {
+            Some(h) => shared.metrics.peers.peer(Some(h)),
+            None => workload_at(shared, conn.peer_addr.map(|a| a.ip())),
+        });
     }
     if let Some(tracer) = &shared.tracer {
         // Traced when the proxy has a collector, or the listener's tracing (Telemetry API)
@@ -78,6 +86,15 @@ pub fn on_request(
             t.span = Some(tracer.begin_with(&req.headers, side(conn), sampling));
         }
     }
+}
+
+/// The workload at `ip` by the endpoints' telemetry metadata (unknown when none is there).
+fn workload_at(shared: &Shared, ip: Option<std::net::IpAddr>) -> Arc<PeerInfo> {
+    let snapshot = shared.snapshot.load();
+    shared
+        .metrics
+        .peers
+        .workload(ip.and_then(|ip| snapshot.workload_at(ip)))
 }
 
 /// The tracing settings of the connection's HTTP chain, if it has any.
@@ -97,6 +114,34 @@ fn collector_endpoint(shared: &Shared, cluster: &str) -> Option<String> {
         .find(|(_, ejected, _)| !ejected)
         .or(hosts.first())
         .map(|(addr, _, _)| format!("http://{addr}"))
+}
+
+/// An upstream connection was made or reused for the request: over TLS, the server's
+/// verified SPIFFE ID (and, when this proxy presented its workload certificate, its own)
+/// become the principals of the request's metrics.
+pub fn on_upstream_connected(
+    shared: &Shared,
+    peer: &pingora_core::upstreams::peer::HttpPeer,
+    digest: Option<&pingora_core::protocols::Digest>,
+    t: &mut RequestTelemetry,
+) {
+    t.upstream_principals = None;
+    if !peer.is_tls() {
+        return;
+    }
+    let uri = digest
+        .and_then(|d| d.ssl_digest.as_ref())
+        .and_then(|d| d.extension.get::<crate::tls::client::PeerCheck>())
+        .and_then(|c| c.result.as_ref().ok())
+        .and_then(|p| p.uris.iter().find(|u| u.starts_with("spiffe://")));
+    if let Some(uri) = uri {
+        let local = peer
+            .client_cert_key
+            .is_some()
+            .then(|| shared.metrics.local_principal.clone())
+            .flatten();
+        t.upstream_principals = Some((Arc::from(uri.as_str()), local));
+    }
 }
 
 /// The request goes upstream (each attempt): this proxy's metadata (outbound, to mesh
@@ -252,14 +297,28 @@ pub fn on_logging(shared: &Shared, conn: &ConnContext, ctx: &mut RequestCtx, e: 
         }
     }
     let cluster = e.upstream_cluster.as_deref();
+    // A response that brought no metadata (no sidecar there, or none reached): the chosen
+    // endpoint's workload, as Istio's sidecars fall back to the endpoint metadata.
+    if t.peer.is_none() && conn.role == Role::Outbound {
+        if let Some(host) = e.upstream_host {
+            t.peer = Some(workload_at(shared, Some(host.ip())));
+        }
+    }
+    let mut parties = parties(
+        shared,
+        conn,
+        t.peer.clone(),
+        cluster,
+        e.authority.as_deref(),
+    );
+    if conn.role == Role::Outbound {
+        if let Some((server, local)) = &t.upstream_principals {
+            parties.peer_principal = Some(server.clone());
+            parties.local_principal = local.clone();
+        }
+    }
     let key = HttpKey {
-        parties: parties(
-            shared,
-            conn,
-            t.peer.clone(),
-            cluster,
-            e.authority.as_deref(),
-        ),
+        parties,
         protocol: if t.grpc {
             RequestProtocol::Grpc
         } else {

@@ -16,6 +16,10 @@
 //!   `SERVICE_ACCOUNT`, `MESH_ID`), on the request (client sidecar to server sidecar) and on
 //!   the response (back). Each sidecar removes the peer's headers before the application sees
 //!   them.
+//! - Peers without that exchange (TCP connections, a request whose answer carries no
+//!   metadata, a caller without a sidecar) are labelled from the control plane's endpoint
+//!   metadata ([`PeerCache::workload`]): the chosen endpoint's workload at the client's
+//!   sidecar, the workload at the caller's address at the server's.
 //! - Cardinality is bounded: a received header is decoded once and cached ([`PeerCache`], at
 //!   most [`MAX_PEERS`] distinct values, then new ones count as unknown); every label value
 //!   is cut at [`MAX_LABEL_LEN`] bytes.
@@ -163,6 +167,26 @@ impl PeerInfo {
     }
 }
 
+impl From<&xds_client::model::EndpointWorkload> for PeerInfo {
+    /// The labels of an endpoint's workload as the control plane described it (empty
+    /// canonical revision: Istio's default `latest`; no `app`/`version`: unknown).
+    fn from(w: &xds_client::model::EndpointWorkload) -> PeerInfo {
+        let revision = match w.canonical_revision.as_str() {
+            "" => "latest",
+            r => r,
+        };
+        PeerInfo {
+            workload: bounded(&w.name),
+            namespace: bounded(&w.namespace),
+            app: bounded(w.app.as_deref().unwrap_or(UNKNOWN)),
+            version: bounded(w.version.as_deref().unwrap_or(UNKNOWN)),
+            canonical_service: bounded(&w.canonical_service),
+            canonical_revision: bounded(revision),
+            cluster: bounded(&w.cluster),
+        }
+    }
+}
+
 /// This proxy's own metadata, as it sends it to its peers.
 #[derive(Clone, Debug)]
 pub struct LocalMetadata {
@@ -276,9 +300,12 @@ pub fn decode(header: &[u8]) -> Option<PeerInfo> {
 /// Received peer headers, decoded once: at most [`MAX_PEERS`] distinct values, then every
 /// new value is the unknown peer (so that a client sending random headers cannot grow the
 /// metrics without bound).
+/// Endpoint workloads (from the control plane's endpoint metadata) are interned the same
+/// way, so that a workload is one `Arc` across config pushes.
 #[derive(Debug)]
 pub struct PeerCache {
     by_header: RwLock<HashMap<Box<[u8]>, Arc<PeerInfo>>>,
+    by_workload: RwLock<HashMap<xds_client::model::EndpointWorkload, Arc<PeerInfo>>>,
     unknown: Arc<PeerInfo>,
 }
 
@@ -286,6 +313,7 @@ impl Default for PeerCache {
     fn default() -> Self {
         PeerCache {
             by_header: RwLock::new(HashMap::new()),
+            by_workload: RwLock::new(HashMap::new()),
             unknown: Arc::new(PeerInfo::unknown()),
         }
     }
@@ -295,6 +323,28 @@ impl PeerCache {
     /// The unknown peer (shared).
     pub fn unknown(&self) -> &Arc<PeerInfo> {
         &self.unknown
+    }
+
+    /// The peer an endpoint's workload metadata describes (`None`: the unknown peer).
+    pub fn workload(&self, w: Option<&xds_client::model::EndpointWorkload>) -> Arc<PeerInfo> {
+        let Some(w) = w else {
+            return self.unknown.clone();
+        };
+        if let Ok(map) = self.by_workload.read() {
+            if let Some(p) = map.get(w) {
+                return p.clone();
+            }
+            if map.len() >= MAX_PEERS {
+                return self.unknown.clone();
+            }
+        }
+        let peer = Arc::new(PeerInfo::from(w));
+        if let Ok(mut map) = self.by_workload.write() {
+            if map.len() < MAX_PEERS {
+                return map.entry(w.clone()).or_insert(peer).clone();
+            }
+        }
+        peer
     }
 
     /// The peer of a received `x-envoy-peer-metadata` value (`None`: the unknown peer).
@@ -410,6 +460,27 @@ mod tests {
         let long = "x".repeat(1000);
         let p = PeerInfo::from_metadata(&long, None, "ns", &BTreeMap::new(), "c");
         assert_eq!(p.workload.len(), MAX_LABEL_LEN);
+    }
+
+    #[test]
+    fn endpoint_workloads_are_labelled_and_interned() {
+        let w = xds_client::model::EndpointWorkload {
+            name: "reviews-v1".into(),
+            namespace: "default".into(),
+            canonical_service: "reviews".into(),
+            canonical_revision: String::new(),
+            cluster: "Kubernetes".into(),
+            app: Some("reviews".into()),
+            version: None,
+        };
+        let cache = PeerCache::default();
+        let p = cache.workload(Some(&w));
+        assert_eq!(&*p.workload, "reviews-v1");
+        assert_eq!(&*p.canonical_revision, "latest");
+        assert_eq!(&*p.app, "reviews");
+        assert_eq!(&*p.version, "unknown");
+        assert!(Arc::ptr_eq(&p, &cache.workload(Some(&w.clone()))));
+        assert_eq!(*cache.workload(None), PeerInfo::unknown());
     }
 
     #[test]

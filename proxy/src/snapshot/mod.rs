@@ -173,6 +173,8 @@ pub struct Snapshot {
     /// Endpoint address → the outbound clusters without subset holding it, sorted by name:
     /// which Services an inbound connection's original destination belongs to (metrics).
     endpoint_clusters: HashMap<SocketAddr, Vec<String>>,
+    /// Endpoint IP → the workload the control plane says runs there (metrics peers).
+    workloads: HashMap<IpAddr, xds_client::model::EndpointWorkload>,
 }
 
 impl Snapshot {
@@ -269,6 +271,14 @@ impl Snapshot {
             })
             .collect();
         let mut endpoint_clusters = HashMap::new();
+        let mut workloads = HashMap::new();
+        for cla in config.endpoints.values() {
+            for e in &cla.endpoints {
+                if let Some(w) = &e.workload {
+                    workloads.entry(e.address.ip()).or_insert_with(|| w.clone());
+                }
+            }
+        }
         for (name, cla) in &config.endpoints {
             let plain = matches!(
                 name.split('|').collect::<Vec<_>>().as_slice(),
@@ -296,7 +306,14 @@ impl Snapshot {
             clusters,
             counters,
             endpoint_clusters,
+            workloads,
         }
+    }
+
+    /// The workload at `ip` according to the endpoints' telemetry metadata, if any endpoint
+    /// of any cluster has that address and carries it.
+    pub fn workload_at(&self, ip: IpAddr) -> Option<&xds_client::model::EndpointWorkload> {
+        self.workloads.get(&ip)
     }
 
     /// The outbound clusters (`outbound|PORT||HOST`) whose endpoints include `addr`, sorted

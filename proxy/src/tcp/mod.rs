@@ -17,7 +17,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use xds_client::model::TcpProxy;
 
 use crate::accesslog::{AccessLogEntry, Detail, ResponseFlag};
-use crate::listener::conn::ConnContext;
+use crate::listener::conn::{ConnContext, Role};
 use crate::metrics::istio::TcpKey;
 use crate::shared::Shared;
 use crate::stats::Stats;
@@ -181,7 +181,14 @@ where
     let snapshot = shared.snapshot.load();
     let cluster_name = choose_cluster(settings, rand::random());
     entry.upstream_cluster = Some(cluster_name.to_string());
-    let mut parties = crate::http::telemetry::parties(shared, conn, None, Some(cluster_name), None);
+    // The peer's workload from the endpoints' metadata: inbound, the caller's address; outbound,
+    // the chosen endpoint's (below).
+    let caller = match conn.role {
+        Role::Inbound => conn.peer_addr.and_then(|a| snapshot.workload_at(a.ip())),
+        Role::Outbound => None,
+    };
+    let peer = caller.map(|w| shared.metrics.peers.workload(Some(w)));
+    let mut parties = crate::http::telemetry::parties(shared, conn, peer, Some(cluster_name), None);
     let mut opened = None;
     match snapshot.cluster(cluster_name) {
         None => entry.response_flags = ResponseFlag::NoClusterFound.into(),
@@ -192,6 +199,12 @@ where
             Ok(picked) => {
                 let addr = picked.address;
                 entry.upstream_host = Some(addr);
+                if conn.role == Role::Outbound {
+                    parties.peer = shared
+                        .metrics
+                        .peers
+                        .workload(snapshot.workload_at(addr.ip()));
+                }
                 let max = cluster.cluster().circuit_breakers.max_connections;
                 let permit = cluster.limits().try_connection(max);
                 let bind = cluster.bind_address();

@@ -236,6 +236,7 @@ fn endpoint(addr: &str, tls_mode: Option<&str>) -> Endpoint {
         transport_metadata: tls_mode
             .map(|m| BTreeMap::from([("tlsMode".to_string(), m.to_string())]))
             .unwrap_or_default(),
+        workload: None,
     }
 }
 

@@ -21,6 +21,7 @@ fn endpoint(a: &str, weight: u32, health: HealthStatus) -> Endpoint {
         locality: String::new(),
         priority: 0,
         transport_metadata: Default::default(),
+        workload: None,
     }
 }
 

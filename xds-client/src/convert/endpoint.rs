@@ -3,14 +3,20 @@
 //! Ignored fields: `ClusterLoadAssignment.policy.{overprovisioning_factor,
 //! endpoint_stale_after, weighted_priority_health}`, `LocalityLbEndpoints.{metadata,
 //! load_balancing_weight, proximity}` (locality weights only matter with locality-weighted load
-//! balancing, which the proxy does not do), `LbEndpoint.metadata`,
-//! `Endpoint.{hostname, health_check_config, observability_name}`.
+//! balancing, which the proxy does not do), `LbEndpoint.metadata` other than
+//! `envoy.transport_socket_match` and the telemetry keys of `istio` (`workload`, `app`,
+//! `version`), `Endpoint.{hostname, health_check_config, observability_name}`.
+//!
+//! Telemetry metadata is read as Istio's sidecars read it: a `workload` value that is not a
+//! string of at least five `;`-separated fields is ignored (the peer stays unknown), never
+//! rejected, since it only labels metrics.
 
-use envoy_types::pb::envoy::config::core::v3::{HealthStatus as PbHealth, Locality};
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus as PbHealth, Locality, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::{self as pb, lb_endpoint};
+use envoy_types::pb::google::protobuf::value::Kind;
 
 use super::{address, reject_set, ConvertError, Within};
-use crate::model::{ClusterLoadAssignment, Endpoint, HealthStatus, ResourceType};
+use crate::model::{ClusterLoadAssignment, Endpoint, EndpointWorkload, HealthStatus, ResourceType};
 
 /// An EDS resource.
 impl TryFrom<pb::ClusterLoadAssignment> for ClusterLoadAssignment {
@@ -115,5 +121,28 @@ fn lb_endpoint(lb: pb::LbEndpoint, locality: &str) -> Result<Endpoint, ConvertEr
         locality: locality.to_string(),
         priority: 0,
         transport_metadata: super::tls::endpoint_metadata(lb.metadata.as_ref()),
+        workload: workload(lb.metadata.as_ref()),
+    })
+}
+
+/// The endpoint's workload from `filter_metadata.istio` (see the module's notes).
+fn workload(metadata: Option<&Metadata>) -> Option<EndpointWorkload> {
+    let istio = metadata?.filter_metadata.get("istio")?;
+    let string = |key: &str| match istio.fields.get(key).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.as_str()),
+        _ => None,
+    };
+    let mut parts = string("workload")?.split(';');
+    let mut next = || parts.next().map(str::to_string);
+    let (name, namespace, canonical_service, canonical_revision, cluster) =
+        (next()?, next()?, next()?, next()?, next()?);
+    Some(EndpointWorkload {
+        name,
+        namespace,
+        canonical_service,
+        canonical_revision,
+        cluster,
+        app: string("app").map(str::to_string),
+        version: string("version").map(str::to_string),
     })
 }

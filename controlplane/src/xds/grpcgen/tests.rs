@@ -78,6 +78,7 @@ fn mesh() -> MeshSnapshot {
         weight: 1,
         tls_mode: Default::default(),
         service_account: None,
+        workload: None,
     };
     m.endpoints
         .insert((key, 7070), vec![ep("10.211.0.2"), ep("10.211.0.3")]);

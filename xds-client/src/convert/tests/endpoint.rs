@@ -60,6 +60,7 @@ fn localities_are_flattened() {
         locality: locality.into(),
         priority: 0,
         transport_metadata: Default::default(),
+        workload: None,
     };
     assert_eq!(
         converted.endpoints,
@@ -143,4 +144,63 @@ fn endpoint_errors() {
     for (proto, expected) in cases {
         assert_eq!(message(ClusterLoadAssignment::try_from(proto)), expected);
     }
+}
+
+#[test]
+fn telemetry_metadata_names_the_workload() {
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    let istio = |fields: &[(&str, &str)]| {
+        with_endpoint(|e| {
+            e.metadata = Some(Metadata {
+                filter_metadata: [(
+                    "istio".to_string(),
+                    Struct {
+                        fields: fields
+                            .iter()
+                            .map(|(k, v)| {
+                                let kind = Some(Kind::StringValue(v.to_string()));
+                                (k.to_string(), Value { kind })
+                            })
+                            .collect(),
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            })
+        })
+    };
+    let workload = |fields: &[(&str, &str)]| {
+        ClusterLoadAssignment::try_from(istio(fields))
+            .unwrap()
+            .endpoints[0]
+            .workload
+            .clone()
+    };
+    let w = workload(&[
+        ("workload", "reviews-v1;default;reviews;;Kubernetes"),
+        ("app", "reviews"),
+        ("version", "v1"),
+    ])
+    .expect("workload");
+    assert_eq!(
+        (
+            w.name.as_str(),
+            w.namespace.as_str(),
+            w.canonical_service.as_str()
+        ),
+        ("reviews-v1", "default", "reviews")
+    );
+    assert_eq!(
+        (w.canonical_revision.as_str(), w.cluster.as_str()),
+        ("", "Kubernetes")
+    );
+    assert_eq!(
+        (w.app.as_deref(), w.version.as_deref()),
+        (Some("reviews"), Some("v1"))
+    );
+    // Istio's sidecars ignore what they cannot read; so does the proxy (never a NACK).
+    assert_eq!(workload(&[("workload", "reviews-v1;default")]), None);
+    assert_eq!(workload(&[("app", "reviews")]), None);
+    assert_eq!(workload(&[]), None);
 }
