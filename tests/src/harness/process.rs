@@ -137,6 +137,17 @@ impl Process {
     fn spawn_locked(&self, state: &mut State) -> Result<()> {
         let stdout = open_log(&self.inner.stdout_path)?;
         let mut stderr = open_log(&self.inner.stderr_path)?;
+        // A process run as another user owns its logs, so that it can open its own stdout
+        // again (`/dev/stdout`, as Envoy's file access logger does), as a container can.
+        if let Some((uid, gid)) = self.inner.launch.user {
+            for (file, path) in [
+                (&stdout, &self.inner.stdout_path),
+                (&stderr, &self.inner.stderr_path),
+            ] {
+                std::os::unix::fs::fchown(file, Some(uid), Some(gid))
+                    .map_err(HarnessError::io("chown", path))?;
+            }
+        }
         let mut cmd = self.inner.launch.command();
         let command = describe(&cmd);
         // A marker in the stderr log only: stdout stays machine-readable (access logs).
