@@ -6,7 +6,8 @@
 //! Checked: Envoy ACKs every type with no NACK in the control plane's `/debug/syncz`; with a
 //! filter `response.code >= 400` Envoy writes the 404's JSON line (Istio's field names) on
 //! stdout and none for the 200 before it; at 100% sampling Envoy's spans of both calls reach
-//! the OTLP collector (built on the published OpenTelemetry protos).
+//! the OTLP collector (built on the published OpenTelemetry protos); `reviews`' sidecar labels
+//! the calls with Envoy's workload from the endpoint metadata (Envoy sends no peer headers).
 
 mod common;
 mod telemetry_support;
@@ -74,6 +75,13 @@ fn envoy_applies_a_telemetry_resources_access_log_filter_and_tracing() -> Result
     mesh.topo
         .write_config("mesh-config.yaml", &mesh_config(otlp.port()))?;
     mesh.topo.write_config("telemetry.yaml", TELEMETRY)?;
+    // Envoy's pod is a Service's endpoint: `reviews`' sidecar, which gets no peer metadata
+    // headers from Envoy, labels the caller from the endpoint metadata of its address.
+    mesh.topo.add_service(
+        &ServiceSpec::new("client-envoy", NS)
+            .port("http", HTTP_PORT, HTTP_PORT)
+            .selector("app", "client-envoy"),
+    )?;
     mesh.topo.start_control_plane()?;
     let reviews = mesh.reviews_pod("v1")?;
     let envoy = mesh
@@ -144,6 +152,38 @@ fn envoy_applies_a_telemetry_resources_access_log_filter_and_tracing() -> Result
             .filter(|e| e["path"] == "/envoy-telemetry/ok")
             .collect();
         ensure!(ok_lines.is_empty(), "Envoy logged the 200: {ok_lines:?}");
+
+        // At `reviews`' sidecar the caller is Envoy's workload, known from the endpoint
+        // metadata (Envoy sends no peer metadata headers), its principal from mutual TLS.
+        // (Recorded when `reviews`' sidecar finishes the request, which may be a moment
+        // after Envoy has its answer.)
+        let from_404 = [("reporter", "destination"), ("response_code", "404")];
+        wait_for(
+            "reviews' metric of the 404",
+            Duration::from_secs(10),
+            || Ok(sample(&scrape(&reviews)?, "istio_requests_total", &from_404).is_ok()),
+        )?;
+        let sv = scrape(&reviews)?;
+        let from_envoy = sample(&sv, "istio_requests_total", &from_404)?;
+        labels(
+            from_envoy,
+            &[
+                ("source_workload", "client-envoy"),
+                ("source_workload_namespace", NS),
+                ("source_app", "client-envoy"),
+                ("source_version", "unknown"),
+                ("source_canonical_service", "client-envoy"),
+                ("source_canonical_revision", "latest"),
+                ("source_cluster", "Kubernetes"),
+                ("destination_workload", "reviews-v1"),
+                ("destination_app", "reviews"),
+                ("connection_security_policy", "mutual_tls"),
+                (
+                    "source_principal",
+                    "spiffe://cluster.local/ns/default/sa/default",
+                ),
+            ],
+        )?;
 
         // Both calls traced (100%), exported by Envoy to the provider's collector.
         wait_for(
