@@ -7,7 +7,8 @@
 //! filter `response.code >= 400` Envoy writes the 404's JSON line (Istio's field names) on
 //! stdout and none for the 200 before it; at 100% sampling Envoy's spans of both calls reach
 //! the OTLP collector (built on the published OpenTelemetry protos); `reviews`' sidecar labels
-//! the calls with Envoy's workload from the endpoint metadata (Envoy sends no peer headers).
+//! the calls with Envoy's workload from the endpoint metadata (Envoy sends no peer headers);
+//! then the Telemetry turns the log off (a logger filtered by `false`), which Envoy ACKs.
 
 mod common;
 mod telemetry_support;
@@ -199,6 +200,25 @@ fn envoy_applies_a_telemetry_resources_access_log_filter_and_tracing() -> Result
                     .iter()
                     .all(|p| urls.iter().any(|u| u.ends_with(p))))
             },
-        )
+        )?;
+
+        // Logging turned off for the workload: the control plane sends a logger whose CEL
+        // filter is `false`, which Envoy takes too (ACK, no NACK).
+        mesh.topo.write_config(
+            "telemetry.yaml",
+            &TELEMETRY.replace(
+                "  - filter: {expression: \"response.code >= 400\"}\n",
+                "  - disabled: true\n",
+            ),
+        )?;
+        wait_for("Envoy to hold the disabled log", READY_TIMEOUT, || {
+            let dump: Value =
+                serde_json::from_str(&envoy.admin("/config_dump?resource=dynamic_listeners")?)?;
+            let dump = dump.to_string();
+            Ok(!dump.contains("response.code >= 400") && dump.contains("\"expression\":\"false\""))
+        })?;
+        wait_for("every proxy to ACK every type", READY_TIMEOUT, || {
+            all_acked(&mesh, 2)
+        })
     })
 }
