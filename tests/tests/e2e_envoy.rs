@@ -6,6 +6,7 @@
 //! must have ACKed every type with no NACK.
 
 mod common;
+mod telemetry_support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -23,6 +24,10 @@ const INBOUND_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
 /// How soon a server-first banner on a sniffed port must arrive (the detection timeout the
 /// control plane sends is 100 ms).
 const BANNER_DEADLINE: Duration = Duration::from_secs(1);
+/// Istio's Prometheus port (the telemetry scene's scrapes use it).
+const STATS_PORT: u16 = 15090;
+/// `reviews`' FQDN (the telemetry scene's name for it).
+const REVIEWS: &str = REVIEWS_HOST;
 /// `ratings`' FQDN: the Service served by the Envoy-injected pod.
 const RATINGS_HOST: &str = "ratings.default.svc.cluster.local";
 
@@ -364,8 +369,43 @@ fn mesh_proxy_client_to_envoy_server_sidecar() -> Result<()> {
     pm.mesh.check(|| {
         same_answers(&pm, &pm.client, "ratings")?;
         all_acked(&pm.mesh)?;
-        Ok(())
+        server_labels_from_endpoint_metadata(&pm.client)
     })
+}
+
+/// The client's sidecar labels its HTTP and TCP calls to the Envoy server, which sends no
+/// peer metadata back, with the server's workload from the endpoint metadata.
+fn server_labels_from_endpoint_metadata(client: &Pod) -> Result<()> {
+    let want = [
+        ("destination_workload", "ratings-v1"),
+        ("destination_workload_namespace", NS),
+        ("destination_app", "ratings"),
+        ("destination_version", "v1"),
+        ("destination_canonical_service", "ratings"),
+        ("destination_canonical_revision", "v1"),
+        ("destination_cluster", "Kubernetes"),
+    ];
+    for (metric, protocol) in [
+        ("istio_requests_total", "http"),
+        ("istio_tcp_connections_closed_total", "tcp"),
+    ] {
+        let select = |s: &&prometheus_parse::Sample| {
+            s.metric == metric
+                && s.labels.get("reporter") == Some("source")
+                && s.labels.get("destination_service") == Some(RATINGS_HOST)
+                && s.labels.get("request_protocol") == Some(protocol)
+        };
+        // Recorded when the sidecar finishes the call, a moment after the client's answer.
+        wait_for(&format!("the client's {metric}"), READY_TIMEOUT, || {
+            Ok(telemetry_support::scrape(client)?
+                .iter()
+                .any(|s| select(&s)))
+        })?;
+        for s in telemetry_support::scrape(client)?.iter().filter(select) {
+            telemetry_support::labels(s, &want)?;
+        }
+    }
+    Ok(())
 }
 
 #[test]
