@@ -141,6 +141,12 @@ pub struct ChangeTimes {
     pub bytes_per_proxy: f64,
     /// Whether every proxy received EDS responses only for these changes.
     pub eds_only: bool,
+    /// CPU time of the control plane per change (write to all done), mean, ms.
+    #[serde(default)]
+    pub cp_cpu_ms: f64,
+    /// CPU time of the benchmark process (the simulated proxies) per change, mean, ms.
+    #[serde(default)]
+    pub clients_cpu_ms: f64,
 }
 
 /// One pass (one control plane, one config).
@@ -384,6 +390,8 @@ fn changes(
     let mut debounces = Vec::new();
     let mut bytes = Vec::new();
     let mut eds_only = true;
+    let (mut cp_cpu, mut clients_cpu) = (Vec::new(), Vec::new());
+    let (cp_pid, own_pid) = ([cp.pid()], [std::process::id()]);
     for round in 0..rounds {
         // Let the previous change settle (late ACKs, the debounce timer).
         std::thread::sleep(Duration::from_millis(150));
@@ -392,6 +400,7 @@ fn changes(
             .iter()
             .map(|p| p.with_state(SimState::bytes))
             .collect();
+        let cpu_before = (procfs::cpu_ms(&cp_pid), procfs::cpu_ms(&own_pid));
         let t0 = Instant::now();
         let done = change(round)?;
         let times = rt.block_on(try_join_all(
@@ -399,6 +408,8 @@ fn changes(
                 .iter()
                 .map(|p| p.wait_until("a change", STEP_TIMEOUT, |s| done(s))),
         ))?;
+        cp_cpu.push(procfs::cpu_ms(&cp_pid) - cpu_before.0);
+        clients_cpu.push(procfs::cpu_ms(&own_pid) - cpu_before.1);
         let debounce = Duration::from_secs_f64(
             (cp.metric("pilot_debounce_time_sum", &[])? - debounce_before).max(0.0),
         );
@@ -429,6 +440,8 @@ fn changes(
         debounce_ms: mean(debounces),
         bytes_per_proxy: mean(bytes),
         eds_only,
+        cp_cpu_ms: mean(cp_cpu),
+        clients_cpu_ms: mean(clients_cpu),
     })
 }
 

@@ -11,7 +11,7 @@ fn kib(bytes: f64) -> String {
 fn change(out: &mut String, what: &str, c: &ChangeTimes) {
     let _ = writeln!(
         out,
-        "  {what:<22} change to all acked p50 {:>7.1} ms  p99 {:>7.1} ms | push (after the {:.0} ms debounce) p50 {:>7.1} ms  p99 {:>7.1} ms | per proxy p50 {:>7.1} ms  p99 {:>7.1} ms | {} per proxy{}",
+        "  {what:<22} change to all acked p50 {:>7.1} ms  p99 {:>7.1} ms | push (after the {:.0} ms debounce) p50 {:>7.1} ms  p99 {:>7.1} ms | per proxy p50 {:>7.1} ms  p99 {:>7.1} ms | {} per proxy{} | CPU per change: control plane {:.0} ms, simulated proxies {:.0} ms",
         c.change_to_all_acked_ms.p50,
         c.change_to_all_acked_ms.p99,
         c.debounce_ms,
@@ -20,7 +20,9 @@ fn change(out: &mut String, what: &str, c: &ChangeTimes) {
         c.per_proxy_ms.p50,
         c.per_proxy_ms.p99,
         kib(c.bytes_per_proxy),
-        if c.eds_only { ", EDS only" } else { "" }
+        if c.eds_only { ", EDS only" } else { "" },
+        c.cp_cpu_ms,
+        c.clients_cpu_ms
     );
 }
 

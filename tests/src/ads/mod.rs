@@ -4,9 +4,11 @@
 //! - [`SimProxy`]: a simulated sidecar that subscribes and ACKs the way Envoy does (CDS and LDS
 //!   wildcard, EDS for the clusters' service names, RDS for the listeners' route names; every
 //!   response decoded and ACKed at once), recording what it holds and when each response came.
+//!   It decodes the fields it records only (names; see `view`), reading every byte.
 //!   Hundreds run in one process (the control-plane scale benchmark, `mesh-bench cp-scale`).
 
 mod sim;
+mod view;
 
 pub use sim::{SimNode, SimProxy, SimState, TypeSeen};
 

@@ -5,14 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::cluster::v3::cluster;
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Node};
 use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
-use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager::RouteSpecifier, HttpConnectionManager,
-};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
@@ -22,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::view::{ClusterView, HcmView, ListenerView, RouteConfigView};
 use super::{AdsError, CDS, EDS, LDS, RDS};
 
 /// Who the simulated proxy says it is (Istio's node id and metadata).
@@ -164,26 +160,26 @@ fn decode<T: Message + Default>(resp: &DiscoveryResponse) -> Result<Vec<T>, AdsE
         .collect()
 }
 
-fn route_names(listeners: &[Listener]) -> BTreeSet<String> {
+fn route_names(listeners: &[ListenerView]) -> Result<BTreeSet<String>, AdsError> {
     let mut out = BTreeSet::new();
     for l in listeners {
         for chain in l.filter_chains.iter().chain(&l.default_filter_chain) {
-            for f in &chain.filters {
-                let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-                    continue;
-                };
+            for any in chain.filters.iter().filter_map(|f| f.typed_config.as_ref()) {
                 if !any.type_url.ends_with("HttpConnectionManager") {
                     continue;
                 }
-                if let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice()) {
-                    if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
-                        out.insert(rds.route_config_name);
-                    }
+                let hcm =
+                    HcmView::decode(any.value.as_slice()).map_err(|source| AdsError::Decode {
+                        type_url: any.type_url.clone(),
+                        source,
+                    })?;
+                if let Some(rds) = hcm.rds {
+                    out.insert(rds.route_config_name);
                 }
             }
         }
     }
-    out
+    Ok(out)
 }
 
 fn addresses(cla: &ClusterLoadAssignment) -> Vec<SocketAddr> {
@@ -370,18 +366,13 @@ impl SimProxy {
 fn apply(s: &mut SimState, type_url: &str, resp: &DiscoveryResponse) -> Result<(), AdsError> {
     match type_url {
         CDS => {
-            s.clusters = decode::<Cluster>(resp)?
+            s.clusters = decode::<ClusterView>(resp)?
                 .into_iter()
                 .map(|c| {
-                    let eds = matches!(
-                        c.cluster_discovery_type,
-                        Some(cluster::ClusterDiscoveryType::Type(t))
-                            if t == cluster::DiscoveryType::Eds as i32
-                    );
+                    let eds = c.discovery_type == Some(cluster::DiscoveryType::Eds as i32);
                     let service = c
-                        .eds_cluster_config
-                        .as_ref()
-                        .map(|e| e.service_name.clone())
+                        .eds
+                        .map(|e| e.service_name)
                         .filter(|n| !n.is_empty())
                         .unwrap_or_else(|| c.name.clone());
                     (c.name, eds.then_some(service))
@@ -391,8 +382,8 @@ fn apply(s: &mut SimState, type_url: &str, resp: &DiscoveryResponse) -> Result<(
             s.endpoints.retain(|n, _| names.contains(n));
         }
         LDS => {
-            let listeners = decode::<Listener>(resp)?;
-            s.route_names = route_names(&listeners);
+            let listeners = decode::<ListenerView>(resp)?;
+            s.route_names = route_names(&listeners)?;
             s.listeners = listeners.into_iter().map(|l| l.name).collect();
             let names = s.rds_names();
             s.routes.retain(|n, _| names.contains(n));
@@ -404,7 +395,7 @@ fn apply(s: &mut SimState, type_url: &str, resp: &DiscoveryResponse) -> Result<(
             }
         }
         RDS => {
-            for rc in decode::<RouteConfiguration>(resp)? {
+            for rc in decode::<RouteConfigView>(resp)? {
                 let vhosts = rc.virtual_hosts.into_iter().map(|v| v.name).collect();
                 s.routes.insert(rc.name, vhosts);
             }
