@@ -6,14 +6,15 @@
 //! from the root namespace), `exportTo` limits who sees a VirtualService, DestinationRule or
 //! ServiceEntry. The registry's Sidecar scoping (egress `hosts`) plugs into [`depends_on`]
 //! as one more condition. For each config the proxy depends on, the kind decides the types
-//! ([`kind_types`]); endpoint changes recompute only EDS, and only for the changed hosts.
+//! ([`kind_types`]); endpoint changes recompute only EDS, and only for the changed hosts; a
+//! Service's change recomputes the load assignments of its own host only.
 
 use std::collections::BTreeSet;
 
 use super::push::PushRequest;
 use super::ResourceType;
 use crate::config::{Kind, Object, ObjectKey};
-use crate::registry::{MeshSnapshot, ProxyInfo};
+use crate::registry::{MeshSnapshot, ProxyInfo, ServiceKey};
 
 /// Istio's root namespace: policy there applies to the whole mesh.
 pub const ROOT_NAMESPACE: &str = "istio-system";
@@ -184,20 +185,55 @@ pub fn plan(
         };
     }
     let mut types = TypeSet::NONE;
+    // A Service's change reaches the load assignments of its own clusters only (an
+    // assignment is the Service port's endpoints, filtered by DestinationRule subsets and
+    // PeerAuthentication, whose changes recompute them all).
+    let mut eds_hosts = request.endpoints_updated.clone();
+    let mut eds_all = false;
     for key in &request.configs_updated {
-        if depends_on(old, new, proxy, key) {
-            types = types.union(kind_types(key.kind));
+        if !depends_on(old, new, proxy, key) {
+            continue;
+        }
+        let kinds = kind_types(key.kind);
+        types = types.union(kinds);
+        if kinds.contains(ResourceType::Endpoint) {
+            match service_host(old, new, key) {
+                Some(host) => {
+                    eds_hosts.insert(host.to_string());
+                }
+                None => eds_all = true,
+            }
         }
     }
-    let eds = if types.contains(ResourceType::Endpoint) {
+    let eds = if eds_all {
         EdsScope::All
     } else {
-        endpoints()
+        EdsScope::Hosts(eds_hosts)
     };
     if !request.endpoints_updated.is_empty() {
         types = types.union(TypeSet::of(&[ResourceType::Endpoint]));
     }
     ProxyPush { types, eds }
+}
+
+/// The host of the registry Service `key` names (as it is in `new`, or was in `old`); `None`
+/// for any other kind of config.
+fn service_host<'a>(
+    old: &'a MeshSnapshot,
+    new: &'a MeshSnapshot,
+    key: &ObjectKey,
+) -> Option<&'a str> {
+    if key.kind != Kind::Service {
+        return None;
+    }
+    let service = ServiceKey {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    };
+    new.services
+        .get(&service)
+        .or_else(|| old.services.get(&service))
+        .map(|s| s.hostname.as_str())
 }
 
 #[cfg(test)]

@@ -142,6 +142,29 @@ fn a_service_change_is_a_full_push_for_everyone() {
     assert!(req.reasons.contains_key(&TriggerReason::Config));
     assert!(req.reasons.contains_key(&TriggerReason::Service));
     let p = plan(&req, &old, &new, &proxy("elsewhere", "client", "10.1.0.9"));
+    // Load assignments are recomputed for the changed Service's host only.
+    let reviews = EdsScope::Hosts(set(&["reviews.default.svc.cluster.local"]));
+    assert_eq!((p.types, &p.eds), (TypeSet::ALL, &reviews));
+    // A new Service beside it: its host alone.
+    let added = BASE.to_string()
+        + "---\napiVersion: v1\nkind: Service\nmetadata: {name: ratings, namespace: default}\n\
+           spec: {clusterIP: 10.96.0.30, ports: [{name: http, port: 9080}]}\n";
+    let p = plan_for(
+        &old,
+        &mesh(&added, &[]),
+        &proxy("elsewhere", "client", "10.1.0.9"),
+    );
+    let ratings = EdsScope::Hosts(set(&["ratings.default.svc.cluster.local"]));
+    assert_eq!((p.types, &p.eds), (TypeSet::ALL, &ratings));
+    // Other kinds that reach endpoints recompute them all.
+    let sidecar = BASE.to_string()
+        + "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\n\
+           metadata: {name: default, namespace: elsewhere}\nspec: {egress: [{hosts: [\"./*\"]}]}\n";
+    let p = plan_for(
+        &old,
+        &mesh(&sidecar, &[]),
+        &proxy("elsewhere", "client", "10.1.0.9"),
+    );
     assert_eq!((p.types, p.eds), (TypeSet::ALL, EdsScope::All));
 }
 
