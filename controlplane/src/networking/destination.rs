@@ -126,6 +126,9 @@ impl Rules {
         host: &str,
         service_ns: &str,
     ) -> Option<MergedRule> {
+        if self.destination_rules.is_empty() {
+            return None;
+        }
         let proxy_ns = proxy.namespace.as_deref().unwrap_or_default();
         let mut by_ns: BTreeMap<&str, Vec<&DestinationRuleEntry>> = BTreeMap::new();
         for r in &self.destination_rules {

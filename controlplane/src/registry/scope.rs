@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
+
 use super::model::{Protocol, Service, ServiceKey, ServicePort};
 use super::proxy::ProxyInfo;
 use super::sidecar::{self, EgressPort, EgressRule, OutboundMode, SidecarRule};
@@ -54,7 +56,9 @@ fn key_of(svc: &Service) -> (&str, &str) {
 /// Keeps one service per host name (see the module documentation), sorted by key.
 fn unique_by_host(candidates: Vec<Arc<Service>>, namespace: Option<&str>) -> Vec<Arc<Service>> {
     let rank = |s: &Service| (!s.is_kubernetes(), Some(s.namespace.as_str()) != namespace);
-    let mut by_host: BTreeMap<&str, usize> = BTreeMap::new();
+    // Hashed, not ordered: a proxy's scope is computed for each type it is pushed.
+    let mut by_host: FxHashMap<&str, usize> =
+        FxHashMap::with_capacity_and_hasher(candidates.len(), Default::default());
     for (i, svc) in candidates.iter().enumerate() {
         match by_host.get(svc.hostname.as_str()) {
             Some(kept) if rank(&candidates[*kept]) <= rank(svc) => {}
@@ -72,7 +76,9 @@ fn unique_by_host(candidates: Vec<Arc<Service>>, namespace: Option<&str>) -> Vec
         .zip(keep)
         .filter_map(|(s, k)| k.then_some(s))
         .collect();
-    out.sort_by(|a, b| key_of(a).cmp(&key_of(b)));
+    if !out.is_sorted_by(|a, b| key_of(a) <= key_of(b)) {
+        out.sort_by(|a, b| key_of(a).cmp(&key_of(b)));
+    }
     out
 }
 

@@ -10,12 +10,18 @@
 //! renders that Service's clusters only. Entries not used in the last two generations (registry
 //! snapshots that rendered clusters) are dropped once the cache holds more than twice what
 //! the current generation uses.
+//!
+//! Route configurations are per proxy (a Service's short-name domains depend on the proxy's
+//! namespace), but most of their virtual hosts are not: a Service's default virtual host on a
+//! port is memoized, encoded, by everything it depends on ([`VhostKey`]), and a route
+//! configuration is assembled from those encodings and the virtual hosts rendered for the
+//! proxy alone (see [`super::routes`]).
 
-use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use envoy_types::pb::google::protobuf::Any;
+use rustc_hash::FxHashMap;
 
 use crate::networking::MergedRule;
 use crate::registry::{Endpoint, Service};
@@ -90,6 +96,52 @@ impl Hash for ClusterKey {
     }
 }
 
+/// Everything a Service's default virtual host on a port depends on: the Service (its host,
+/// names, addresses), the port, whether the proxy is in the Service's namespace (the short
+/// name is a domain only there) and the route's hash policy (from the DestinationRule that
+/// applies for the proxy), encoded.
+#[derive(Debug)]
+pub(crate) struct VhostKey {
+    /// The Service.
+    pub service: Arc<Service>,
+    /// The port (the route configuration's).
+    pub port: u16,
+    /// Whether the proxy is in the Service's namespace.
+    pub same_namespace: bool,
+    /// The encoded hash policies of the default route (empty: none).
+    pub hash_policy: Vec<u8>,
+}
+
+impl PartialEq for VhostKey {
+    fn eq(&self, other: &VhostKey) -> bool {
+        self.port == other.port
+            && self.same_namespace == other.same_namespace
+            && self.hash_policy == other.hash_policy
+            && (Arc::ptr_eq(&self.service, &other.service) || self.service == other.service)
+    }
+}
+
+impl Eq for VhostKey {}
+
+impl Hash for VhostKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.service.hostname.hash(state);
+        self.port.hash(state);
+        self.same_namespace.hash(state);
+    }
+}
+
+/// A virtual host encoded once, shared by every route configuration that holds it.
+#[derive(Debug, PartialEq)]
+pub struct SharedVhost {
+    /// Its name.
+    pub name: String,
+    /// Its domains, lowercased, in order (for the duplicate check of an assembly).
+    pub lower_domains: Vec<String>,
+    /// The `virtual_hosts` entry of a `RouteConfiguration`: field key, length, message.
+    pub field: Vec<u8>,
+}
+
 /// An entry and the generation that last used it.
 #[derive(Debug)]
 struct Entry<V> {
@@ -101,7 +153,7 @@ struct Entry<V> {
 /// than twice what the current generation uses.
 #[derive(Debug)]
 struct Memo<K, V> {
-    map: HashMap<K, Entry<V>>,
+    map: FxHashMap<K, Entry<V>>,
     /// The newest generation seen.
     generation: u64,
     /// Entries used in it.
@@ -111,7 +163,7 @@ struct Memo<K, V> {
 impl<K, V> Default for Memo<K, V> {
     fn default() -> Self {
         Memo {
-            map: HashMap::new(),
+            map: FxHashMap::default(),
             generation: 0,
             live: 0,
         }
@@ -144,6 +196,25 @@ impl<K: Hash + Eq, V: Clone> Memo<K, V> {
         Some(value)
     }
 
+    /// [`Memo::get`] by an owned key that replaces the stored one on a hit: keys whose
+    /// equality is cheap when they share their parts (`Arc::ptr_eq`) stay cheap for the
+    /// next lookups of the same snapshot.
+    /// Gives the key back on a miss.
+    fn get_owned(&mut self, key: K, generation: u64) -> Result<V, K> {
+        self.advance(generation);
+        let newest = self.generation;
+        let Some((_, mut entry)) = self.map.remove_entry(&key) else {
+            return Err(key);
+        };
+        if entry.generation < newest {
+            self.live += 1;
+        }
+        entry.generation = entry.generation.max(generation);
+        let value = entry.value.clone();
+        self.map.insert(key, entry);
+        Ok(value)
+    }
+
     fn insert(&mut self, key: K, value: V, generation: u64) {
         self.advance(generation);
         if self.map.len() > 2 * self.live + 1024 {
@@ -170,6 +241,8 @@ pub struct RenderCache {
     clusters: Mutex<Memo<ClusterKey, Shared>>,
     /// Load assignments by cluster name, with the endpoints they were rendered from.
     assignments: Mutex<Memo<String, Assignment>>,
+    /// Default virtual hosts of Services.
+    vhosts: Mutex<Memo<VhostKey, Arc<SharedVhost>>>,
 }
 
 impl RenderCache {
@@ -181,10 +254,11 @@ impl RenderCache {
         generation: u64,
         render: impl FnOnce() -> Shared,
     ) -> Shared {
-        let found = lock(&self.clusters).get(&key, generation, |_| true);
-        if let Some(value) = found {
-            return value;
-        }
+        let found = lock(&self.clusters).get_owned(key, generation);
+        let key = match found {
+            Ok(value) => return value,
+            Err(key) => key,
+        };
         // Rendered outside the lock: streams render different clusters in parallel.
         let value = render();
         lock(&self.clusters).insert(key, value.clone(), generation);
@@ -210,9 +284,29 @@ impl RenderCache {
         value
     }
 
-    /// Number of cached clusters and load assignments.
+    /// The default virtual host of `key`, rendered by `render` unless an equal key was
+    /// rendered before.
+    pub(crate) fn vhost(
+        &self,
+        key: VhostKey,
+        generation: u64,
+        render: impl FnOnce() -> Arc<SharedVhost>,
+    ) -> Arc<SharedVhost> {
+        let found = lock(&self.vhosts).get_owned(key, generation);
+        let key = match found {
+            Ok(value) => return value,
+            Err(key) => key,
+        };
+        let value = render();
+        lock(&self.vhosts).insert(key, value.clone(), generation);
+        value
+    }
+
+    /// Number of cached clusters, load assignments and virtual hosts.
     pub fn len(&self) -> usize {
-        lock(&self.clusters).map.len() + lock(&self.assignments).map.len()
+        lock(&self.clusters).map.len()
+            + lock(&self.assignments).map.len()
+            + lock(&self.vhosts).map.len()
     }
 
     /// Whether nothing is cached.

@@ -20,6 +20,7 @@ pub mod listeners;
 pub mod outbound_listeners;
 pub mod push;
 pub mod render;
+mod route_assembly;
 pub mod routes;
 pub mod scope;
 pub mod server;
@@ -239,10 +240,7 @@ pub fn rendered(
             .into_iter()
             .map(|l| Rendered::new(l.name.clone(), pack_any(l)))
             .collect(),
-        ResourceType::Route => routes::routes(mesh, proxy, names)
-            .into_iter()
-            .map(|r| Rendered::new(r.name.clone(), pack_any(r)))
-            .collect(),
+        ResourceType::Route => routes::rendered(mesh, proxy, names),
     }
 }
 

@@ -1,6 +1,7 @@
 //! RDS: route configurations named by port, and the inline inbound routes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::route::v3::{
     route::Action,
@@ -10,10 +11,16 @@ use envoy_types::pb::envoy::config::route::v3::{
     VirtualHost,
 };
 
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+
 use super::build;
+use super::cache::{Rendered, Shared, VhostKey};
 use super::clusters::PASSTHROUGH;
 use super::http_routes::{action, policy, virtual_service_routes, RouteCtx};
-use super::outbound_cluster_name;
+pub use super::route_assembly::Assembled;
+use super::route_assembly::{dedup, share, Part, Plan, Planned};
+use super::{outbound_cluster_name, ResourceType};
 use crate::config::istio::names::hosts_match;
 use crate::networking::VirtualServiceRule;
 use crate::registry::{MeshSnapshot, Protocol, ProxyInfo, ProxyScope, Service, ServicePort};
@@ -109,20 +116,17 @@ pub fn domains(svc: &Service, port: u16, proxy_ns: Option<&str>) -> Vec<String> 
         .collect()
 }
 
-/// A virtual host before domain deduplication.
-struct Planned {
-    name: String,
-    domains: Vec<String>,
-    routes: Vec<Route>,
-}
-
 /// The hash policy of a Service's DestinationRule for its default route (Istio's
 /// `hashForService`: the rule's consistent hash, or its port-level one for `port`).
-fn service_hash(ctx: &RouteCtx<'_>, svc: &Service, port: u16) -> Option<HashPolicy> {
-    let rule = ctx
-        .mesh
+fn service_hash(
+    mesh: &MeshSnapshot,
+    proxy: &ProxyInfo,
+    svc: &Service,
+    port: u16,
+) -> Option<HashPolicy> {
+    let rule = mesh
         .networking
-        .destination_rule(ctx.proxy, &svc.hostname, &svc.namespace)?;
+        .destination_rule(proxy, &svc.hostname, &svc.namespace)?;
     let policy = rule.traffic_policy.as_ref()?;
     let port_level = policy
         .port_level_settings
@@ -138,7 +142,7 @@ fn service_hash(ctx: &RouteCtx<'_>, svc: &Service, port: u16) -> Option<HashPoli
 /// (Istio's `MostSpecificWildcardVirtualServiceIndex`), by index in `vses`.
 fn wildcard_owners<'a>(
     vses: &[&VirtualServiceRule],
-    services: &[(&'a Service, &'a ServicePort)],
+    services: &[(&'a Arc<Service>, &'a ServicePort)],
 ) -> BTreeMap<&'a str, usize> {
     let mut out: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for (svc, _) in services {
@@ -168,7 +172,18 @@ fn wildcard_owners<'a>(
 /// `allow_any` (`*`, the passthrough cluster) comes last, or with REGISTRY_ONLY `block_all`
 /// (the black hole). The Services are those of the proxy's scope for this port.
 pub fn outbound_route(mesh: &MeshSnapshot, proxy: &ProxyInfo, port: u16) -> RouteConfiguration {
-    outbound_route_in(mesh, &ProxyScope::new(mesh, proxy), proxy, port)
+    outbound_route_in(mesh, &ProxyScope::new(mesh, proxy), proxy, port).message()
+}
+
+/// [`outbound_route`], assembled: the default virtual hosts of Services come from the
+/// snapshot's render cache, shared with every proxy that gets the same.
+pub fn assembled_route(
+    mesh: &MeshSnapshot,
+    scope: &ProxyScope,
+    proxy: &ProxyInfo,
+    port: u16,
+) -> Assembled {
+    outbound_route_in(mesh, scope, proxy, port)
 }
 
 fn outbound_route_in(
@@ -176,21 +191,22 @@ fn outbound_route_in(
     scope: &ProxyScope,
     proxy: &ProxyInfo,
     port: u16,
-) -> RouteConfiguration {
-    let ctx = RouteCtx::new(mesh, proxy, port);
+) -> Assembled {
     let proxy_ns = proxy.namespace.as_deref();
-    let on_port: Vec<(&Service, &ServicePort)> = scope
+    let on_port: Vec<(&Arc<Service>, &ServicePort)> = scope
         .route_services(port)
         .iter()
         .filter_map(|svc| {
             svc.ports
                 .iter()
                 .find(|p| p.port == port && (p.protocol.is_http() || p.protocol == Protocol::Auto))
-                .map(|p| (&**svc, p))
+                .map(|p| (svc, p))
         })
         .collect();
     let vses = mesh.networking.virtual_services_for(proxy);
     let owners = wildcard_owners(&vses, &on_port);
+    // Indexes every Service by host: built only when VirtualServices are translated.
+    let ctx = (!vses.is_empty()).then(|| RouteCtx::new(mesh, proxy, port));
     let mut planned = Vec::new();
     let mut claimed = BTreeSet::new();
     for (i, vs) in vses.iter().enumerate() {
@@ -220,83 +236,76 @@ fn outbound_route_in(
         if services.is_empty() && port != 80 {
             continue;
         }
-        let routes = virtual_service_routes(&ctx, vs);
+        let Some(ctx) = &ctx else { continue };
+        let routes = virtual_service_routes(ctx, vs);
         if routes.is_empty() {
             continue;
         }
         for h in other_hosts {
-            planned.push(Planned {
-                name: format!("{h}:{port}"),
-                domains: vec![h.clone(), format!("{h}:{port}")],
-                routes: routes.clone(),
-            });
+            let domains = vec![h.clone(), format!("{h}:{port}")];
+            planned.push(Plan::Own(Planned::new(
+                format!("{h}:{port}"),
+                domains,
+                routes.clone(),
+            )));
         }
         for (svc, sp) in services {
             claimed.insert(svc.hostname.as_str());
-            planned.push(Planned {
-                name: format!("{}:{}", svc.hostname, port),
-                domains: domains(svc, sp.port, proxy_ns),
-                routes: routes.clone(),
-            });
+            planned.push(Plan::Own(Planned::new(
+                format!("{}:{}", svc.hostname, port),
+                domains(svc, sp.port, proxy_ns),
+                routes.clone(),
+            )));
         }
     }
     for (svc, sp) in &on_port {
         if claimed.contains(svc.hostname.as_str()) {
             continue;
         }
-        let cluster = outbound_cluster_name(port, &svc.hostname);
-        let mut route = default_outbound_route(&cluster, &svc.hostname, port);
-        if let Some(Action::Route(a)) = &mut route.action {
-            a.hash_policy.extend(service_hash(&ctx, svc, sp.port));
-        }
-        planned.push(Planned {
-            name: format!("{}:{}", svc.hostname, port),
-            domains: domains(svc, sp.port, proxy_ns),
-            routes: vec![route],
-        });
+        let hash = service_hash(mesh, proxy, svc, sp.port);
+        let key = VhostKey {
+            service: (*svc).clone(),
+            port,
+            same_namespace: proxy_ns == Some(svc.namespace.as_str()),
+            hash_policy: hash.iter().flat_map(Message::encode_to_vec).collect(),
+        };
+        let render = || {
+            let cluster = outbound_cluster_name(port, &svc.hostname);
+            let mut route = default_outbound_route(&cluster, &svc.hostname, port);
+            if let Some(Action::Route(a)) = &mut route.action {
+                a.hash_policy.extend(hash.clone());
+            }
+            let name = format!("{}:{}", svc.hostname, port);
+            share(Planned::new(name, domains(svc, sp.port, proxy_ns), vec![route]).virtual_host())
+        };
+        planned.push(Plan::Shared(mesh.render_cache.vhost(
+            key,
+            mesh.version,
+            render,
+        )));
     }
-    let mut names = BTreeSet::new();
-    let mut taken = BTreeSet::new();
-    let mut virtual_hosts = Vec::new();
-    for p in planned {
-        if !names.insert(p.name.clone()) {
-            continue;
-        }
-        let domains: Vec<String> = p
-            .domains
-            .into_iter()
-            .filter(|d| taken.insert(d.to_ascii_lowercase()))
-            .collect();
-        if domains.is_empty() {
-            continue;
-        }
-        virtual_hosts.push(VirtualHost {
-            name: p.name,
-            domains,
-            routes: p.routes,
-            include_request_attempt_count: true,
-            ..Default::default()
-        });
-    }
-    virtual_hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut parts = dedup(&planned);
+    parts.sort_by(|a, b| a.name().cmp(b.name()));
     let (catch_all, catch_all_route) = if scope.allow_any() {
         ("allow_any", allow_any_route())
     } else {
         ("block_all", block_all_route())
     };
-    virtual_hosts.push(VirtualHost {
+    parts.push(Part::Own(Box::new(VirtualHost {
         name: catch_all.to_string(),
         domains: vec!["*".to_string()],
         routes: vec![catch_all_route],
         include_request_attempt_count: true,
         ..Default::default()
-    });
-    RouteConfiguration {
-        name: port.to_string(),
-        virtual_hosts,
-        validate_clusters: build::bool_value(false),
-        max_direct_response_body_size_bytes: build::u32_value(MAX_DIRECT_RESPONSE_BODY),
-        ..Default::default()
+    })));
+    Assembled {
+        fields: RouteConfiguration {
+            name: port.to_string(),
+            validate_clusters: build::bool_value(false),
+            max_direct_response_body_size_bytes: build::u32_value(MAX_DIRECT_RESPONSE_BODY),
+            ..Default::default()
+        },
+        parts,
     }
 }
 
@@ -307,6 +316,27 @@ pub fn routes(
     proxy: &ProxyInfo,
     names: &BTreeSet<String>,
 ) -> Vec<RouteConfiguration> {
+    assembled(mesh, proxy, names)
+        .into_iter()
+        .map(Assembled::message)
+        .collect()
+}
+
+/// [`routes`], encoded and packed (see [`Assembled::encode`]).
+pub fn rendered(mesh: &MeshSnapshot, proxy: &ProxyInfo, names: &BTreeSet<String>) -> Vec<Shared> {
+    assembled(mesh, proxy, names)
+        .into_iter()
+        .map(|a| {
+            let any = Any {
+                type_url: ResourceType::Route.type_url().to_string(),
+                value: a.encode(),
+            };
+            Rendered::new(a.name().to_string(), any)
+        })
+        .collect()
+}
+
+fn assembled(mesh: &MeshSnapshot, proxy: &ProxyInfo, names: &BTreeSet<String>) -> Vec<Assembled> {
     let scope = ProxyScope::new(mesh, proxy);
     let mut out = BTreeMap::new();
     for name in names {

@@ -249,10 +249,13 @@ impl StreamState {
                 state.sent.remove(name);
                 state.acked.remove(name);
             }
-            state.names = names;
-            let shown = state.names.clone();
-            self.status
-                .send_modify(|s| s.of(kind).resource_names = shown);
+            // An ACK usually repeats the subscription: nothing to record then.
+            if !added.is_empty() || !removed.is_empty() || meaning == RequestKind::Initial {
+                state.names = names;
+                let shown = state.names.clone();
+                self.status
+                    .send_modify(|s| s.of(kind).resource_names = shown);
+            }
         }
         let state = self.types.entry(kind).or_default();
         if meaning == RequestKind::Initial {

@@ -253,3 +253,93 @@ fn proxies_with_the_same_view_share_one_rendering_across_snapshots() {
     .unwrap();
     assert!(format!("{cla:?}").contains("10.1.0.2"));
 }
+
+/// A snapshot of `yaml`, loaded as the control plane loads a directory.
+fn mesh_of(yaml: &str) -> MeshSnapshot {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.yaml"), yaml).unwrap();
+    let snap = crate::config::ConfigStore::load(dir.path()).current();
+    assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+    MeshSnapshot::build(&snap, [], "cluster.local")
+}
+
+#[test]
+fn route_configurations_share_virtual_hosts_only_between_equal_views() {
+    let svc = |name: &str, ns: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+             spec: {{clusterIP: {ip}, ports: [{{name: http, port: 9080}}]}}\n---\n"
+        )
+    };
+    // cart's consistent hash applies in `web` only; `dup` clashes with front's cluster IP.
+    let yaml = svc("cart", "shop", "10.96.0.7")
+        + &svc("front", "web", "10.96.0.8")
+        + &svc("dup", "web", "10.96.0.8")
+        + "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+           metadata: {name: cart-hash, namespace: web}\n\
+           spec: {host: cart.shop.svc.cluster.local, exportTo: [\".\"], trafficPolicy: \
+           {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}}\n";
+    let m = mesh_of(&yaml);
+    let proxy = |ns: &str, app: &str| ProxyInfo {
+        namespace: Some(ns.into()),
+        labels: [("app".to_string(), app.to_string())].into(),
+        ..ProxyInfo::default()
+    };
+    let names: BTreeSet<String> = ["9080".to_string()].into();
+    let route = |p: &ProxyInfo| {
+        let r = rendered(ResourceType::Route, &m, p, &names);
+        assert_eq!(r.len(), 1);
+        // The assembled encoding is the encoding of the configuration the translation builds.
+        let message = routes::outbound_route(&m, p, 9080);
+        assert_eq!(r[0].any.value, message.encode_to_vec());
+        (r[0].clone(), message)
+    };
+    use prost::Message;
+    let vhost = |rc: &envoy_types::pb::envoy::config::route::v3::RouteConfiguration, name: &str| {
+        rc.virtual_hosts
+            .iter()
+            .find(|v| v.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    let cart = "cart.shop.svc.cluster.local:9080";
+
+    let (web_a, web_a_rc) = route(&proxy("web", "a"));
+    let cached = m.render_cache.len();
+    let (web_b, _) = route(&proxy("web", "b"));
+    assert_eq!(
+        web_a.hash, web_b.hash,
+        "same namespace and rules: same route"
+    );
+    assert_eq!(m.render_cache.len(), cached, "nothing rendered again");
+
+    let (shop, shop_rc) = route(&proxy("shop", "c"));
+    let (other, other_rc) = route(&proxy("other", "d"));
+    assert_ne!(web_a.hash, shop.hash);
+    assert_ne!(web_a.hash, other.hash);
+    // The short name is a domain in the Service's own namespace only.
+    assert!(vhost(&shop_rc, cart).domains.contains(&"cart".to_string()));
+    assert!(!vhost(&other_rc, cart).domains.contains(&"cart".to_string()));
+    // The DestinationRule's hash reaches the proxies of `web` only.
+    let hashes = |rc| {
+        let vh = vhost(rc, cart);
+        match &vh.routes[0].action {
+            Some(envoy_types::pb::envoy::config::route::v3::route::Action::Route(a)) => {
+                a.hash_policy.len()
+            }
+            _ => panic!("not a route action"),
+        }
+    };
+    assert_eq!(hashes(&web_a_rc), 1);
+    assert_eq!(hashes(&other_rc), 0);
+    // The cluster IP goes to the first of the two Services only, for every proxy.
+    for rc in [&web_a_rc, &other_rc] {
+        let ip = "10.96.0.8".to_string();
+        assert!(vhost(rc, "dup.web.svc.cluster.local:9080")
+            .domains
+            .contains(&ip));
+        assert!(!vhost(rc, "front.web.svc.cluster.local:9080")
+            .domains
+            .contains(&ip));
+    }
+}
