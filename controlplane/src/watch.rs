@@ -240,4 +240,59 @@ mod tests {
         d.reset();
         assert_eq!(d.deadline(), None);
     }
+
+    #[test]
+    fn defaults_are_istiods_debounce_after_and_max() {
+        // PILOT_DEBOUNCE_AFTER=100ms, PILOT_DEBOUNCE_MAX=10s.
+        let d = Debounce::default();
+        assert_eq!(d.quiet, Duration::from_millis(100));
+        assert_eq!(d.max, Duration::from_secs(10));
+        let options = crate::app::Options::new(std::path::PathBuf::from("/config"));
+        assert_eq!(options.debounce, d);
+    }
+
+    /// Acts on a flood of events `every` apart from `t0`: returns when the debouncer first
+    /// lets a burst through, relative to `t0`.
+    fn first_action_under_flood(timing: Debounce, every: Duration) -> Duration {
+        let mut d = Debouncer::new(timing);
+        let t0 = Instant::now();
+        let mut now = t0;
+        loop {
+            if let Some(deadline) = d.deadline() {
+                if deadline <= now {
+                    let trigger = d.take(deadline).expect("a pending burst");
+                    assert_eq!(trigger.first_event, t0);
+                    assert_eq!(d.deadline(), None, "the burst is cleared");
+                    return deadline - t0;
+                }
+            }
+            d.event(now);
+            now += every;
+            assert!(now - t0 < Duration::from_secs(60), "never acted");
+        }
+    }
+
+    #[test]
+    fn the_default_max_caps_a_continuous_flood_at_ten_seconds() {
+        // An event every 50 ms never leaves the 100 ms quiet time: only the cap ends it.
+        let every = Duration::from_millis(50);
+        assert_eq!(
+            first_action_under_flood(Debounce::default(), every),
+            Duration::from_secs(10)
+        );
+        // The same flood with a short configured max, as the socket tests use.
+        let short = Debounce {
+            max: Duration::from_secs(1),
+            ..Debounce::default()
+        };
+        assert_eq!(
+            first_action_under_flood(short, every),
+            Duration::from_secs(1)
+        );
+        // Events further apart than the quiet time act 100 ms after each one.
+        assert_eq!(
+            first_action_under_flood(Debounce::default(), Duration::from_millis(150)),
+            Duration::from_millis(100)
+        );
+    }
 }

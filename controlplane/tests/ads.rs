@@ -1,6 +1,7 @@
 //! ADS end to end over real sockets: subscriptions, ACKs and NACKs tracked in
-//! `/debug/syncz`, stale nonces, pushes on file changes in CDS, EDS, LDS, RDS order,
-//! anonymous nodes, and shutdown. Connected proxies as endpoints: `registration.rs`.
+//! `/debug/syncz`, stale nonces, pushes on file changes in CDS, EDS, LDS, RDS order with
+//! removed clusters last (make before break), anonymous nodes, and shutdown. Connected
+//! proxies as endpoints: `registration.rs`.
 
 mod common;
 
@@ -213,6 +214,85 @@ async fn a_file_change_is_pushed_in_cds_eds_lds_rds_order() {
         .find(|o| o["key"] == "Service default/db")
         .unwrap();
     assert_eq!(db["kept_last_valid_version"], true);
+    cp.shutdown().await;
+}
+
+/// One write that changes every type: a new HTTP Service (a cluster and a virtual host), a new
+/// TCP Service (a cluster and a listener) and endpoints for a subscribed cluster.
+const EVERY_TYPE: &str = "apiVersion: v1\nkind: Endpoints\nmetadata: {name: ratings, namespace: default}\n\
+                          subsets:\n- addresses: [{ip: 10.1.0.30}]\n  ports: [{name: http, port: 9080}]\n\
+                          ---\napiVersion: v1\nkind: Service\nmetadata: {name: details, namespace: default}\n\
+                          spec:\n  clusterIP: 10.96.0.50\n  ports: [{name: http, port: 9080}]\n\
+                          ---\napiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: default}\n\
+                          spec:\n  clusterIP: 10.96.0.60\n  ports: [{name: tcp, port: 5432}]\n";
+
+#[tokio::test]
+async fn make_before_break_pushes_cds_eds_lds_rds_then_removes_clusters_after_their_acks() {
+    const DETAILS: &str = "outbound|9080||details.default.svc.cluster.local";
+    const DB: &str = "outbound|5432||db.default.svc.cluster.local";
+    let dir = config_dir();
+    let cp = start(dir.path()).await;
+    let mut p = Proxy::connect(
+        cp.xds_addr,
+        node("client-1", "10.1.0.50", &[("app", "client")]),
+    )
+    .await;
+    p.sync(&[REVIEWS, RATINGS], &["9080"]).await;
+    p.expect_silence(Duration::from_millis(300)).await;
+
+    // Added: new clusters first, then the endpoints, then the listener and the route that
+    // reference them.
+    let file = dir.path().join("every-type.yaml");
+    std::fs::write(&file, EVERY_TYPE).unwrap();
+    let added = [
+        p.recv().await,
+        p.recv().await,
+        p.recv().await,
+        p.recv().await,
+    ];
+    let types: Vec<_> = added.iter().map(|r| r.type_url.as_str()).collect();
+    assert_eq!(types, [CDS, EDS, LDS, RDS]);
+    let [cds, eds, lds, rds] = added;
+    let clusters = names::<Cluster>(&cds, |c| c.name.clone());
+    assert!(clusters.contains(&DETAILS.to_string()) && clusters.contains(&DB.to_string()));
+    assert_eq!(endpoints(&eds, RATINGS), ["10.1.0.30:9080"]);
+    assert!(names::<Listener>(&lds, |l| l.name.clone()).contains(&"10.96.0.60_5432".to_string()));
+    let route = RouteConfiguration::decode(rds.resources[0].value.as_slice()).unwrap();
+    assert!(route
+        .virtual_hosts
+        .iter()
+        .any(|v| v.name == "details.default.svc.cluster.local:9080"));
+    p.ack(&cds, &[]).await;
+    p.ack(&eds, &[REVIEWS, RATINGS]).await;
+    p.ack(&lds, &[]).await;
+    p.ack(&rds, &["9080"]).await;
+    p.expect_silence(Duration::from_millis(300)).await;
+
+    // Removed: endpoints, listener and route go first; the clusters stay until the proxy has
+    // ACKed both the listeners and the routes that stop referencing them.
+    std::fs::remove_file(&file).unwrap();
+    let removed = [p.recv().await, p.recv().await, p.recv().await];
+    let types: Vec<_> = removed.iter().map(|r| r.type_url.as_str()).collect();
+    assert_eq!(types, [EDS, LDS, RDS]);
+    let [eds, lds, rds] = removed;
+    assert!(endpoints(&eds, RATINGS).is_empty());
+    assert!(!names::<Listener>(&lds, |l| l.name.clone()).contains(&"10.96.0.60_5432".to_string()));
+    let route = RouteConfiguration::decode(rds.resources[0].value.as_slice()).unwrap();
+    assert!(!route
+        .virtual_hosts
+        .iter()
+        .any(|v| v.name.starts_with("details.")));
+    p.ack(&eds, &[REVIEWS, RATINGS]).await;
+    p.ack(&lds, &[]).await;
+    p.expect_silence(Duration::from_millis(300)).await;
+    p.ack(&rds, &["9080"]).await;
+    let cds = p.recv().await;
+    assert_eq!(cds.type_url, CDS, "the removal comes last");
+    let clusters = names::<Cluster>(&cds, |c| c.name.clone());
+    assert!(!clusters.contains(&DETAILS.to_string()) && !clusters.contains(&DB.to_string()));
+    assert!(clusters.contains(&REVIEWS.to_string()) && clusters.contains(&RATINGS.to_string()));
+    p.ack(&cds, &[]).await;
+    p.expect_silence(Duration::from_millis(300)).await;
     cp.shutdown().await;
 }
 
