@@ -76,25 +76,45 @@ pub struct Lifecycle {
     refuse_after_ms: AtomicU64,
     /// Whether only the inbound listener refuses them.
     inbound_only: AtomicBool,
+    /// The graceful drain period of `/drain_listeners?graceful` (Envoy's `--drain-time-s`).
+    drain_time: std::time::Duration,
 }
 
 impl Default for Lifecycle {
     fn default() -> Self {
+        Lifecycle::new(GRACEFUL_DRAIN)
+    }
+}
+
+/// The default graceful drain period of `/drain_listeners?graceful` (the default of
+/// `--drain-duration`): connections are still accepted (readiness already fails, responses
+/// ask clients to close) before the listeners refuse new ones.
+pub const GRACEFUL_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How `/drain_listeners` stops the capture listeners (Envoy's query parameters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainRequest {
+    /// `?graceful`: keep accepting for the drain period first.
+    pub graceful: bool,
+    /// `?inboundonly`: only the inbound listener.
+    pub inbound_only: bool,
+    /// `?skip_exit` (with `graceful`): after the drain period, keep the listeners open.
+    pub skip_exit: bool,
+}
+
+impl Lifecycle {
+    /// A lifecycle whose graceful drain period is `drain_time` (`--drain-duration`).
+    pub fn new(drain_time: std::time::Duration) -> Lifecycle {
         Lifecycle {
             draining: AtomicBool::new(false),
             quit: Notify::new(),
             epoch: std::time::Instant::now(),
             refuse_after_ms: AtomicU64::new(u64::MAX),
             inbound_only: AtomicBool::new(false),
+            drain_time,
         }
     }
-}
 
-/// How long `/drain_listeners?graceful` keeps accepting connections (while readiness already
-/// fails) before the listeners refuse new ones.
-pub const GRACEFUL_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
-
-impl Lifecycle {
     /// True once a shutdown has started.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
@@ -105,18 +125,23 @@ impl Lifecycle {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    /// `/drain_listeners`: readiness fails from now on, and the capture listeners (or only
-    /// the inbound one) refuse new connections at once, or after [`GRACEFUL_DRAIN`] when
-    /// `graceful`. Open connections are left to finish.
-    pub fn drain_listeners(&self, graceful: bool, inbound_only: bool) {
+    /// `/drain_listeners`: readiness fails from now on and HTTP/1 responses carry
+    /// `connection: close`; the capture listeners (or only the inbound one) refuse new
+    /// connections at once, or after the drain period when `graceful`, or never when
+    /// `graceful` with `skip_exit` (as Envoy). Open connections are left to finish.
+    pub fn drain_listeners(&self, request: DrainRequest) {
         self.start_draining();
-        let delay = if graceful {
-            GRACEFUL_DRAIN
+        if request.graceful && request.skip_exit {
+            return;
+        }
+        let delay = if request.graceful {
+            self.drain_time
         } else {
             std::time::Duration::ZERO
         };
         let at = (self.epoch.elapsed() + delay).as_millis() as u64;
-        self.inbound_only.store(inbound_only, Ordering::Relaxed);
+        self.inbound_only
+            .store(request.inbound_only, Ordering::Relaxed);
         self.refuse_after_ms.fetch_min(at, Ordering::Relaxed);
     }
 
@@ -138,5 +163,38 @@ impl Lifecycle {
     /// before this future was created).
     pub async fn quit_requested(&self) {
         self.quit.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DrainRequest, Lifecycle};
+    use std::time::Duration;
+
+    #[test]
+    fn drain_requests_refuse_as_envoy_does() {
+        let graceful = |inbound_only, skip_exit| DrainRequest {
+            graceful: true,
+            inbound_only,
+            skip_exit,
+        };
+        // With no drain period left, a graceful drain refuses at once...
+        let l = Lifecycle::new(Duration::ZERO);
+        assert!(!l.refuses_connections(true));
+        l.drain_listeners(graceful(true, false));
+        assert!(l.is_draining());
+        assert!(l.refuses_connections(true));
+        assert!(!l.refuses_connections(false), "inbound only");
+        // ...unless told to keep the listeners (`skip_exit`): draining, still accepting.
+        let l = Lifecycle::new(Duration::ZERO);
+        l.drain_listeners(graceful(false, true));
+        assert!(l.is_draining());
+        assert!(!l.refuses_connections(true) && !l.refuses_connections(false));
+        // The drain period is the lifecycle's; a plain drain refuses at once everywhere.
+        let l = Lifecycle::new(Duration::from_secs(60));
+        l.drain_listeners(graceful(false, false));
+        assert!(!l.refuses_connections(true));
+        l.drain_listeners(DrainRequest::default());
+        assert!(l.refuses_connections(true) && l.refuses_connections(false));
     }
 }

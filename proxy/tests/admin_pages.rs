@@ -1,9 +1,13 @@
-//! The admin port's `/logging` and `/memory` against a running `mesh-proxy` (one sidecar on
-//! loopback, its config from an in-test ADS server): log levels changed per module and for
-//! everything, the effect seen on the proxy's stderr and in the listing, bad parameters
-//! refused with a message; `/memory`'s allocator figures sane and growing with the load.
+//! The admin port's `/logging`, `/memory`, `/drain_listeners` and `/config_dump` against a
+//! running `mesh-proxy` (one sidecar on loopback, its config from an in-test ADS server): log
+//! levels changed per module and for everything, the effect seen on the proxy's stderr and
+//! in the listing, bad parameters refused with a message; `/memory`'s allocator figures sane
+//! and growing with the load; Envoy's graceful and inbound-only drains seen by new
+//! connections; every config-dump section with the version each resource arrived in.
 
 mod common;
+#[path = "traffic_support/ads.rs"]
+mod push_ads;
 #[allow(dead_code)]
 mod telemetry_support;
 use telemetry_support::*;
@@ -222,4 +226,261 @@ async fn memory_reports_the_allocator_and_grows_with_the_load() {
     };
     assert!(grown > allocated);
     drop(held);
+}
+
+/// The outbound scene of the telemetry tests (`reviews` to `app`) and the inbound one
+/// (delivering to `app`) in one sidecar.
+fn inbound_and_outbound(ports: &Ports, app: std::net::SocketAddr) -> Resources {
+    let mut r = server_resources(ports, app);
+    for (kind, items) in client_resources(ports, app).0 {
+        r.0.entry(kind).or_default().extend(items);
+    }
+    r
+}
+
+/// GET `/` through `addr` with `Host: host`: the status and whether the response asks the
+/// client to close; `("000", _)` when the connection is refused or closed unanswered.
+async fn probe(addr: std::net::SocketAddr, host: &str) -> (String, bool) {
+    let out = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &format!("Host: {host}"),
+        &format!("http://{addr}/"),
+    ])
+    .await;
+    let close = out.to_ascii_lowercase().contains("connection: close");
+    (out.lines().last().unwrap_or("").to_string(), close)
+}
+
+/// The `--drain-duration` every test proxy runs with (`common::Proxy::start`).
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// POST `/drain_listeners{query}`, then poll until `addr` refuses new connections; checks
+/// that it accepted them (each response asking the client to close) until then, and returns
+/// how long after the POST the refusals began.
+async fn drain_and_wait_refused(
+    proxy: &Proxy,
+    query: &str,
+    addr: std::net::SocketAddr,
+) -> Duration {
+    let (status, _) = call(&[
+        "-X",
+        "POST",
+        &format!("http://{}/drain_listeners{query}", proxy.admin),
+    ])
+    .await;
+    let posted = Instant::now();
+    assert_eq!(status, "200", "{query}");
+    assert_eq!(
+        call(&[&format!("http://{}/ready", proxy.admin)]).await.0,
+        "503"
+    );
+    let deadline = posted + DRAIN + Duration::from_secs(10);
+    let mut accepted = 0;
+    loop {
+        match probe(addr, "app").await {
+            (s, _) if s == "000" => break,
+            (s, close) => {
+                assert_eq!(s, "200");
+                assert!(close, "a draining proxy asks HTTP/1 clients to close");
+                accepted += 1;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} still accepts after {DRAIN:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused_after = posted.elapsed();
+    assert!(
+        accepted > 0,
+        "{query}: nothing accepted during the graceful period"
+    );
+    refused_after
+}
+
+#[tokio::test]
+async fn graceful_drain_accepts_for_the_drain_duration_then_refuses_everywhere() {
+    let app = http_echo("app").await;
+    let ports = Ports::new();
+    let proxy = Proxy::start(
+        serve_ads(inbound_and_outbound(&ports, app)).await,
+        ports,
+        &[],
+    );
+    proxy.wait_ready().await;
+    assert_eq!(probe(proxy.inbound, "app").await, ("200".into(), false));
+    let before = Instant::now();
+    let refused_after = drain_and_wait_refused(&proxy, "?graceful", proxy.inbound).await;
+    assert!(
+        before.elapsed() >= DRAIN,
+        "refused after {refused_after:?}, before the drain duration {DRAIN:?}"
+    );
+    assert_eq!(
+        probe(proxy.outbound, "reviews").await.0,
+        "000",
+        "outbound too"
+    );
+}
+
+#[tokio::test]
+async fn inboundonly_drains_only_the_inbound_listener() {
+    let app = http_echo("app").await;
+    let ports = Ports::new();
+    let proxy = Proxy::start(
+        serve_ads(inbound_and_outbound(&ports, app)).await,
+        ports,
+        &[],
+    );
+    proxy.wait_ready().await;
+    // Envoy refuses `skip_exit` without `graceful`, saying why.
+    let (status, body) = call(&[
+        "-X",
+        "POST",
+        &format!("http://{}/drain_listeners?skip_exit", proxy.admin),
+    ])
+    .await;
+    assert_eq!(status, "400");
+    assert!(body.contains("skip_exit requires graceful"), "{body}");
+    // Istio's call at shutdown: inbound only, graceful.
+    let before = Instant::now();
+    drain_and_wait_refused(&proxy, "?inboundonly&graceful", proxy.inbound).await;
+    assert!(before.elapsed() >= DRAIN);
+    for _ in 0..3 {
+        assert_eq!(
+            probe(proxy.outbound, "reviews").await.0,
+            "200",
+            "the outbound listener still accepts"
+        );
+    }
+}
+
+/// `/config_dump`, parsed.
+async fn dump(proxy: &Proxy, query: &str) -> serde_json::Value {
+    let (status, body) = call(&[&format!("http://{}/config_dump{query}", proxy.admin)]).await;
+    assert_eq!(status, "200", "{query}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Every resource of every config-dump section, with its `version_info` (the section's too
+/// where Envoy has one), and whether `?resource=NAME` gave the same resources as the whole
+/// dump's `configs[]` (it may not while a push is being applied).
+async fn versions(proxy: &Proxy) -> (Vec<(String, String)>, bool) {
+    let all = dump(proxy, "").await;
+    let mut out = Vec::new();
+    let mut same = true;
+    for (kind, section, has_version) in [
+        ("Listeners", "dynamic_listeners", true),
+        ("Clusters", "dynamic_active_clusters", true),
+        ("Routes", "dynamic_route_configs", false),
+        ("Endpoints", "dynamic_endpoint_configs", false),
+        ("Secrets", "dynamic_active_secrets", false),
+    ] {
+        let at = format!("type.googleapis.com/envoy.admin.v3.{kind}ConfigDump");
+        let s = all["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["@type"] == at.as_str())
+            .unwrap_or_else(|| panic!("no {at}"));
+        if has_version {
+            out.push((
+                kind.to_string(),
+                s["version_info"].as_str().unwrap().to_string(),
+            ));
+        }
+        let one = dump(proxy, &format!("?resource={section}")).await;
+        same &= one["configs"] == s[section];
+        for item in s[section].as_array().unwrap() {
+            let name = item["name"]
+                .as_str()
+                .or(item["cluster"]["name"].as_str())
+                .or(item["route_config"]["name"].as_str())
+                .or(item["endpoint_config"]["cluster_name"].as_str())
+                .unwrap_or("?");
+            // Envoy's `DynamicListener` carries it in its `active_state`.
+            let state = if kind == "Listeners" {
+                &item["active_state"]
+            } else {
+                item
+            };
+            let version = state["version_info"].as_str();
+            let version = version.unwrap_or_else(|| panic!("no version_info in {kind}: {item}"));
+            out.push((format!("{kind}/{name}"), version.to_string()));
+        }
+    }
+    (out, same)
+}
+
+#[tokio::test]
+async fn config_dump_sections_carry_each_resources_version() {
+    let app = http_echo("app").await;
+    let ports = Ports::new();
+    let resources = || inbound_and_outbound(&ports, app);
+    let ads = push_ads::PushAds::start(resources()).await;
+    let proxy = Proxy::start(ads.addr, ports, &[]);
+    proxy.wait_ready().await;
+
+    let (v1, same) = versions(&proxy).await;
+    assert!(same, "?resource= gives the dump's resources");
+    for kind in [
+        "Listeners/virtualInbound",
+        "Clusters/inbound|9080||",
+        "Routes/",
+        "Endpoints/",
+    ] {
+        assert!(
+            v1.iter().any(|(k, _)| k.starts_with(kind)),
+            "{kind} in {v1:?}"
+        );
+    }
+    assert!(v1.iter().all(|(_, v)| v == "1"), "{v1:?}");
+    let secrets = dump(&proxy, "?resource=dynamic_active_secrets").await;
+    assert_eq!(
+        secrets["configs"],
+        serde_json::json!([]),
+        "no identity, no secret"
+    );
+
+    // A new push: every section and resource moves to version 2.
+    ads.push(resources());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (now, same) = versions(&proxy).await;
+        if same && now.iter().all(|(_, v)| v == "2") {
+            assert_eq!(now.len(), v1.len(), "{now:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Bad parameters elsewhere: 400 with a message naming them.
+    for (path, message) in [
+        (
+            "/config_dump?resource=nope",
+            "unknown resource `nope`; expected one of: dynamic_listeners",
+        ),
+        ("/config_dump?bogus=1", "unknown parameter `bogus`"),
+        (
+            "/stats?format=xml",
+            "invalid format `xml`: expected text, json or prometheus",
+        ),
+        (
+            "/clusters?format=yaml",
+            "invalid format `yaml`: expected text or json",
+        ),
+        ("/listeners?bogus=1", "unknown parameter `bogus`"),
+    ] {
+        let (status, body) = call(&[&format!("http://{}{path}", proxy.admin)]).await;
+        assert_eq!(status, "400", "{path}: {body}");
+        assert!(body.contains(message), "{path}: {body}");
+    }
 }

@@ -232,7 +232,7 @@ fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
 const HELP: &str = "admin commands are:
   /clusters: upstream clusters and their endpoints (?format=json)
   /config_dump: the applied configuration (?resource=dynamic_listeners|dynamic_route_configs|dynamic_active_clusters|dynamic_endpoint_configs|dynamic_active_secrets)
-  /drain_listeners (POST): stop accepting connections (?graceful: after draining, ?inboundonly)
+  /drain_listeners (POST): stop accepting connections (?graceful: after the drain duration; ?inboundonly; ?graceful&skip_exit: never)
   /listeners: the listeners (?format=json)
   /logging: log levels (POST ?level=LEVEL, ?paths=MODULE:LEVEL,..., ?MODULE=LEVEL)
   /memory: allocator statistics
@@ -386,12 +386,18 @@ pub fn route(
             if let Err(e) = pages::only(&query, &["graceful", "inboundonly", "skip_exit"]) {
                 return bad(e);
             }
-            let graceful = pages::param(&query, "graceful").is_some();
-            let inbound_only = pages::param(&query, "inboundonly").is_some();
-            state
-                .shared
-                .lifecycle
-                .drain_listeners(graceful, inbound_only);
+            let request = crate::shared::DrainRequest {
+                graceful: pages::param(&query, "graceful").is_some(),
+                inbound_only: pages::param(&query, "inboundonly").is_some(),
+                skip_exit: pages::param(&query, "skip_exit").is_some(),
+            };
+            if request.skip_exit && !request.graceful {
+                return bad(pages::BadRequest(
+                    "skip_exit requires graceful: use /drain_listeners?graceful&skip_exit\n".into(),
+                ));
+            }
+            tracing::info!(?request, "/drain_listeners");
+            state.shared.lifecycle.drain_listeners(request);
             text(StatusCode::OK, "OK\n")
         }
         (Port::Admin, "/quitquitquit") => {

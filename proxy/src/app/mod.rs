@@ -206,6 +206,7 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         .map(|id| (CaClient::new(id.ca.clone()), id.forced_renewal));
     let mut shared = Shared::with_identity(access_log.clone(), identity);
     shared.path_normalization = a.path_normalization;
+    shared.lifecycle = crate::shared::Lifecycle::new(a.drain_duration);
     shared.metrics = metrics;
     shared.tracer = tracer;
     let shared = Arc::new(shared);

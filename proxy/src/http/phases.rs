@@ -98,6 +98,10 @@ impl ProxyHttp for MeshHttp {
                     .unwrap_or_else(|| conn.chain.clone())
             }
         };
+        // Draining (`/drain_listeners`, SIGTERM): HTTP/1 clients are told to close.
+        if self.shared.lifecycle.is_draining() {
+            session.set_keepalive(None);
+        }
         ctx.chain = Some(runtime.clone());
         let ChainKind::Http(chain) = &runtime.kind else {
             return self.local_reply(session, ctx, LocalReply::Internal).await;

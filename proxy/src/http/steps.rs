@@ -241,6 +241,7 @@ pub(super) fn access_log_entry(session: &Session, ctx: &mut RequestCtx) -> Acces
     entry.bytes_received = session.body_bytes_read() as u64;
     entry.bytes_sent = session.body_bytes_sent() as u64;
     entry.upstream_host = ctx.upstream;
+    entry.upstream_local_address = ctx.telemetry.upstream_local;
     if let Some(route) = &ctx.route {
         entry.upstream_cluster = route.target().cluster.clone();
         entry.route_name = Some(route.entry.route.name.clone()).filter(|n| !n.is_empty());

@@ -44,6 +44,8 @@ pub struct RequestTelemetry {
     /// Outbound over mutual TLS: the server's verified SPIFFE ID and this workload's own
     /// (the principals Istio's client sidecar reports from the upstream connection).
     pub upstream_principals: Option<(Arc<str>, Option<Arc<str>>)>,
+    /// The local address of the (last) upstream connection (`upstream_local_address`).
+    pub upstream_local: Option<std::net::SocketAddr>,
 }
 
 fn side(conn: &ConnContext) -> Side {
@@ -126,6 +128,9 @@ pub fn on_upstream_connected(
     t: &mut RequestTelemetry,
 ) {
     t.upstream_principals = None;
+    t.upstream_local = digest
+        .and_then(|d| d.socket_digest.as_ref())
+        .and_then(|s| s.local_addr()?.as_inet().copied());
     if !peer.is_tls() {
         return;
     }

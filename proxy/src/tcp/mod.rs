@@ -220,6 +220,7 @@ where
                             entry.response_flags = ResponseFlag::UpstreamConnectionFailure.into();
                         }
                         Ok(upstream) => {
+                            entry.upstream_local_address = upstream.local_addr().ok();
                             let _active = picked.state.as_ref().map(|s| s.start_request());
                             let _permit = permit;
                             let tls = cluster.tls_for(addr).cloned();

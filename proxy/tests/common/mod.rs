@@ -197,6 +197,11 @@ impl Proxy {
         }
     }
 
+    /// The proxy's stdout lines so far, as written (any access-log format).
+    pub fn stdout(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
     /// The proxy's stderr so far.
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
