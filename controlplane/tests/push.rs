@@ -23,36 +23,6 @@ use prost::Message;
 
 const CLIENT: &[(&str, &str)] = &[("app", "client")];
 
-/// The value of the series `name` whose labels include `labels` (summed over the others).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut total = 0.0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
-        if n != name {
-            continue;
-        }
-        let found: BTreeMap<&str, &str> = rest
-            .trim_end_matches('}')
-            .split("\",")
-            .filter_map(|kv| kv.split_once("=\""))
-            .map(|(k, v)| (k, v.trim_end_matches('"')))
-            .collect();
-        if labels.iter().all(|(k, v)| found.get(k) == Some(v)) {
-            total += value.parse::<f64>().unwrap();
-        }
-    }
-    total
-}
-
-async fn metrics(cp: &ControlPlane) -> String {
-    let (status, body) = http_get(cp.monitoring_addr, "/metrics").await;
-    assert_eq!(status, 200);
-    body
-}
-
 const ENDPOINTS: &str = "apiVersion: v1\nkind: Endpoints\nmetadata: {name: reviews, namespace: default}\n\
                          subsets:\n- addresses: [{ip: 10.1.0.20}, {ip: 10.1.0.21}]\n  ports: [{name: http, port: 9080}]\n";
 

@@ -5,7 +5,7 @@
 // Each test binary uses a part of this module.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -381,4 +381,35 @@ pub async fn wait_syncz(cp: &ControlPlane, pod: &str, check: impl Fn(&Value) -> 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The value of the series `name` whose labels include `labels` (summed over the others).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut total = 0.0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if n != name {
+            continue;
+        }
+        let found: BTreeMap<&str, &str> = rest
+            .trim_end_matches('}')
+            .split("\",")
+            .filter_map(|kv| kv.split_once("=\""))
+            .map(|(k, v)| (k, v.trim_end_matches('"')))
+            .collect();
+        if labels.iter().all(|(k, v)| found.get(k) == Some(v)) {
+            total += value.parse::<f64>().unwrap();
+        }
+    }
+    total
+}
+
+/// The control plane's `/metrics` page on its monitoring port.
+pub async fn metrics(cp: &ControlPlane) -> String {
+    let (status, body) = http_get(cp.monitoring_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    body
 }
