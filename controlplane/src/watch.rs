@@ -195,6 +195,7 @@ pub fn watch_config(
                     store = back;
                     tracing::info!(
                         generation = snapshot.generation,
+                        took_ms = trigger.map_or(0.0, |t| t.debounced.elapsed().as_secs_f64() * 1e3),
                         objects = snapshot.objects.len(),
                         errors = snapshot.errors.len(),
                         "config reloaded"

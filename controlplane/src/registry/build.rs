@@ -30,23 +30,38 @@ pub(super) struct Builder {
     pub services: BTreeMap<ServiceKey, Arc<Service>>,
     pub endpoints: BTreeMap<(ServiceKey, u16), Vec<Endpoint>>,
     pub dns_endpoints: BTreeMap<(ServiceKey, u16), Vec<DnsEndpoint>>,
+    /// When set, endpoints of other Services are not collected (an update of these
+    /// Services' endpoints only, see [`super::incremental`]): names by namespace.
+    pub only: Option<BTreeMap<String, BTreeSet<String>>>,
 }
 
 impl Builder {
+    /// Whether endpoints of `svc` are collected.
+    pub fn wants(&self, svc: &Service) -> bool {
+        self.only.as_ref().is_none_or(|only| {
+            only.get(svc.namespace.as_str())
+                .is_some_and(|names| names.contains(svc.name.as_str()))
+        })
+    }
+
     /// Adds an endpoint of a Service port.
     pub fn endpoint(&mut self, svc: &Service, port: u16, ep: Endpoint) {
-        self.endpoints
-            .entry((svc.key(), port))
-            .or_default()
-            .push(ep);
+        if self.wants(svc) {
+            self.endpoints
+                .entry((svc.key(), port))
+                .or_default()
+                .push(ep);
+        }
     }
 
     /// Adds a host-named endpoint of a DNS-resolved Service port.
     pub fn dns_endpoint(&mut self, svc: &Service, port: u16, ep: DnsEndpoint) {
-        self.dns_endpoints
-            .entry((svc.key(), port))
-            .or_default()
-            .push(ep);
+        if self.wants(svc) {
+            self.dns_endpoints
+                .entry((svc.key(), port))
+                .or_default()
+                .push(ep);
+        }
     }
 
     /// Adds a Service unless one with the same key exists (the first definition wins).
@@ -80,51 +95,14 @@ impl MeshSnapshot {
                 }
             }
         }
-        let mut sidecars = Vec::new();
-        for object in config.iter() {
-            match object {
-                Object::Endpoints(eps) => endpoints_object(&mut b, eps),
-                Object::EndpointSlice(slice) => endpoint_slice(&mut b, slice),
-                Object::ServiceEntry(se) => service_entry::own_endpoints(&mut b, se),
-                Object::WorkloadEntry(we) => service_entry::workload_entry(&mut b, we),
-                Object::Sidecar(sc) => sidecars.push(Arc::new(SidecarRule::from_config(sc))),
-                _ => {}
-            }
-        }
-        for proxy in &proxies {
-            proxy_endpoints(&mut b, proxy);
-        }
-        // Addresses of Endpoints/EndpointSlice objects carry no labels: take those of the
-        // connected proxy with that IP in the Service's namespace.
-        let mut proxy_labels: BTreeMap<(&str, IpAddr), &ProxyInfo> = BTreeMap::new();
-        for proxy in &proxies {
-            if let Some(ns) = proxy.namespace.as_deref() {
-                for ip in &proxy.ips {
-                    proxy_labels.entry((ns, *ip)).or_insert(*proxy);
-                }
-            }
-        }
-        for ((key, _), list) in b.endpoints.iter_mut() {
-            let mut seen = BTreeSet::new();
-            list.retain(|e| seen.insert((e.ip, e.port)));
-            for ep in list
-                .iter_mut()
-                .filter(|e| e.source == EndpointSource::Config)
-            {
-                if let Some(proxy) = proxy_labels.get(&(key.namespace.as_str(), ep.ip)) {
-                    ep.labels = proxy.labels.clone();
-                    ep.service_account = proxy.service_account.clone();
-                    ep.tls_mode = proxy_tls_mode(proxy);
-                    ep.workload = proxy.endpoint_workload();
-                }
-            }
-            list.sort();
-        }
-        for list in b.dns_endpoints.values_mut() {
-            let mut seen = BTreeSet::new();
-            list.retain(|e| seen.insert((e.host.clone(), e.port)));
-            list.sort();
-        }
+        let sidecars = config
+            .iter()
+            .filter_map(|object| match object {
+                Object::Sidecar(sc) => Some(Arc::new(SidecarRule::from_config(sc))),
+                _ => None,
+            })
+            .collect();
+        collect_endpoints(&mut b, config, &proxies);
         MeshSnapshot {
             config: config.clone(),
             cluster_domain: cluster_domain.to_string(),
@@ -139,6 +117,55 @@ impl MeshSnapshot {
             trigger: None,
             render_cache: Arc::default(),
         }
+    }
+}
+
+/// Collects the endpoints of the builder's Services (those [`Builder::wants`]) from the
+/// config's objects and the connected proxies: deduplicated by address (config objects first,
+/// in key order, then proxies in order), labelled from the proxies, sorted.
+pub(super) fn collect_endpoints(b: &mut Builder, config: &ConfigSnapshot, proxies: &[&ProxyInfo]) {
+    for object in config.iter() {
+        match object {
+            Object::Endpoints(eps) => endpoints_object(b, eps),
+            Object::EndpointSlice(slice) => endpoint_slice(b, slice),
+            Object::ServiceEntry(se) => service_entry::own_endpoints(b, se),
+            Object::WorkloadEntry(we) => service_entry::workload_entry(b, we),
+            _ => {}
+        }
+    }
+    for proxy in proxies {
+        proxy_endpoints(b, proxy);
+    }
+    // Addresses of Endpoints/EndpointSlice objects carry no labels: take those of the
+    // connected proxy with that IP in the Service's namespace.
+    let mut proxy_labels: BTreeMap<(&str, IpAddr), &ProxyInfo> = BTreeMap::new();
+    for proxy in proxies {
+        if let Some(ns) = proxy.namespace.as_deref() {
+            for ip in &proxy.ips {
+                proxy_labels.entry((ns, *ip)).or_insert(*proxy);
+            }
+        }
+    }
+    for ((key, _), list) in b.endpoints.iter_mut() {
+        let mut seen = BTreeSet::new();
+        list.retain(|e| seen.insert((e.ip, e.port)));
+        for ep in list
+            .iter_mut()
+            .filter(|e| e.source == EndpointSource::Config)
+        {
+            if let Some(proxy) = proxy_labels.get(&(key.namespace.as_str(), ep.ip)) {
+                ep.labels = proxy.labels.clone();
+                ep.service_account = proxy.service_account.clone();
+                ep.tls_mode = proxy_tls_mode(proxy);
+                ep.workload = proxy.endpoint_workload();
+            }
+        }
+        list.sort();
+    }
+    for list in b.dns_endpoints.values_mut() {
+        let mut seen = BTreeSet::new();
+        list.retain(|e| seen.insert((e.host.clone(), e.port)));
+        list.sort();
     }
 }
 
@@ -236,7 +263,7 @@ fn proxy_endpoints(b: &mut Builder, proxy: &ProxyInfo) {
     let selecting: Vec<Arc<Service>> = b
         .services
         .values()
-        .filter(|s| s.selects(namespace, &proxy.labels))
+        .filter(|s| b.wants(s) && s.selects(namespace, &proxy.labels))
         .cloned()
         .collect();
     for svc in selecting {

@@ -9,7 +9,9 @@
 //! - What one proxy is sent is its [`ProxyScope`]: the services exported to its namespace
 //!   ([`visibility`]), narrowed by the Sidecar governing it ([`sidecar`]).
 //! - [`spawn_registry`] runs the registry's only writer: it rebuilds the snapshot at once on
-//!   every config change, and debounced (100 ms / 10 s) on proxy connects and disconnects;
+//!   every config change (when only Endpoints or EndpointSlice objects changed, just the
+//!   endpoints of their Services: [`incremental`]), and debounced (100 ms / 10 s) on proxy
+//!   connects and disconnects;
 //!   readers get `Arc<MeshSnapshot>`s from a `watch` channel. A snapshot is published only
 //!   when the config objects, Services or endpoints changed; it carries the [`Trigger`] of
 //!   the changes it answers (for push metrics).
@@ -21,6 +23,7 @@
 //!   across restarts of the control plane ([`workloads`]).
 
 mod build;
+pub mod incremental;
 pub mod model;
 pub mod proxy;
 pub mod scope;
@@ -209,6 +212,8 @@ pub fn spawn_registry(
         let mut debouncer = Debouncer::new(timing);
         let mut config_open = true;
         let mut built_generation = first_generation;
+        // Proxies came, went or expired since the last rebuild.
+        let mut proxies_changed = false;
         loop {
             let rebuild = tokio::select! {
                 changed = config.changed(), if config_open => {
@@ -222,12 +227,14 @@ pub fn spawn_registry(
                         None => return,
                     }
                     save(&workloads);
+                    proxies_changed = true;
                     debouncer.event(Instant::now());
                     false
                 }
                 _ = sleep_until(workloads.next_expiry()) => {
                     if workloads.expire(Instant::now()) {
                         save(&workloads);
+                        proxies_changed = true;
                     }
                     true
                 }
@@ -246,8 +253,18 @@ pub fn spawn_registry(
                 .flatten()
                 .reduce(Trigger::merge)
                 .unwrap_or_else(|| Trigger::immediate(now));
-            let mut next = MeshSnapshot::build_with(&cfg, workloads.all(), &settings);
             let current = tx.borrow().clone();
+            let endpoints_only = if proxies_changed {
+                None
+            } else {
+                incremental::endpoint_only_changes(&current.config, &cfg)
+            };
+            proxies_changed = false;
+            let incremental = endpoints_only.is_some();
+            let mut next = match endpoints_only {
+                Some(affected) => current.with_endpoints_of(&cfg, workloads.all(), affected),
+                None => MeshSnapshot::build_with(&cfg, workloads.all(), &settings),
+            };
             if next.same_content(&current) {
                 continue;
             }
@@ -257,6 +274,8 @@ pub fn spawn_registry(
             tracing::debug!(
                 version = next.version,
                 services = next.services.len(),
+                incremental,
+                took_ms = now.elapsed().as_secs_f64() * 1e3,
                 "registry updated"
             );
             if tx.send(Arc::new(next)).is_err() {

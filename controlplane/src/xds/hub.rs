@@ -160,7 +160,8 @@ pub fn spawn_coordinator(
         record_registry(&metrics, &previous);
         while snapshots.changed().await.is_ok() {
             let next = snapshots.borrow_and_update().clone();
-            let request = PushRequest::between(&previous, &next, Instant::now());
+            let started = Instant::now();
+            let request = PushRequest::between(&previous, &next, started);
             if let Some(t) = next.trigger {
                 metrics.debounce_time.observe(
                     t.debounced
@@ -182,6 +183,7 @@ pub fn spawn_coordinator(
                 configs = request.configs_updated.len(),
                 endpoint_hosts = request.endpoints_updated.len(),
                 streams = hub.streams(),
+                took_ms = started.elapsed().as_secs_f64() * 1e3,
                 "push"
             );
             hub.publish(next.clone(), request);
