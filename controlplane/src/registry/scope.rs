@@ -10,7 +10,7 @@
 //! kept: a Kubernetes Service before a ServiceEntry (no "squatting" on a Service's name), then
 //! one of the proxy's own namespace, then the first by namespace and name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -149,11 +149,27 @@ fn merge_ports(egress: &[EgressScope]) -> Vec<Arc<Service>> {
 impl ProxyScope {
     /// The scope of `proxy` in `mesh`.
     pub fn new(mesh: &MeshSnapshot, proxy: &ProxyInfo) -> ProxyScope {
+        ProxyScope::of_services(mesh, proxy, |_| true)
+    }
+
+    /// [`ProxyScope::new`] restricted to the services named `hosts`: equal to the full scope
+    /// with every other service left out (everything a scope decides is decided per host
+    /// name), at the cost of those hosts only. What a push of a few hosts' load assignments
+    /// needs.
+    pub fn for_hosts(mesh: &MeshSnapshot, proxy: &ProxyInfo, hosts: &BTreeSet<&str>) -> ProxyScope {
+        ProxyScope::of_services(mesh, proxy, |s| hosts.contains(s.hostname.as_str()))
+    }
+
+    fn of_services(
+        mesh: &MeshSnapshot,
+        proxy: &ProxyInfo,
+        wanted: impl Fn(&Service) -> bool,
+    ) -> ProxyScope {
         let namespace = proxy.namespace.as_deref();
         let exported: Vec<Arc<Service>> = mesh
             .services
             .values()
-            .filter(|s| visibility::is_visible(&s.export_to, &s.namespace, namespace))
+            .filter(|s| wanted(s) && visibility::is_visible(&s.export_to, &s.namespace, namespace))
             .cloned()
             .collect();
         let rule: Option<&SidecarRule> = sidecar::select(&mesh.sidecars, namespace, &proxy.labels);

@@ -391,3 +391,79 @@ spec:
     let eps = m.endpoints_of(&svc.key(), 80);
     assert_eq!(eps[0].tls_mode, crate::registry::TlsMode::Disabled);
 }
+
+#[test]
+fn scope_for_hosts_is_the_full_scope_restricted() {
+    let yaml = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: e1, namespace: a}
+spec: {hosts: [api.example.com], ports: [{number: 80, name: http, protocol: HTTP}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: e2, namespace: b}
+spec: {hosts: [api.example.com], ports: [{number: 81, name: http, protocol: HTTP}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: squat, namespace: a}
+spec: {hosts: [web.c.svc.cluster.local], ports: [{number: 82, name: http, protocol: HTTP}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: multi, namespace: a}
+spec:
+  clusterIP: 10.96.9.1
+  ports: [{name: http, port: 80}, {name: grpc, port: 90}, {name: tcp, port: 100}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: a}
+spec:
+  egress:
+  - port: {number: 90, protocol: GRPC, name: grpc}
+    hosts: [./multi.a.svc.cluster.local]
+  - hosts: [./*, c/*]
+";
+    let yaml = format!(
+        "{yaml}---\n{}{}",
+        svc("c", "web", ""),
+        svc(
+            "b",
+            "hidden",
+            ", annotations: {networking.istio.io/exportTo: \".\"}"
+        )
+    );
+    let m = mesh(&yaml);
+    let all: Vec<&str> = m.services.values().map(|s| s.hostname.as_str()).collect();
+    let shown = |services: &[std::sync::Arc<crate::registry::Service>], hosts: &[&str]| {
+        services
+            .iter()
+            .filter(|s| hosts.contains(&s.hostname.as_str()))
+            .map(|s| (s.key(), s.hostname.clone(), s.ports.clone()))
+            .collect::<Vec<_>>()
+    };
+    for ns in ["a", "b", "c"] {
+        let p = proxy(ns, &[]);
+        let full = ProxyScope::new(&m, &p);
+        let subsets: Vec<Vec<&str>> = all
+            .iter()
+            .map(|h| vec![*h])
+            .chain([
+                all.clone(),
+                vec!["api.example.com", "multi.a.svc.cluster.local"],
+            ])
+            .collect();
+        for hosts in subsets {
+            let set: std::collections::BTreeSet<&str> = hosts.iter().copied().collect();
+            let part = ProxyScope::for_hosts(&m, &p, &set);
+            assert_eq!(shown(&part.services, &hosts), shown(&full.services, &hosts));
+            assert_eq!(part.services.len(), shown(&full.services, &hosts).len());
+            assert_eq!(part.egress.len(), full.egress.len());
+            for (e, f) in part.egress.iter().zip(&full.egress) {
+                assert_eq!(shown(&e.services, &hosts), shown(&f.services, &hosts));
+            }
+        }
+    }
+}

@@ -171,7 +171,13 @@ fn selected<'a, 'n>(
     proxy: &ProxyInfo,
     names: &'n BTreeSet<String>,
 ) -> Vec<(&'n String, Cow<'a, [Endpoint]>)> {
-    let scope = ProxyScope::new(mesh, proxy);
+    // Only the requested hosts' part of the proxy's scope: a push of one host's endpoints
+    // does not compute the scope of the whole mesh.
+    let hosts: BTreeSet<&str> = names
+        .iter()
+        .filter_map(|n| parse_outbound_cluster_name(n).map(|(_, _, host)| host))
+        .collect();
+    let scope = ProxyScope::for_hosts(mesh, proxy, &hosts);
     let by_host: BTreeMap<&str, &Service> = scope
         .services
         .iter()

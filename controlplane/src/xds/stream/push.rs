@@ -108,25 +108,26 @@ impl StreamState {
         let wants = |kind| wants.contains(&kind);
 
         // CDS: the full set, and the clusters whose definition changed.
-        let previous_clusters = self.clusters.clone();
+        let mut previous_clusters = BTreeMap::new();
         let mut cds = None;
         let mut changed_clusters = BTreeSet::new();
         if wants(Cluster) {
             let started = StdInstant::now();
             let resources = self.compute_full(Cluster, mesh);
             changed_clusters = self.changed(Cluster, &resources);
-            self.clusters = resources
+            let clusters = resources
                 .iter()
                 .map(|r| (r.name.clone(), r.clone()))
                 .collect();
+            previous_clusters = std::mem::replace(&mut self.clusters, clusters);
             cds = Some((resources, started.elapsed()));
         }
 
         // EDS: the changed load assignments of the planned clusters, and those of clusters
         // whose definition changed (Envoy warms a changed cluster again and needs them).
         let mut eds = None;
-        let eds_names = self.names(Endpoint);
-        if self.subscribed(Endpoint) && !eds_names.is_empty() {
+        let eds_names = self.types.get(&Endpoint).map(|t| &t.names);
+        if let Some(eds_names) = eds_names.filter(|n| !n.is_empty()) {
             let rewarm: BTreeSet<String> =
                 eds_names.intersection(&changed_clusters).cloned().collect();
             let mut wanted = rewarm.clone();
