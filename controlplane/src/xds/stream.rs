@@ -59,6 +59,10 @@ struct TypeState {
     sent: BTreeMap<String, u64>,
     /// Content hash per resource, as of the last ACK: what the proxy holds.
     acked: BTreeMap<String, u64>,
+    /// Names whose entry in `sent` was set or removed since the last ACK or NACK; elsewhere
+    /// `sent` and `acked` agree. What an ACK or NACK settles, so that neither copies the
+    /// whole set (an EDS ACK of one changed load assignment touches one entry).
+    unacked: BTreeSet<String>,
     /// Names of a NACKed response (EDS, RDS): recomputed by the next push whatever it is
     /// about.
     retry: BTreeSet<String>,
@@ -200,8 +204,9 @@ impl StreamState {
         let Some(kind) = ResourceType::from_type_url(&req.type_url) else {
             return (RequestKind::UnknownType, Vec::new());
         };
-        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
         let state = self.types.entry(kind).or_default();
+        // An ACK repeats the subscription it answers: compared in place, not copied.
+        let same_names = req.resource_names.iter().eq(state.names.iter());
         let meaning = if req.response_nonce.is_empty() {
             RequestKind::Initial
         } else if state
@@ -242,12 +247,14 @@ impl StreamState {
         let wildcard = self.full_set(kind);
         let state = self.types.entry(kind).or_default();
         let mut added = BTreeSet::new();
-        if !wildcard {
+        if !wildcard && !same_names {
+            let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
             added = names.difference(&state.names).cloned().collect();
             let removed: Vec<String> = state.names.difference(&names).cloned().collect();
             for name in &removed {
                 state.sent.remove(name);
                 state.acked.remove(name);
+                state.unacked.remove(name);
             }
             // An ACK usually repeats the subscription: nothing to record then.
             if !added.is_empty() || !removed.is_empty() || meaning == RequestKind::Initial {
@@ -261,6 +268,7 @@ impl StreamState {
         if meaning == RequestKind::Initial {
             state.sent.clear();
             state.acked.clear();
+            state.unacked.clear();
         }
         let nothing_asked = !wildcard && state.names.is_empty();
         if kind.is_full_set() {
@@ -285,7 +293,12 @@ impl StreamState {
 
     fn on_ack(&mut self, kind: ResourceType, req: &DiscoveryRequest) {
         let state = self.types.entry(kind).or_default();
-        state.acked = state.sent.clone();
+        for name in std::mem::take(&mut state.unacked) {
+            match state.sent.get(&name) {
+                Some(hash) => state.acked.insert(name, *hash),
+                None => state.acked.remove(&name),
+            };
+        }
         state.nacked = false;
         let (version, nonce) = (req.version_info.clone(), req.response_nonce.clone());
         self.status.send_modify(|s| {
@@ -308,14 +321,16 @@ impl StreamState {
         tracing::warn!(conn = self.conn, r#type = kind.short_name(), error = %message, "NACK");
         // The proxy keeps what it ACKed before: the next diff starts from there.
         let state = self.types.entry(kind).or_default();
-        let rejected: Vec<String> = state
-            .sent
-            .iter()
-            .filter(|(n, h)| state.acked.get(*n) != Some(*h))
-            .map(|(n, _)| n.clone())
-            .collect();
-        state.retry.extend(rejected);
-        state.sent = state.acked.clone();
+        for name in std::mem::take(&mut state.unacked) {
+            let acked = state.acked.get(&name).copied();
+            let sent = match acked {
+                Some(hash) => state.sent.insert(name.clone(), hash),
+                None => state.sent.remove(&name),
+            };
+            if sent.is_some() && sent != acked {
+                state.retry.insert(name);
+            }
+        }
         state.nacked = true;
         self.metrics
             .xds_rejects
@@ -401,10 +416,22 @@ impl StreamState {
         let nonce = format!("{}-{}", self.conn, self.nonces);
         let state = self.types.entry(kind).or_default();
         if kind.is_full_set() {
-            state.sent.clear();
+            let mut left = std::mem::take(&mut state.sent);
+            for r in resources.iter().chain(&extra) {
+                if left.remove(&r.name) != Some(r.hash) {
+                    state.unacked.insert(r.name.clone());
+                }
+                state.sent.insert(r.name.clone(), r.hash);
+            }
+            state.unacked.extend(left.into_keys());
+        } else {
+            for r in resources.iter().chain(&extra) {
+                if state.sent.insert(r.name.clone(), r.hash) != Some(r.hash) {
+                    state.unacked.insert(r.name.clone());
+                }
+            }
         }
         for r in resources.iter().chain(&extra) {
-            state.sent.insert(r.name.clone(), r.hash);
             state.retry.remove(&r.name);
         }
         let version = version_of(&state.sent);

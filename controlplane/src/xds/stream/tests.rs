@@ -476,3 +476,70 @@ fn a_nacked_full_state_type_is_sent_again_by_the_next_push_that_concerns_it() {
         .on_push(&PushRequest::everything(Instant::now()), &m)
         .is_empty());
 }
+
+#[test]
+fn acks_and_nacks_settle_what_changed_since_the_last_ack() {
+    let state = |f: &Fixture, k| f.s.types[&k].sent.clone();
+    let acked = |f: &Fixture, k| f.s.types[&k].acked.clone();
+    let m0 = mesh(&two_services(), 0);
+    let mut f = Fixture::new(&m0);
+    f.sync(&m0, &[REVIEWS, RATINGS], &["9080"]);
+    let held = acked(&f, E);
+    assert_eq!(held, state(&f, E));
+    let eds = |reviews: &str, ratings: &str| {
+        service("reviews", "10.96.0.20", 9080)
+            + &service("ratings", "10.96.0.30", 9080)
+            + &endpoints("reviews", &[reviews], 9080)
+            + &endpoints("ratings", &[ratings], 9080)
+    };
+    // Two EDS responses, neither ACKed; the second is NACKed.
+    let m1 = mesh(&eds("10.1.0.5", "10.1.0.2"), 1);
+    let first =
+        f.s.on_push(&PushRequest::between(&m0, &m1, Instant::now()), &m1);
+    let m2 = mesh(&eds("10.1.0.5", "10.1.0.6"), 2);
+    let second =
+        f.s.on_push(&PushRequest::between(&m1, &m2, Instant::now()), &m2);
+    assert_eq!((kinds(&first), kinds(&second)), (vec![E], vec![E]));
+    f.nack(&m2, &second[0].clone(), &[REVIEWS, RATINGS], "bad endpoint");
+    // The proxy holds what it ACKed: both load assignments are owed.
+    assert_eq!((state(&f, E), acked(&f, E)), (held.clone(), held.clone()));
+    assert_eq!(f.s.types[&E].retry, set(&[REVIEWS, RATINGS]));
+    let again = f.s.on_push(&PushRequest::everything(Instant::now()), &m2);
+    assert_eq!(kinds(&again), [E]);
+    assert_eq!(cla_names(&again[0]), set(&[REVIEWS, RATINGS]));
+    assert!(f
+        .ack(&m2, &again[0].clone(), &[REVIEWS, RATINGS])
+        .is_empty());
+    assert_eq!(acked(&f, E), state(&f, E));
+    assert_ne!(acked(&f, E), held);
+    assert!(f.s.types[&E].unacked.is_empty());
+    // A full-state type: a new cluster, ACKed; then CDS without it (once the routes stop
+    // naming it), NACKed: the proxy still holds it.
+    let m3 = mesh(
+        &(eds("10.1.0.5", "10.1.0.6") + &service("details", "10.96.0.40", 9080)),
+        3,
+    );
+    let out =
+        f.s.on_push(&PushRequest::between(&m2, &m3, Instant::now()), &m3);
+    for r in &out {
+        let names: &[&str] = match ResourceType::from_type_url(&r.type_url).unwrap() {
+            E => &[REVIEWS, RATINGS],
+            R => &["9080"],
+            _ => &[],
+        };
+        assert!(f.ack(&m3, r, names).is_empty());
+    }
+    assert_eq!(acked(&f, C), state(&f, C));
+    let clusters_held = acked(&f, C);
+    let out =
+        f.s.on_push(&PushRequest::between(&m3, &m2, Instant::now()), &m2);
+    assert_eq!(kinds(&out), [R]);
+    let cds = f.ack(&m2, &out[0].clone(), &["9080"]);
+    assert_eq!(kinds(&cds), [C]);
+    assert_ne!(state(&f, C), clusters_held);
+    f.nack(&m2, &cds[0].clone(), &[], "no");
+    assert_eq!(
+        (state(&f, C), acked(&f, C)),
+        (clusters_held.clone(), clusters_held)
+    );
+}
