@@ -84,6 +84,45 @@ pub fn check_proxy_config(client: &Pod, server: &Pod) -> Result<()> {
         row(&secret, "ROOTCA").is_ok() && !secret.contains("PRIVATE"),
         "{secret}"
     );
+    // `-o json`: the raw dump items of each kind, each with the version it arrived in.
+    for (pod, name, kind, needle) in [
+        (
+            client,
+            "client",
+            "clusters",
+            format!("outbound|{HTTP_PORT}||{REVIEWS}"),
+        ),
+        (client, "client", "routes", format!("{REVIEWS}:{HTTP_PORT}")),
+        (
+            server,
+            "reviews-v1",
+            "listeners",
+            "virtualInbound".to_string(),
+        ),
+        (server, "reviews-v1", "secret", serial.to_ascii_lowercase()),
+    ] {
+        let text = meshctl(pod, &[kind, name, "-o", "json"])?.ok()?;
+        let json: Json =
+            serde_json::from_str(&text).with_context(|| format!("{kind} -o json: {text}"))?;
+        let items = json.as_array().with_context(|| format!("{kind}: {text}"))?;
+        ensure!(
+            !items.is_empty()
+                && items.iter().all(|i| {
+                    // A listener carries it in its `active_state`, as Envoy's does.
+                    let v = i["version_info"].as_str();
+                    let v = v.or(i["active_state"]["version_info"].as_str());
+                    v.is_some_and(|v| !v.is_empty())
+                }),
+            "{kind} -o json, a version for each: {text}"
+        );
+        ensure!(
+            text.to_ascii_lowercase()
+                .contains(&needle.to_ascii_lowercase()),
+            "{kind} -o json has no {needle}: {text}"
+        );
+        ensure!(!text.contains("PRIVATE KEY"), "{kind}: {text}");
+    }
+
     // Another pod's sidecar is an error, not a table.
     let wrong = meshctl(client, &["clusters", "reviews-v1"])?;
     ensure!(
