@@ -15,6 +15,8 @@
 //! of productpage's sidecar with `tests/golden/bookinfo-samples/<file>.json`. Without the
 //! samples it prints SKIPPED.
 
+mod skip;
+
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -277,7 +279,9 @@ fn samples_dir() -> Option<PathBuf> {
 #[test]
 fn bookinfo_samples() {
     let Some(samples) = samples_dir() else {
-        println!("SKIPPED: Istio's samples/bookinfo/networking not found");
+        skip::conformance_missing(
+            "bookinfo_samples: Istio's samples/bookinfo/networking not found",
+        );
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -242,10 +242,10 @@ fn cases(dir: &Path) -> (Vec<Case>, BTreeSet<PathBuf>) {
 #[test]
 fn istio_authz_builder_testdata() {
     let Some(root) = conformance_dir() else {
-        println!(
-            "SKIPPED: istio_authz_builder_testdata: Istio's conformance material ({TESTDATA}) \
+        mesh_tests::conformance::missing(&format!(
+            "istio_authz_builder_testdata: Istio's conformance material ({TESTDATA}) \
              not found; set MESH_CONFORMANCE_DIR to the istio/ directory or its parent"
-        );
+        ));
         return;
     };
     let dir = root.join(TESTDATA);

@@ -3,6 +3,7 @@
 //! subscriber, [`ads`]).
 
 pub mod ads;
+pub mod conformance;
 pub mod demo;
 pub mod echo;
 pub mod harness;

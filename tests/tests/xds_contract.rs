@@ -126,7 +126,10 @@ fn bookinfo_samples_convert_in_the_proxy() {
         None => manifest.join("../../shared/conformance/istio/samples/bookinfo/networking"),
     };
     if !samples.is_dir() {
-        println!("SKIPPED: Istio's samples/bookinfo/networking not found");
+        mesh_tests::conformance::missing(&format!(
+            "bookinfo_samples_convert_in_the_proxy: Istio's samples not found at {}",
+            samples.display()
+        ));
         return;
     }
     let golden = manifest.join("../controlplane/tests/golden/bookinfo-samples");

@@ -145,8 +145,8 @@ fn case_args(flags: &str) -> Vec<&str> {
 #[test]
 fn capture_iptables_golden_cases() {
     let Some(dir) = golden::golden_dir() else {
-        println!(
-            "SKIPPED: Istio golden files not found (../shared/conformance/istio or $MESH_CONFORMANCE_DIR)"
+        mesh_tests::conformance::missing(
+            "capture_iptables_golden_cases: Istio golden files not found (../shared/conformance/istio or $MESH_CONFORMANCE_DIR)",
         );
         return;
     };

@@ -27,7 +27,7 @@ const PARALLEL_RUNS: usize = 4;
 
 /// The samples directory (`$MESH_CONFORMANCE_DIR/samples/bookinfo/networking`, else
 /// `../shared/conformance/istio/...` beside the workspace), or `None` after printing
-/// `SKIPPED: ...` when it is not there.
+/// `SKIPPED: ...` when it is not there (see [`mesh_tests::conformance::missing`]).
 pub fn samples_or_skip(test: &str) -> Option<PathBuf> {
     let dir = match std::env::var_os("MESH_CONFORMANCE_DIR") {
         Some(d) => PathBuf::from(d).join(SAMPLES_SUBDIR),
@@ -38,10 +38,10 @@ pub fn samples_or_skip(test: &str) -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        println!(
-            "SKIPPED: {test}: Istio's Bookinfo samples not found at {}",
+        mesh_tests::conformance::missing(&format!(
+            "{test}: Istio's Bookinfo samples not found at {}",
             dir.display()
-        );
+        ));
         None
     }
 }
