@@ -69,6 +69,18 @@ async fn retries_until_the_upstream_answers_and_flags_exhaustion() {
         )
         .await;
     assert_eq!(r.status, 503);
+    // Envoy's cluster stats: 9 attempts (3 + 4 + 1 + 1), 5 retries, 1 successful retry.
+    let m = scrape(&s.proxy).await;
+    for (metric, value) in [
+        ("envoy_cluster_upstream_rq_total", 9.0),
+        ("envoy_cluster_upstream_rq_retry", 5.0),
+        ("envoy_cluster_upstream_rq_retry_success", 1.0),
+    ] {
+        assert_eq!(cluster_stat(&m, metric, "v1"), value, "{metric}");
+    }
+    assert_eq!(host_stat(&s.proxy, "v1", "rq_total").await, 9);
+    assert_eq!(host_stat(&s.proxy, "v1", "rq_error").await, 8);
+    assert_eq!(host_stat(&s.proxy, "v1", "rq_success").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,6 +215,17 @@ async fn per_try_and_route_timeouts_answer_504_ut() {
     let log = s.proxy.wait_log(|l| l["path"] == "/t").await;
     assert_eq!(log["response_flags"], "UT");
     assert_eq!(log["response_code_details"], "response_timeout");
+    // Two requests timed out (UT); the first after two per-try timeouts and one retry.
+    let m = scrape(&s.proxy).await;
+    for (metric, value) in [
+        ("envoy_cluster_upstream_rq_timeout", 2.0),
+        ("envoy_cluster_upstream_rq_per_try_timeout", 2.0),
+        ("envoy_cluster_upstream_rq_retry", 1.0),
+    ] {
+        assert_eq!(cluster_stat(&m, metric, "v1"), value, "{metric}");
+    }
+    // Per host, every timed-out attempt: two tries and the route timeout.
+    assert_eq!(host_stat(&s.proxy, "v1", "rq_timeout").await, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,6 +425,14 @@ async fn pool_overflow_answers_503_uo_at_once() {
         .wait_log(|l| l["authority"] == "pool" && l["response_code"] == 503)
         .await;
     assert_eq!(log["response_flags"], "UO");
+    let m = scrape(&s.proxy).await;
+    for (metric, value) in [
+        ("envoy_cluster_upstream_rq_pending_overflow", 3.0),
+        ("envoy_cluster_upstream_cx_overflow", 3.0),
+        ("envoy_cluster_upstream_rq_total", 2.0),
+    ] {
+        assert_eq!(cluster_stat(&m, metric, "pool"), value, "{metric}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,6 +472,22 @@ async fn grpc_retry_on_unavailable_and_abort_with_grpc_status() {
     let log = s.proxy.wait_log(|l| l["authority"] == "grpcabort").await;
     assert_eq!(log["response_flags"], "FI");
     assert_eq!(log["response_code"], 200);
+    // Istio's metrics carry the gRPC protocol and status: the retried call ends OK (0), the
+    // aborted one UNAVAILABLE (14), both with HTTP 200.
+    let m = scrape(&s.proxy).await;
+    for status in ["0", "14"] {
+        let labels = [
+            ("reporter", "source"),
+            ("request_protocol", "grpc"),
+            ("response_code", "200"),
+            ("grpc_response_status", status),
+        ];
+        assert_eq!(
+            sample(&m, "istio_requests_total", &labels),
+            Some(1.0),
+            "grpc-status {status}: {m:#?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,6 +518,30 @@ async fn a_route_the_proxy_cannot_apply_is_nacked_and_the_old_one_kept() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(nack.kept_version, "1");
+    // Counted as Envoy counts it; the route configuration keeps version 1's hash.
+    let rds = s.ports.outbound.port().to_string();
+    let version = |m: &[prometheus_parse::Sample]| {
+        sample(
+            m,
+            "envoy_http_rds_version",
+            &[("envoy_rds_route_config", &rds)],
+        )
+        .expect("the route configuration's version")
+    };
+    let m = scrape(&s.proxy).await;
+    assert_eq!(sample(&m, "envoy_http_rds_update_rejected", &[]), Some(1.0));
+    assert_eq!(
+        sample(&m, "envoy_cluster_manager_cds_update_rejected", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&m, "envoy_control_plane_connected_state", &[]),
+        Some(1.0)
+    );
+    let kept = version(&m);
+    assert_eq!(kept, version_hash("1"));
+    assert!(sample(&m, "envoy_cluster_manager_cds_version", &[]).is_some_and(|v| v > 0.0));
+    assert!(sample(&m, "envoy_listener_manager_lds_version", &[]).is_some_and(|v| v > 0.0));
     assert!(
         nack.message
             .contains(&format!("\"{}\"", s.ports.outbound.port()))
@@ -493,4 +564,16 @@ async fn a_route_the_proxy_cannot_apply_is_nacked_and_the_old_one_kept() {
         assert!(Instant::now() < deadline, "version 3 never applied");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let m = scrape(&s.proxy).await;
+    assert_eq!(version(&m), version_hash("3"));
+    assert_eq!(sample(&m, "envoy_http_rds_update_rejected", &[]), Some(1.0));
+}
+
+/// The proxy's version gauges: FNV-1a of the version string, kept to 53 bits (exact in a
+/// Prometheus float).
+fn version_hash(v: &str) -> f64 {
+    let h = v.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    (h & ((1 << 53) - 1)) as f64
 }

@@ -13,6 +13,7 @@ use xds_client::model::{Discovery, HealthStatus, ResourceType};
 use super::{AdminState, ServerState};
 use crate::identity::now_unix;
 use crate::metrics::HealthInput;
+use crate::upstream::host::HostCounts;
 
 /// Query parameters, in order.
 pub type Query = Vec<(String, String)>;
@@ -155,6 +156,15 @@ pub fn prometheus(state: &AdminState) -> Vec<u8> {
             .downstream_rq_total
             .load(std::sync::atomic::Ordering::Relaxed),
         access_log_dropped: shared.access_log.dropped(),
+        route_configs: config.routes.keys().cloned().collect(),
+        eds_clusters: config
+            .clusters
+            .iter()
+            .filter(|(_, c)| {
+                matches!(&c.discovery, Discovery::Eds { service_name } if config.endpoints.contains_key(service_name))
+            })
+            .map(|(name, _)| name.clone())
+            .collect(),
         ..HealthInput::default()
     };
     if let Some(t) = &shared.tracer {
@@ -247,13 +257,13 @@ pub fn clusters(state: &AdminState, json: bool) -> (String, bool) {
         };
         let _ = writeln!(out, "{name}::observability_name::{name}");
         let _ = writeln!(out, "{name}::outlier::success_rate_average::-1");
-        // The live state of each host (outlier ejection, requests in flight), by address.
-        let live: BTreeMap<std::net::SocketAddr, (bool, u32)> = snapshot
+        // The live state of each host (outlier ejection, counters), by address.
+        let live: BTreeMap<std::net::SocketAddr, (bool, HostCounts)> = snapshot
             .cluster(name)
             .map(|c| {
-                c.host_states()
+                c.host_counts()
                     .into_iter()
-                    .map(|(a, ejected, active)| (a, (ejected, active)))
+                    .map(|(a, ejected, counts)| (a, (ejected, counts)))
                     .collect()
             })
             .unwrap_or_default();
@@ -264,7 +274,7 @@ pub fn clusters(state: &AdminState, json: bool) -> (String, bool) {
         let _ = writeln!(out, "{name}::outlier::ejections_active::{ejections}");
         let mut hosts = Vec::new();
         for e in &endpoints {
-            let (ejected, active) = live.get(&e.address).copied().unwrap_or((false, 0));
+            let (ejected, counts) = live.get(&e.address).copied().unwrap_or_default();
             let flags = health_flags(e.health == HealthStatus::Unhealthy, ejected);
             let mut parts = e.locality.splitn(3, '/');
             let (region, zone, sub_zone) = (
@@ -273,9 +283,12 @@ pub fn clusters(state: &AdminState, json: bool) -> (String, bool) {
                 parts.next().unwrap_or(""),
             );
             let a = e.address;
+            // Envoy's per-host counters first, then the host's settings, as Envoy lists them.
+            for (stat, value) in counts.named() {
+                let _ = writeln!(out, "{name}::{a}::{stat}::{value}");
+            }
             for (stat, value) in [
                 ("health_flags", flags.clone()),
-                ("rq_active", active.to_string()),
                 ("weight", e.weight.to_string()),
                 ("region", region.to_string()),
                 ("zone", zone.to_string()),
@@ -293,7 +306,10 @@ pub fn clusters(state: &AdminState, json: bool) -> (String, bool) {
                     "eds_health_status": if e.health == HealthStatus::Healthy { "HEALTHY" } else { "UNHEALTHY" },
                     "failed_outlier_check": ejected,
                 },
-                "stats": [{"name": "rq_active", "type": "GAUGE", "value": active}],
+                "stats": counts.named().iter().map(|(stat, value)| {
+                    let kind = if stat.ends_with("_active") { "GAUGE" } else { "COUNTER" };
+                    json!({"name": stat, "type": kind, "value": value})
+                }).collect::<Vec<_>>(),
                 "weight": e.weight,
                 "locality": {"region": region, "zone": zone, "sub_zone": sub_zone},
             }));

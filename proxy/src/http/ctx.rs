@@ -162,6 +162,10 @@ impl RequestCtx {
         if !(*reply == LocalReply::RbacDenied && self.details.is_some()) {
             self.details = Some(reply.details().into());
         }
+        // A gRPC caller gets the reply as a gRPC status (`reply::send`): the metrics say which.
+        if self.telemetry.grpc && !matches!(reply, LocalReply::Direct(_)) {
+            self.telemetry.grpc_status = u16::try_from(reply.grpc_status()).ok();
+        }
     }
 
     /// Add a flag.

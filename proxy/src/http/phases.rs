@@ -28,7 +28,7 @@ use crate::accesslog::ResponseFlag;
 use crate::listener::conn::ConnContext;
 use crate::snapshot::ChainKind;
 use crate::stats::Stats;
-use crate::upstream::host::AttemptResult;
+use crate::upstream::host::{AttemptResult, RequestEnd};
 use crate::upstream::lb::PickRequest;
 use crate::upstream::limits::Refused;
 
@@ -234,7 +234,7 @@ impl ProxyHttp for MeshHttp {
             }
         };
         let address = picked.address;
-        fwd.active = picked.state.as_ref().map(|s| s.start_request());
+        fwd.active = picked.state.as_ref().map(|s| s.start_http_request());
         ctx.retry.attempts += 1;
         ctx.retry.tried_hosts.push(address);
         ctx.retry.tried_priorities.push(picked.priority);
@@ -297,9 +297,13 @@ impl ProxyHttp for MeshHttp {
             return Ok(());
         };
         if !reused {
-            telemetry::cluster_stats(&self.shared, &mut ctx.telemetry, fwd.cluster.name())
-                .upstream_cx_total
-                .inc();
+            let stats =
+                telemetry::cluster_stats(&self.shared, &mut ctx.telemetry, fwd.cluster.name());
+            let host = fwd.host.as_ref().and_then(|h| h.state.clone());
+            self.shared
+                .metrics
+                .envoy
+                .upstream_connection_opened(fd, stats, host);
         }
         let settings = &fwd.cluster.cluster().connection;
         let mut close = false;
@@ -403,6 +407,7 @@ impl ProxyHttp for MeshHttp {
         ctx.upstream_status = Some(status);
         if let Some(fwd) = &ctx.forward {
             if let Some(host) = fwd.host.as_ref().and_then(|h| h.state.as_ref()) {
+                host.request_ended(RequestEnd::Response(status));
                 if fwd.cluster.report(host, AttemptResult::Status(status)) {
                     telemetry::cluster_stats(&self.shared, &mut ctx.telemetry, fwd.cluster.name())
                         .outlier_detection_ejections_enforced_total

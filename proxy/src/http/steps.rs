@@ -25,7 +25,7 @@ use crate::accesslog::{AccessLogEntry, Detail, ResponseFlag};
 use crate::listener::conn::ConnContext;
 use crate::snapshot::{ChainKind, HttpRoutes};
 use crate::stats::Stats;
-use crate::upstream::host::AttemptResult;
+use crate::upstream::host::{AttemptResult, RequestEnd};
 
 /// Finish a response header for the downstream: route header operations, CORS, the
 /// hash-policy cookie, the attempt count.
@@ -177,6 +177,13 @@ impl MeshHttp {
             let stats =
                 telemetry::cluster_stats(&self.shared, &mut ctx.telemetry, fwd.cluster.name());
             if let Some(host) = fwd.host.as_ref().and_then(|h| h.state.as_ref()) {
+                host.request_ended(match reply {
+                    LocalReply::Timeout | LocalReply::PerTryTimeout => RequestEnd::TimedOut,
+                    _ => RequestEnd::Failed,
+                });
+                if matches!(failure, Some(Failure::ConnectFailure)) {
+                    host.connect_failed();
+                }
                 if fwd.cluster.report(host, AttemptResult::LocalFailure) {
                     stats.outlier_detection_ejections_enforced_total.inc();
                 }

@@ -12,6 +12,66 @@ use prometheus::{
 };
 
 use super::istio::RegisterError;
+use crate::upstream::host::HostState;
+
+/// The upstream connections the pool keeps open (Pingora owns the pool and never says when
+/// it closes one), by descriptor, each with the identity of its socket (`/proc/self/fd`'s
+/// `socket:[inode]`). A descriptor that now names another socket, or none, means the
+/// connection closed: [`UpstreamConnections::sweep`] (at every scrape) and a new connection
+/// on the same descriptor take it out of `upstream_cx_active`.
+#[derive(Default)]
+struct UpstreamConnections {
+    by_fd: Mutex<HashMap<i32, OpenConnection>>,
+}
+
+struct OpenConnection {
+    socket: Option<std::path::PathBuf>,
+    stats: Arc<ClusterStats>,
+    host: Option<Arc<HostState>>,
+}
+
+impl OpenConnection {
+    fn closed(&self) {
+        self.stats.upstream_cx_active.dec();
+        if let Some(h) = &self.host {
+            h.connection_closed();
+        }
+    }
+}
+
+fn socket_of(fd: i32) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()
+}
+
+impl UpstreamConnections {
+    fn opened(&self, fd: i32, stats: Arc<ClusterStats>, host: Option<Arc<HostState>>) {
+        stats.upstream_cx_total.inc();
+        stats.upstream_cx_active.inc();
+        if let Some(h) = &host {
+            h.connection_opened();
+        }
+        let conn = OpenConnection {
+            socket: socket_of(fd),
+            stats,
+            host,
+        };
+        let mut map = self.by_fd.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = map.insert(fd, conn) {
+            old.closed();
+        }
+    }
+
+    fn sweep(&self) {
+        let mut map = self.by_fd.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|fd, conn| {
+            let open = conn.socket.is_some() && socket_of(*fd) == conn.socket;
+            if !open {
+                conn.closed();
+            }
+            open
+        });
+    }
+}
 
 /// Per-cluster handles, created once per cluster name and kept for the life of the process
 /// (a cluster rebuilt by a new snapshot keeps counting where it was). Every field is a
@@ -113,6 +173,10 @@ pub struct HealthInput {
     /// Per xDS type (`cds`, `eds`, `lds`, `rds`): (updates applied, updates rejected, hash of
     /// the applied version).
     pub xds: BTreeMap<&'static str, (u64, u64, u64)>,
+    /// The route configurations applied now (each gets an RDS version gauge).
+    pub route_configs: Vec<String>,
+    /// The EDS clusters holding endpoints now (each gets a cluster version gauge).
+    pub eds_clusters: Vec<String>,
     /// Connections accepted on the capture listeners.
     pub downstream_cx_total: u64,
     /// Connections open now.
@@ -139,7 +203,11 @@ pub struct EnvoyMetrics {
     control_plane_connected_state: IntGauge,
     xds_success: BTreeMap<&'static str, IntCounter>,
     xds_rejected: BTreeMap<&'static str, IntCounter>,
-    xds_version: GaugeVec,
+    cds_version: Gauge,
+    lds_version: Gauge,
+    rds_version: GaugeVec,
+    eds_version: GaugeVec,
+    upstream_connections: UpstreamConnections,
     downstream_cx_total: IntCounter,
     downstream_cx_active: IntGauge,
     downstream_rq_total: IntCounter,
@@ -232,14 +300,16 @@ impl EnvoyMetrics {
                 )?,
             );
         }
-        let xds_version = GaugeVec::new(
-            Opts::new(
-                "envoy_control_plane_version",
-                "Hash of the applied version of each xDS type (Envoy's *_version gauges)",
-            ),
-            &["type"],
-        )?;
-        registry.register(Box::new(xds_version.clone()))?;
+        let gauge = |name: &str, help: &str| -> Result<Gauge, RegisterError> {
+            let g = Gauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let gauge_vec = |name: &str, help: &str, label: &str| -> Result<GaugeVec, RegisterError> {
+            let g = GaugeVec::new(Opts::new(name, help), &[label])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
         Ok(EnvoyMetrics {
             clusters: ClusterFamilies {
                 counters,
@@ -264,7 +334,25 @@ impl EnvoyMetrics {
             )?,
             xds_success,
             xds_rejected,
-            xds_version,
+            cds_version: gauge(
+                "envoy_cluster_manager_cds_version",
+                "cluster_manager.cds.version: hash of the applied CDS version",
+            )?,
+            lds_version: gauge(
+                "envoy_listener_manager_lds_version",
+                "listener_manager.lds.version: hash of the applied LDS version",
+            )?,
+            rds_version: gauge_vec(
+                "envoy_http_rds_version",
+                "http.rds.<route_config>.version: hash of the RDS version a route configuration was applied with",
+                "envoy_rds_route_config",
+            )?,
+            eds_version: gauge_vec(
+                "envoy_cluster_version",
+                "cluster.<name>.version: hash of the EDS version a cluster's endpoints were applied with",
+                "cluster_name",
+            )?,
+            upstream_connections: UpstreamConnections::default(),
             downstream_cx_total: counter(
                 "envoy_listener_downstream_cx_total",
                 "Connections accepted on the capture listeners",
@@ -330,6 +418,18 @@ impl EnvoyMetrics {
         stats
     }
 
+    /// A new upstream connection of the cluster `stats` on descriptor `fd`: counted in its
+    /// `upstream_cx_total` and, until it closes, in `upstream_cx_active`. `host` (the
+    /// endpoint's live state) gets the same per-host counts.
+    pub fn upstream_connection_opened(
+        &self,
+        fd: i32,
+        stats: Arc<ClusterStats>,
+        host: Option<Arc<HostState>>,
+    ) {
+        self.upstream_connections.opened(fd, stats, host);
+    }
+
     /// Every cluster's handles seen so far, by name.
     pub fn clusters(&self) -> Vec<(String, Arc<ClusterStats>)> {
         let map = self
@@ -361,17 +461,31 @@ impl EnvoyMetrics {
             .set(input.days_until_cert_expiry.unwrap_or(0.0));
         self.control_plane_connected_state
             .set(i64::from(input.control_plane_connected));
-        for (kind, (success, rejected, version)) in &input.xds {
+        for (kind, (success, rejected, _)) in &input.xds {
             if let Some(c) = self.xds_success.get(kind) {
                 catch_up(c, *success);
             }
             if let Some(c) = self.xds_rejected.get(kind) {
                 catch_up(c, *rejected);
             }
-            self.xds_version
-                .with_label_values(&[kind])
-                .set(*version as f64);
         }
+        let version = |kind: &str| input.xds.get(kind).map_or(0.0, |v| v.2 as f64);
+        self.cds_version.set(version("cds"));
+        self.lds_version.set(version("lds"));
+        // Names no longer applied lose their series.
+        self.rds_version.reset();
+        for name in &input.route_configs {
+            self.rds_version
+                .with_label_values(&[name])
+                .set(version("rds"));
+        }
+        self.eds_version.reset();
+        for name in &input.eds_clusters {
+            self.eds_version
+                .with_label_values(&[name])
+                .set(version("eds"));
+        }
+        self.upstream_connections.sweep();
         catch_up(&self.downstream_cx_total, input.downstream_cx_total);
         self.downstream_cx_active
             .set(i64::try_from(input.downstream_cx_active).unwrap_or(i64::MAX));

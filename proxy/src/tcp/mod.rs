@@ -9,6 +9,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,9 +20,10 @@ use xds_client::model::TcpProxy;
 use crate::accesslog::{AccessLogEntry, Detail, ResponseFlag};
 use crate::listener::conn::{ConnContext, Role};
 use crate::metrics::istio::TcpKey;
+use crate::metrics::ClusterStats;
 use crate::shared::Shared;
 use crate::stats::Stats;
-use crate::upstream::host::AttemptResult;
+use crate::upstream::host::{AttemptResult, HostState};
 use crate::upstream::lb::PickRequest;
 use crate::upstream::PickError;
 
@@ -208,13 +210,19 @@ where
                 let max = cluster.cluster().circuit_breakers.max_connections;
                 let permit = cluster.limits().try_connection(max);
                 let bind = cluster.bind_address();
+                let stats = shared.metrics.envoy.cluster(cluster.name());
                 match permit {
-                    Err(_) => entry.response_flags = ResponseFlag::UpstreamOverflow.into(),
+                    Err(_) => {
+                        stats.upstream_cx_overflow.inc();
+                        entry.response_flags = ResponseFlag::UpstreamOverflow.into();
+                    }
                     Ok(permit) => match connect(addr, bind, cluster.connect_timeout()).await {
                         Err(e) => {
                             tracing::debug!(error = %e, cluster = cluster.name(), "tcp upstream connect failed");
                             Stats::incr(&shared.stats.tcp_connect_fail);
+                            stats.upstream_cx_connect_fail.inc();
                             if let Some(host) = &picked.state {
+                                host.connect_failed();
                                 cluster.report(host, AttemptResult::LocalFailure);
                             }
                             entry.response_flags = ResponseFlag::UpstreamConnectionFailure.into();
@@ -222,6 +230,7 @@ where
                         Ok(upstream) => {
                             entry.upstream_local_address = upstream.local_addr().ok();
                             let _active = picked.state.as_ref().map(|s| s.start_request());
+                            let _open = OpenUpstream::new(stats, picked.state.clone());
                             let _permit = permit;
                             let tls = cluster.tls_for(addr).cloned();
                             drop(snapshot);
@@ -407,5 +416,32 @@ impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Metered<'_, S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// One upstream connection of a TCP proxy, counted in its cluster's and host's
+/// `upstream_cx_total` and, until dropped, `upstream_cx_active`.
+struct OpenUpstream {
+    stats: Arc<ClusterStats>,
+    host: Option<Arc<HostState>>,
+}
+
+impl OpenUpstream {
+    fn new(stats: Arc<ClusterStats>, host: Option<Arc<HostState>>) -> OpenUpstream {
+        stats.upstream_cx_total.inc();
+        stats.upstream_cx_active.inc();
+        if let Some(h) = &host {
+            h.connection_opened();
+        }
+        OpenUpstream { stats, host }
+    }
+}
+
+impl Drop for OpenUpstream {
+    fn drop(&mut self) {
+        self.stats.upstream_cx_active.dec();
+        if let Some(h) = &self.host {
+            h.connection_closed();
+        }
     }
 }

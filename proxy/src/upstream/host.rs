@@ -22,6 +22,7 @@ pub enum AttemptResult {
 #[derive(Debug)]
 pub struct HostState {
     active: AtomicU32,
+    counters: HostCounters,
     /// Milliseconds since `epoch` until which the host is ejected (0: not ejected).
     ejected_until: AtomicU64,
     record: Mutex<OutlierRecord>,
@@ -53,6 +54,7 @@ impl HostState {
     pub fn new(epoch: Instant) -> Arc<HostState> {
         Arc::new(HostState {
             active: AtomicU32::new(0),
+            counters: HostCounters::default(),
             ejected_until: AtomicU64::new(0),
             record: Mutex::new(OutlierRecord::default()),
             epoch,
@@ -68,6 +70,71 @@ impl HostState {
     pub fn start_request(self: &Arc<Self>) -> ActiveRequest {
         self.active.fetch_add(1, Ordering::Relaxed);
         ActiveRequest { host: self.clone() }
+    }
+
+    /// An HTTP request sent to this host (one attempt), in flight until the guard is dropped.
+    pub fn start_http_request(self: &Arc<Self>) -> ActiveRequest {
+        self.counters.rq_total.fetch_add(1, Ordering::Relaxed);
+        self.start_request()
+    }
+
+    /// How an HTTP attempt against this host ended (`/clusters`' per-host counters).
+    pub fn request_ended(&self, end: RequestEnd) {
+        let c = &self.counters;
+        let counter = match end {
+            RequestEnd::Response(status) if status < 500 => &c.rq_success,
+            RequestEnd::Response(_) | RequestEnd::Failed => &c.rq_error,
+            RequestEnd::TimedOut => {
+                c.rq_timeout.fetch_add(1, Ordering::Relaxed);
+                &c.rq_error
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection to this host opened.
+    pub fn connection_opened(&self) {
+        self.counters.cx_total.fetch_add(1, Ordering::Relaxed);
+        self.counters.cx_active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection counted by [`HostState::connection_opened`] closed.
+    pub fn connection_closed(&self) {
+        let _ = self
+            .counters
+            .cx_active
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// A connection to this host could not be made.
+    pub fn connect_failed(&self) {
+        self.counters
+            .cx_connect_fail
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Envoy's per-host counters, in `/clusters`' order.
+    pub fn counts(&self) -> HostCounts {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        HostCounts {
+            cx_active: get(&c.cx_active),
+            cx_connect_fail: get(&c.cx_connect_fail),
+            cx_total: get(&c.cx_total),
+            rq_active: u64::from(self.active_requests()),
+            rq_error: get(&c.rq_error),
+            rq_success: get(&c.rq_success),
+            rq_timeout: get(&c.rq_timeout),
+            rq_total: get(&c.rq_total),
+        }
+    }
+
+    /// [`HostState::millis`] rounded up: an ejection never ends before its time.
+    fn millis_ceil(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch)
+            .as_nanos()
+            .div_ceil(1_000_000) as u64
+            + 1
     }
 
     fn millis(&self, at: Instant) -> u64 {
@@ -156,8 +223,67 @@ impl HostState {
         // The decay starts once the ejection ends.
         r.last_change = Some(now + time);
         self.ejected_until
-            .store(self.millis(now + time), Ordering::Relaxed);
+            .store(self.millis_ceil(now + time), Ordering::Relaxed);
         time
+    }
+}
+
+/// How one HTTP attempt against a host ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestEnd {
+    /// The host answered with this status (5xx counts as an error).
+    Response(u16),
+    /// Connect failure, reset or refused stream.
+    Failed,
+    /// The route or per-try timeout fired.
+    TimedOut,
+}
+
+#[derive(Debug, Default)]
+struct HostCounters {
+    cx_active: AtomicU64,
+    cx_connect_fail: AtomicU64,
+    cx_total: AtomicU64,
+    rq_error: AtomicU64,
+    rq_success: AtomicU64,
+    rq_timeout: AtomicU64,
+    rq_total: AtomicU64,
+}
+
+/// A copy of one host's counters (Envoy's per-host statistics in `/clusters`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostCounts {
+    /// Connections open now.
+    pub cx_active: u64,
+    /// Connections that could not be made.
+    pub cx_connect_fail: u64,
+    /// Connections opened.
+    pub cx_total: u64,
+    /// Requests in flight.
+    pub rq_active: u64,
+    /// Attempts that failed or got a 5xx.
+    pub rq_error: u64,
+    /// Attempts answered below 500.
+    pub rq_success: u64,
+    /// Attempts that timed out.
+    pub rq_timeout: u64,
+    /// Attempts sent.
+    pub rq_total: u64,
+}
+
+impl HostCounts {
+    /// `(name, value)` pairs in Envoy's `/clusters` order.
+    pub fn named(&self) -> [(&'static str, u64); 8] {
+        [
+            ("cx_active", self.cx_active),
+            ("cx_connect_fail", self.cx_connect_fail),
+            ("cx_total", self.cx_total),
+            ("rq_active", self.rq_active),
+            ("rq_error", self.rq_error),
+            ("rq_success", self.rq_success),
+            ("rq_timeout", self.rq_timeout),
+            ("rq_total", self.rq_total),
+        ]
     }
 }
 

@@ -338,17 +338,19 @@ impl ClusterRuntime {
     /// Each endpoint's address, whether outlier detection has ejected it now, and its
     /// requests in flight (admin `/clusters`, metrics).
     pub fn host_states(&self) -> Vec<(SocketAddr, bool, u32)> {
+        self.host_counts()
+            .into_iter()
+            .map(|(a, ejected, c)| (a, ejected, c.rq_active as u32))
+            .collect()
+    }
+
+    /// Each endpoint's address, whether it is ejected now, and its counters (`/clusters`).
+    pub fn host_counts(&self) -> Vec<(SocketAddr, bool, host::HostCounts)> {
         let now = Instant::now();
         self.with_balancer(|b| {
             b.hosts()
                 .iter()
-                .map(|h| {
-                    (
-                        h.address,
-                        h.state.is_ejected(now),
-                        h.state.active_requests(),
-                    )
-                })
+                .map(|h| (h.address, h.state.is_ejected(now), h.state.counts()))
                 .collect()
         })
     }

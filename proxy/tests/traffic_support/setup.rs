@@ -196,3 +196,48 @@ impl Setup {
         self.send("GET", host, path, headers).await
     }
 }
+
+/// The proxy's `/stats/prometheus`, parsed with a Prometheus text parser.
+pub async fn scrape(proxy: &Proxy) -> Vec<prometheus_parse::Sample> {
+    let url = format!("http://{}/stats/prometheus", proxy.stats);
+    let text = common::curl(&["-s", &url]).await;
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid Prometheus text")
+        .samples
+}
+
+/// The value of the first sample of `metric` with `labels` (`None`: no such sample).
+pub fn sample(
+    samples: &[prometheus_parse::Sample],
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{metric}: not a number: {other:?}"),
+        })
+}
+
+/// `metric{cluster_name=cluster}`, 0 when absent.
+pub fn cluster_stat(samples: &[prometheus_parse::Sample], metric: &str, cluster: &str) -> f64 {
+    sample(samples, metric, &[("cluster_name", cluster)]).unwrap_or(0.0)
+}
+
+/// `/clusters`' per-host value of `stat` for the hosts of `cluster`, summed.
+pub async fn host_stat(proxy: &Proxy, cluster: &str, stat: &str) -> u64 {
+    let url = format!("http://{}/clusters", proxy.admin);
+    let text = common::curl(&["-s", &url]).await;
+    text.lines()
+        .filter_map(|l| match l.split("::").collect::<Vec<_>>()[..] {
+            [c, h, s, v] if c == cluster && s == stat && h.parse::<SocketAddr>().is_ok() => {
+                v.parse::<u64>().ok()
+            }
+            _ => None,
+        })
+        .sum()
+}
