@@ -408,6 +408,18 @@ fn check_metrics(client: &Pod, server: &Pod, bodies: [usize; 2], n: u64) -> Resu
 
     // The server's sidecar: reporter=destination, the same parties.
     let sv = scrape(server)?;
+    // Both hold a workload certificate of the CA's default lifetime (24 h), issued moments ago.
+    for (who, samples) in [("client", &c), ("server", &sv)] {
+        let days = value(sample(
+            samples,
+            "envoy_server_days_until_first_cert_expiring",
+            &[],
+        )?)?;
+        ensure!(
+            days > 0.9 && days <= 1.0,
+            "{who}: envoy_server_days_until_first_cert_expiring is {days}, not about 1 day"
+        );
+    }
     let ok = sample(
         &sv,
         "istio_requests_total",
