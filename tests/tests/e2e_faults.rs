@@ -465,15 +465,19 @@ fn a_flood_of_file_changes_coalesces_into_few_pushes() -> Result<()> {
         let proxies = 1 + servers.len();
         let before = mesh.cp.metrics()?;
         let started = Instant::now();
+        // A pause of 100 ms or more between two writes (a loaded machine can stall this
+        // thread) lets the debounce fire in between: each such pause allows one more push.
+        let mut pauses = 0.0;
+        let mut last = Instant::now();
         for n in 1..=WRITES {
             mesh.topo.write_config("vs-reviews.yaml", &flood_rule(n))?;
+            if last.elapsed() >= Duration::from_millis(90) {
+                pauses += 1.0;
+            }
+            last = Instant::now();
             std::thread::sleep(Duration::from_millis(8));
         }
         let writing = started.elapsed();
-        ensure!(
-            writing < Duration::from_secs(1),
-            "the writes took {writing:?} (machine too slow for the test's premise)"
-        );
         let url = format!("http://reviews:{HTTP_PORT}/flood");
         wait_for(
             "the last version at the client",
@@ -493,15 +497,16 @@ fn a_flood_of_file_changes_coalesces_into_few_pushes() -> Result<()> {
         let rds = delta("pilot_xds_pushes", &[("type", "rds")]);
         let triggers = delta("pilot_push_triggers", &[("type", "config")]);
         eprintln!(
-            "e2e: {WRITES} writes in {writing:?}: {reloads} debounced pushes, \
-             {rds} RDS responses to {proxies} proxies, {triggers} config triggers"
+            "e2e: {WRITES} writes in {writing:?} ({pauses} pauses of 90 ms or more): \
+             {reloads} debounced pushes, {rds} RDS responses to {proxies} proxies, \
+             {triggers} config triggers"
         );
         ensure!(
-            (1.0..=3.0).contains(&reloads),
-            "{WRITES} writes gave {reloads} debounced pushes"
+            (1.0..=3.0 + pauses).contains(&reloads),
+            "{WRITES} writes with {pauses} long pauses gave {reloads} debounced pushes"
         );
         ensure!(
-            (1.0..=3.0 * proxies as f64).contains(&rds),
+            (1.0..=(3.0 + pauses) * proxies as f64).contains(&rds),
             "{WRITES} writes gave {rds} RDS responses to {proxies} proxies"
         );
         Ok(())
