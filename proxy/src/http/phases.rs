@@ -19,7 +19,8 @@ use super::reply::{self, ConnectCause, LocalReply, Outcome};
 use super::retry::Failure;
 pub(super) use super::steps::finalize_response;
 use super::steps::{
-    access_log_entry, attempt_deadline, connection_options, replayable, replayable_after, uses_h2,
+    access_log_entry, attempt_deadline, connection_options, connection_spent, replayable,
+    replayable_after, uses_h2,
 };
 use super::{
     authority, header, new_request_id, normalize_request, protocol_name, telemetry, MeshHttp,
@@ -305,20 +306,7 @@ impl ProxyHttp for MeshHttp {
                 .envoy
                 .upstream_connection_opened(fd, stats, host);
         }
-        let settings = &fwd.cluster.cluster().connection;
-        let mut close = false;
-        if let Some(max) = settings.max_requests_per_connection {
-            close |= fwd.cluster.connection_uses().count(fd, reused) >= max;
-        }
-        if let Some(max_age) = settings.max_connection_duration {
-            let established = digest
-                .and_then(|d| d.timing_digest.first().cloned().flatten())
-                .map(|t| t.established_ts);
-            close |= established
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age >= max_age);
-        }
-        fwd.close_connection = close;
+        fwd.close_connection = connection_spent(&fwd.cluster, fd, reused, digest);
         Ok(())
     }
 

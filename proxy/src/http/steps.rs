@@ -303,6 +303,31 @@ pub(super) fn connection_options(
     }
 }
 
+/// True when the upstream connection (`fd`, new or `reused`) must close after this request:
+/// it has served the cluster's `maxRequestsPerConnection`, or is older than its
+/// `maxConnectionDuration`.
+pub(super) fn connection_spent(
+    cluster: &crate::upstream::ClusterRuntime,
+    fd: std::os::unix::io::RawFd,
+    reused: bool,
+    digest: Option<&pingora_core::protocols::Digest>,
+) -> bool {
+    let settings = &cluster.cluster().connection;
+    let mut close = false;
+    if let Some(max) = settings.max_requests_per_connection {
+        close |= cluster.connection_uses().count(fd, reused) >= max;
+    }
+    if let Some(max_age) = settings.max_connection_duration {
+        let established = digest
+            .and_then(|d| d.timing_digest.first().cloned().flatten())
+            .map(|t| t.established_ts);
+        close |= established
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= max_age);
+    }
+    close
+}
+
 /// The deadline of one attempt (the earlier of its per-try timeout and the route's deadline)
 /// and the wait each read and write of it gets: what is left of that deadline, at most the
 /// idle timeout.
