@@ -14,7 +14,6 @@ mod common;
 mod telemetry_support;
 use telemetry_support::*;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -25,15 +24,6 @@ use serde_json::Value;
 /// Istio's Prometheus port (the shared scene's scrapes use it).
 const STATS_PORT: u16 = 15090;
 const REVIEWS: &str = common::REVIEWS_HOST;
-const COLLECTOR: &str = "otel-collector";
-const ROOT: &str = "istio-system";
-
-fn mesh_config(port: u16) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: {ROOT}}}\ndata:\n  mesh: |\n    extensionProviders:\n    - name: otel\n      opentelemetry:\n        service: {COLLECTOR}.{ROOT}.svc.cluster.local\n        port: {port}\n"
-    )
-}
-
 const TELEMETRY: &str = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: envoy-client, namespace: default}\nspec:\n  selector: {matchLabels: {app: client-envoy}}\n  accessLogging:\n  - filter: {expression: \"response.code >= 400\"}\n  tracing:\n  - providers: [{name: otel}]\n    randomSamplingPercentage: 100\n";
 
 /// Every connected proxy has ACKed what it was sent of every type, with no NACK.
@@ -65,16 +55,7 @@ fn envoy_applies_a_telemetry_resources_access_log_filter_and_tracing() -> Result
     mesh_tests::skip_unless_netns!();
     let mesh = Mesh::new("e2e_envoy_telemetry")?;
     let (_rt, otlp, collector) = start_collector(&mesh)?;
-    mesh.topo.add_namespace(ROOT)?;
-    mesh.topo
-        .add_service(&ServiceSpec::new(COLLECTOR, ROOT).port("grpc", otlp.port(), otlp.port()))?;
-    let SocketAddr::V4(host) = otlp else {
-        anyhow::bail!("the collector listens on IPv4");
-    };
-    mesh.topo
-        .add_endpoints(COLLECTOR, ROOT, &[*host.ip()], &[("grpc", otlp.port())])?;
-    mesh.topo
-        .write_config("mesh-config.yaml", &mesh_config(otlp.port()))?;
+    collector_as_provider(&mesh, otlp)?;
     mesh.topo.write_config("telemetry.yaml", TELEMETRY)?;
     // Envoy's pod is a Service's endpoint: `reviews`' sidecar, which gets no peer metadata
     // headers from Envoy, labels the caller from the endpoint metadata of its address.

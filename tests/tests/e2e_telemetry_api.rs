@@ -15,26 +15,16 @@ mod common;
 mod telemetry_support;
 use telemetry_support::*;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use common::{access_log, curl, wait_for, wait_log, Mesh, HTTP_PORT, NS};
-use mesh_tests::harness::{Pod, ProxyOptions, ServiceSpec};
+use mesh_tests::harness::{Pod, ProxyOptions};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
 /// Istio's Prometheus port (the shared scene's scrapes use it).
 const STATS_PORT: u16 = 15090;
 const REVIEWS: &str = common::REVIEWS_HOST;
-const COLLECTOR: &str = "otel-collector";
-const ROOT: &str = "istio-system";
-
-fn mesh_config(port: u16) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: {ROOT}}}\ndata:\n  mesh: |\n    extensionProviders:\n    - name: otel\n      opentelemetry:\n        service: {COLLECTOR}.{ROOT}.svc.cluster.local\n        port: {port}\n"
-    )
-}
-
 fn telemetry(spec: &str) -> String {
     format!(
         "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: reviews, namespace: {NS}}}\nspec:\n  selector: {{matchLabels: {{app: reviews}}}}\n{spec}"
@@ -49,16 +39,7 @@ fn a_telemetry_resource_turns_one_workload_log_off_and_traces_it_fully() -> Resu
     mesh_tests::skip_unless_netns!();
     let mesh = Mesh::new("e2e_telemetry_api")?;
     let (_rt, otlp, collector) = start_collector(&mesh)?;
-    mesh.topo.add_namespace(ROOT)?;
-    mesh.topo
-        .add_service(&ServiceSpec::new(COLLECTOR, ROOT).port("grpc", otlp.port(), otlp.port()))?;
-    let SocketAddr::V4(host) = otlp else {
-        anyhow::bail!("the collector listens on IPv4");
-    };
-    mesh.topo
-        .add_endpoints(COLLECTOR, ROOT, &[*host.ip()], &[("grpc", otlp.port())])?;
-    mesh.topo
-        .write_config("mesh-config.yaml", &mesh_config(otlp.port()))?;
+    collector_as_provider(&mesh, otlp)?;
     mesh.topo
         .write_config("telemetry.yaml", &telemetry(QUIET_AND_TRACED))?;
     mesh.topo.start_control_plane()?;

@@ -72,6 +72,37 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The collector's Service name, in the mesh's root namespace [`ROOT`].
+pub const COLLECTOR: &str = "otel-collector";
+/// The mesh's root namespace, where istiod's mesh config lives.
+pub const ROOT: &str = "istio-system";
+
+/// Makes the collector at `otlp` the Service `COLLECTOR.ROOT` and the mesh config's
+/// OpenTelemetry provider `otel` (ConfigMap `istio`, key `mesh`, as istiod reads it).
+pub fn collector_as_provider(mesh: &Mesh, otlp: SocketAddr) -> Result<()> {
+    mesh.topo.add_namespace(ROOT)?;
+    mesh.topo.add_service(
+        &mesh_tests::harness::ServiceSpec::new(COLLECTOR, ROOT).port(
+            "grpc",
+            otlp.port(),
+            otlp.port(),
+        ),
+    )?;
+    let SocketAddr::V4(host) = otlp else {
+        bail!("the collector listens on IPv4");
+    };
+    mesh.topo
+        .add_endpoints(COLLECTOR, ROOT, &[*host.ip()], &[("grpc", otlp.port())])?;
+    let port = otlp.port();
+    mesh.topo.write_config(
+        "mesh-config.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: {ROOT}}}\ndata:\n  mesh: |\n    extensionProviders:\n    - name: otel\n      opentelemetry:\n        service: {COLLECTOR}.{ROOT}.svc.cluster.local\n        port: {port}\n"
+        ),
+    )?;
+    Ok(())
+}
+
 /// Starts the collector on the host's bridge address (the sidecars run as UID 1337, so their
 /// own connections are not captured) on a runtime of its own.
 pub fn start_collector(mesh: &Mesh) -> Result<(tokio::runtime::Runtime, SocketAddr, Collector)> {
