@@ -79,8 +79,13 @@ impl MeshConfig {
     /// The mesh config of a config snapshot: the ConfigMap `istio-system/istio`, else the
     /// defaults. The ConfigMap was validated when loaded, so it parses.
     pub fn of(config: &ConfigSnapshot) -> MeshConfig {
-        config
-            .iter()
+        MeshConfig::from_objects(config.iter())
+    }
+
+    /// The mesh config among `objects`: the ConfigMap `istio-system/istio`, else the defaults.
+    pub fn from_objects<'a>(objects: impl IntoIterator<Item = &'a Object>) -> MeshConfig {
+        objects
+            .into_iter()
             .find_map(|o| match o {
                 Object::ConfigMap(c)
                     if c.namespace == ROOT_NAMESPACE && c.name == MESH_CONFIGMAP =>

@@ -181,7 +181,12 @@ pub struct Telemetries {
 impl Telemetries {
     /// The Telemetries of a config snapshot, sorted by namespace and name.
     pub fn build(config: &ConfigSnapshot) -> Telemetries {
-        let mut entries: Vec<Entry> = config
+        Telemetries::from_objects(&config.iter().collect::<Vec<_>>())
+    }
+
+    /// The Telemetries among `objects` (and the mesh config's providers among them).
+    pub fn from_objects(objects: &[&Object]) -> Telemetries {
+        let mut entries: Vec<Entry> = objects
             .iter()
             .filter_map(|o| match o {
                 Object::Telemetry(t) => Some(Entry {
@@ -195,7 +200,7 @@ impl Telemetries {
         entries.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         Telemetries {
             entries,
-            mesh: MeshConfig::of(config),
+            mesh: MeshConfig::from_objects(objects.iter().copied()),
         }
     }
 

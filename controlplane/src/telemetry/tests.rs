@@ -7,28 +7,7 @@ use crate::config::parse_str;
 fn telemetries(yaml: &str) -> Telemetries {
     let parsed = parse_str(Path::new("t.yaml"), yaml);
     assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    let mut entries: Vec<Entry> = parsed
-        .objects
-        .iter()
-        .filter_map(|o| match o {
-            Object::Telemetry(t) => Some(Entry {
-                name: t.name.clone(),
-                namespace: t.namespace.clone(),
-                spec: t.spec.clone(),
-            }),
-            _ => None,
-        })
-        .collect();
-    entries.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    let mesh = parsed
-        .objects
-        .iter()
-        .find_map(|o| match o {
-            Object::ConfigMap(c) => crate::meshconfig::parse(&c.data["mesh"]).ok(),
-            _ => None,
-        })
-        .unwrap_or_default();
-    Telemetries { entries, mesh }
+    Telemetries::from_objects(&parsed.objects.iter().collect::<Vec<_>>())
 }
 
 fn labels(l: &[(&str, &str)]) -> BTreeMap<String, String> {
