@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use common::{
-    curl, echo_client, wait_endpoints, wait_for, Mesh, BANNER_PORT, GRPC_PORT, HTTP_PORT,
-    LEGACY_PORT, NS, READY_TIMEOUT, REVIEWS_HOST, TCP_PORT, WEB_PORT,
+    all_acked, curl, echo_client, sidecars, wait_endpoints, wait_for, Mesh, BANNER_PORT, GRPC_PORT,
+    HTTP_PORT, LEGACY_PORT, NS, READY_TIMEOUT, REVIEWS_HOST, TCP_PORT, WEB_PORT,
 };
 use mesh_tests::harness::{EchoSpec, Peer, Pod, ServiceSpec};
 use serde_json::Value;
@@ -121,7 +121,7 @@ impl PeerMesh {
             }
         }
         wait_for("every proxy to ACK every type", READY_TIMEOUT, || {
-            all_acked(&self.mesh)
+            all_acked(&self.mesh.cp, sidecars(&self.mesh.topo))
         })
     }
 }
@@ -151,37 +151,6 @@ fn wait_envoy_endpoints(pod: &Pod, cluster: &str, want: &[String]) -> Result<()>
     wait_for(&what, Duration::from_secs(10), || {
         Ok(envoy_endpoints(pod, cluster)? == want)
     })
-}
-
-/// True when every connected proxy has been sent CDS, EDS, LDS and RDS and ACKed the last
-/// response of each; an error as soon as one NACKed anything.
-fn all_acked(mesh: &Mesh) -> Result<bool> {
-    let syncz: Value = serde_json::from_str(&mesh.cp.syncz()?).context("syncz is not JSON")?;
-    let entries = syncz.as_array().context("syncz is a list")?;
-    let proxies = mesh
-        .topo
-        .pods()
-        .iter()
-        .filter(|p| p.proxy().is_some())
-        .count();
-    if entries.len() < proxies {
-        return Ok(false);
-    }
-    for e in entries {
-        for t in ["cds", "eds", "lds", "rds"] {
-            let ty = &e["types"][t];
-            ensure!(
-                ty["last_nack"].is_null(),
-                "{} NACKed {t}: {}",
-                e["node_id"],
-                ty["last_nack"]
-            );
-            if ty["sent_version"].is_null() || ty["acked_version"] != ty["sent_version"] {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
 }
 
 /// What the app behind `service` answered to an HTTP/1.1 GET through the sidecars, reduced
@@ -357,7 +326,7 @@ fn envoy_client_sidecar_to_mesh_proxy_server() -> Result<()> {
                 client.name()
             );
         }
-        all_acked(&pm.mesh)?;
+        all_acked(&pm.mesh.cp, sidecars(&pm.mesh.topo))?;
         Ok(())
     })
 }
@@ -368,7 +337,7 @@ fn mesh_proxy_client_to_envoy_server_sidecar() -> Result<()> {
     let pm = PeerMesh::new("mesh_proxy_client_to_envoy_server_sidecar", true, false)?;
     pm.mesh.check(|| {
         same_answers(&pm, &pm.client, "ratings")?;
-        all_acked(&pm.mesh)?;
+        all_acked(&pm.mesh.cp, sidecars(&pm.mesh.topo))?;
         server_labels_from_endpoint_metadata(&pm.client)
     })
 }
@@ -415,7 +384,7 @@ fn envoy_client_sidecar_to_envoy_server_sidecar() -> Result<()> {
     pm.mesh.check(|| {
         let envoy = pm.envoy_client.as_ref().context("Envoy client")?;
         same_answers(&pm, envoy, "ratings")?;
-        all_acked(&pm.mesh)?;
+        all_acked(&pm.mesh.cp, sidecars(&pm.mesh.topo))?;
         Ok(())
     })
 }

@@ -16,8 +16,8 @@ use telemetry_support::*;
 
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
-use common::{access_log, curl, wait_for, wait_log, Mesh, HTTP_PORT, NS, READY_TIMEOUT};
+use anyhow::{ensure, Result};
+use common::{access_log, all_acked, curl, wait_for, wait_log, Mesh, HTTP_PORT, NS, READY_TIMEOUT};
 use mesh_tests::harness::ServiceSpec;
 use serde_json::Value;
 
@@ -25,30 +25,6 @@ use serde_json::Value;
 const STATS_PORT: u16 = 15090;
 const REVIEWS: &str = common::REVIEWS_HOST;
 const TELEMETRY: &str = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: envoy-client, namespace: default}\nspec:\n  selector: {matchLabels: {app: client-envoy}}\n  accessLogging:\n  - filter: {expression: \"response.code >= 400\"}\n  tracing:\n  - providers: [{name: otel}]\n    randomSamplingPercentage: 100\n";
-
-/// Every connected proxy has ACKed what it was sent of every type, with no NACK.
-fn all_acked(mesh: &Mesh, proxies: usize) -> Result<bool> {
-    let syncz: Value = serde_json::from_str(&mesh.cp.syncz()?).context("syncz is not JSON")?;
-    let entries = syncz.as_array().context("syncz is a list")?;
-    if entries.len() < proxies {
-        return Ok(false);
-    }
-    for e in entries {
-        for t in ["cds", "eds", "lds", "rds"] {
-            let ty = &e["types"][t];
-            ensure!(
-                ty["last_nack"].is_null(),
-                "{} NACKed {t}: {}",
-                e["node_id"],
-                ty["last_nack"]
-            );
-            if ty["sent_version"].is_null() || ty["acked_version"] != ty["sent_version"] {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
-}
 
 #[test]
 fn envoy_applies_a_telemetry_resources_access_log_filter_and_tracing() -> Result<()> {
@@ -77,7 +53,7 @@ fn envoy_applies_a_telemetry_resources_access_log_filter_and_tracing() -> Result
             Ok(envoy.admin("/clusters")?.contains(&cluster))
         })?;
         wait_for("every proxy to ACK every type", READY_TIMEOUT, || {
-            all_acked(&mesh, 2)
+            all_acked(&mesh.cp, 2)
         })?;
         // What Envoy holds is the Telemetry's: the file logger with its CEL filter on the
         // outbound listeners, the OpenTelemetry tracer at 100%.
@@ -199,7 +175,7 @@ fn envoy_applies_a_telemetry_resources_access_log_filter_and_tracing() -> Result
             Ok(!dump.contains("response.code >= 400") && dump.contains("\"expression\":\"false\""))
         })?;
         wait_for("every proxy to ACK every type", READY_TIMEOUT, || {
-            all_acked(&mesh, 2)
+            all_acked(&mesh.cp, 2)
         })
     })
 }

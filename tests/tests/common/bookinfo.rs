@@ -16,7 +16,7 @@ use mesh_tests::harness::{
 };
 use serde_json::Value;
 
-use super::{endpoints, json_lines, wait_for, NS, READY_TIMEOUT};
+use super::{all_acked, endpoints, json_lines, sidecars, wait_for, NS, READY_TIMEOUT};
 
 /// Where the samples are under the conformance directory.
 const SAMPLES_SUBDIR: &str = "samples/bookinfo/networking";
@@ -172,7 +172,7 @@ impl Bookinfo {
     pub fn wait_converged(&self, subsets: &[(&str, &str)]) -> Result<()> {
         self.topo.wait_ready(READY_TIMEOUT)?;
         wait_for("every proxy to ACK every type", READY_TIMEOUT, || {
-            all_acked(&self.topo, &self.cp)
+            all_acked(&self.cp, sidecars(&self.topo))
         })?;
         for (service, version) in subsets {
             let cluster = subset_cluster(service, version);
@@ -215,32 +215,6 @@ fn workload(topo: &Topology, svc: &DemoService, version: &str) -> Result<Pod> {
     let echo = pod.spawn_echo(&spec)?;
     echo.wait_for_log("\"event\":\"listening\"", Duration::from_secs(10))?;
     Ok(pod)
-}
-
-/// True when every connected proxy has been sent CDS, EDS, LDS and RDS and ACKed the last
-/// response of each; an error as soon as one NACKed anything.
-fn all_acked(topo: &Topology, cp: &ControlPlane) -> Result<bool> {
-    let syncz: Value = serde_json::from_str(&cp.syncz()?).context("syncz is not JSON")?;
-    let entries = syncz.as_array().context("syncz is a list")?;
-    let proxies = topo.pods().iter().filter(|p| p.proxy().is_some()).count();
-    if entries.len() < proxies {
-        return Ok(false);
-    }
-    for e in entries {
-        for t in ["cds", "eds", "lds", "rds"] {
-            let ty = &e["types"][t];
-            ensure!(
-                ty["last_nack"].is_null(),
-                "{} NACKed {t}: {}",
-                e["node_id"],
-                ty["last_nack"]
-            );
-            if ty["sent_version"].is_null() || ty["acked_version"] != ty["sent_version"] {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
 }
 
 /// The endpoints Envoy in `pod` holds for `cluster` (admin `/clusters`), sorted.

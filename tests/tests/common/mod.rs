@@ -524,3 +524,33 @@ impl Drop for Traffic {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// The pods of `topo` that run a sidecar.
+pub fn sidecars(topo: &Topology) -> usize {
+    topo.pods().iter().filter(|p| p.proxy().is_some()).count()
+}
+
+/// True when at least `proxies` proxies are connected and each has been sent CDS, EDS, LDS
+/// and RDS and ACKed the last response of each; an error as soon as one NACKed anything.
+pub fn all_acked(cp: &ControlPlane, proxies: usize) -> Result<bool> {
+    let syncz: Value = serde_json::from_str(&cp.syncz()?).context("syncz is not JSON")?;
+    let entries = syncz.as_array().context("syncz is a list")?;
+    if entries.len() < proxies {
+        return Ok(false);
+    }
+    for e in entries {
+        for t in ["cds", "eds", "lds", "rds"] {
+            let ty = &e["types"][t];
+            ensure!(
+                ty["last_nack"].is_null(),
+                "{} NACKed {t}: {}",
+                e["node_id"],
+                ty["last_nack"]
+            );
+            if ty["sent_version"].is_null() || ty["acked_version"] != ty["sent_version"] {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
