@@ -355,3 +355,63 @@ async fn shutdown_ends_open_streams() {
         .expect("stream not ended");
     assert!(matches!(end, Ok(None) | Err(_)));
 }
+
+/// Responses are written from shared encodings in chunks (`xds::wire`): a mesh whose
+/// responses are hundreds of KiB, far beyond one chunk and HTTP/2's default window, arrives
+/// whole, each response one gRPC message that tonic's client decodes, every resource in it.
+#[tokio::test]
+async fn responses_bigger_than_a_chunk_and_the_window_arrive_whole() {
+    let dir = config_dir();
+    let mut yaml = String::new();
+    for i in 0..400 {
+        yaml.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: big}}\n\
+             spec:\n  clusterIP: 10.97.{}.{}\n  ports: [{{name: http, port: 8080}}, {{name: grpc, port: 9090}}]\n\
+             ---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: svc-{i}, namespace: big}}\n\
+             subsets:\n- addresses: [{{ip: 10.2.{}.{}}}]\n  ports: [{{name: http, port: 8080}}, {{name: grpc, port: 9090}}]\n---\n",
+            i / 250,
+            i % 250 + 1,
+            i / 250,
+            i % 250 + 1,
+        ));
+    }
+    std::fs::write(dir.path().join("big.yaml"), yaml).unwrap();
+    let cp = start(dir.path()).await;
+    let mut p = Proxy::connect(cp.xds_addr, node("reviews-1", "10.1.0.20", &[])).await;
+    let wanted: Vec<String> = (0..400)
+        .flat_map(|i| {
+            [8080, 9090].map(|port| format!("outbound|{port}||svc-{i}.big.svc.cluster.local"))
+        })
+        .collect();
+    let eds: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    let [cds, eds_resp, lds, _] = p.sync(&eds, &["8080", "9090"]).await;
+
+    assert!(
+        cds.encoded_len() > 128 * 1024,
+        "{} bytes",
+        cds.encoded_len()
+    );
+    let clusters = names::<Cluster>(&cds, |c| c.name.clone());
+    assert!(wanted.iter().all(|c| clusters.contains(c)));
+    assert_eq!(eds_resp.resources.len(), 800);
+    for (i, cluster) in wanted.iter().enumerate().step_by(97) {
+        let ip = format!("10.2.{}.{}", i / 2 / 250, i / 2 % 250 + 1);
+        let port = if cluster.starts_with("outbound|8080") {
+            8080
+        } else {
+            9090
+        };
+        assert_eq!(endpoints(&eds_resp, cluster), [format!("{ip}:{port}")]);
+    }
+    assert!(!lds.resources.is_empty());
+    let entry = wait_syncz(&cp, "reviews-1", |e| {
+        e["types"]["cds"]["acked_version"] == cds.version_info.as_str()
+    })
+    .await;
+    assert_eq!(
+        entry["types"]["cds"]["bytes_sent"],
+        cds.encoded_len() as u64,
+        "the size counted is the size sent"
+    );
+    cp.shutdown().await;
+}

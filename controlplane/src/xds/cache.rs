@@ -20,19 +20,23 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
 use rustc_hash::FxHashMap;
 
 use crate::networking::MergedRule;
 use crate::registry::{Endpoint, Service};
 
-/// A resource ready to send: its name, its packed message, a hash of its content.
+/// A resource ready to send: its name, its packed message encoded as an entry of a
+/// `DiscoveryResponse`'s `resources`, a hash of its content.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rendered {
     /// The resource name.
     pub name: String,
-    /// The packed message.
-    pub any: Any,
+    /// The `resources` entry of a `DiscoveryResponse` (field key, length, packed `Any`):
+    /// responses are written from these bytes, shared, never re-encoded per stream.
+    pub field: Bytes,
     /// A hash of the type URL and the encoded message.
     pub hash: u64,
 }
@@ -40,17 +44,34 @@ pub struct Rendered {
 /// A rendered resource, shared by every stream that sends it.
 pub type Shared = Arc<Rendered>;
 
+/// Field number of `DiscoveryResponse.resources`.
+const RESOURCES_FIELD: u32 = 2;
+
 impl Rendered {
     /// Packs and hashes `any` under `name`.
     pub fn new(name: String, any: Any) -> Shared {
         let mut h = DefaultHasher::new();
         any.type_url.hash(&mut h);
         any.value.hash(&mut h);
+        let mut field = Vec::with_capacity(
+            prost::length_delimiter_len(any.encoded_len()) + any.encoded_len() + 1,
+        );
+        prost::encoding::message::encode(RESOURCES_FIELD, &any, &mut field);
         Arc::new(Rendered {
             name,
             hash: h.finish(),
-            any,
+            field: Bytes::from(field),
         })
+    }
+
+    /// The packed message.
+    pub fn any(&self) -> Any {
+        let mut buf = &self.field[..];
+        // Written by `new`: a key, a length and an `Any`, which decode.
+        let parsed = prost::encoding::decode_key(&mut buf)
+            .and_then(|_| prost::decode_length_delimiter(&mut buf))
+            .and_then(|_| Any::decode(buf));
+        parsed.unwrap_or_default()
     }
 }
 

@@ -29,6 +29,7 @@ pub mod status;
 mod stream;
 pub mod tcp_routes;
 pub mod tls;
+pub mod wire;
 
 use std::collections::BTreeSet;
 
@@ -216,7 +217,7 @@ pub fn resources(
 ) -> Vec<(String, Any)> {
     rendered(kind, mesh, proxy, names)
         .into_iter()
-        .map(|r| (r.name.clone(), r.any.clone()))
+        .map(|r| (r.name.clone(), r.any()))
         .collect()
 }
 

@@ -5,25 +5,29 @@
 //! [`super::stream`]'s rules, takes the push requests the coordinator ([`super::hub`])
 //! queues for it, and on its end (client gone, error, or server shutdown) deregisters the
 //! proxy and removes its syncz entry and queue. Delta xDS is answered with `UNIMPLEMENTED`.
+//!
+//! The gRPC service is written here rather than generated: its responses are written from
+//! the resources' shared encodings ([`super::wire`]), so a stream copies nothing per
+//! resource and keeps no encode buffer between responses.
 
-use std::pin::Pin;
+use std::convert::Infallible;
+use std::future::{ready, Ready};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use futures::Stream;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use prost::Message;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::body::Body;
+use tonic::codec::{DecodeBuf, Decoder, Streaming};
+use tonic::server::NamedService;
+use tonic::Status;
 
 use super::hub::{PushHub, QueueGuard};
 use super::status::{ProxyStatus, StatusEntry, SyncStatus};
 use super::stream::{RequestKind, StreamState};
+use super::wire::{ResponseBody, SharedResponse};
 use super::ResourceType;
 use crate::metrics::Metrics;
 use crate::registry::{ConnectionId, RegistryHandle};
@@ -31,7 +35,12 @@ use crate::registry::{ConnectionId, RegistryHandle};
 /// Responses buffered per stream before the stream task waits for the client.
 const STREAM_BUFFER: usize = 16;
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+/// The gRPC method of state-of-the-world ADS.
+const STREAM_METHOD: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+
+/// The largest request taken (gRPC's default limit).
+const MAX_REQUEST: usize = 4 * 1024 * 1024;
 
 /// The ADS implementation.
 #[derive(Clone, Debug)]
@@ -64,30 +73,30 @@ impl AdsService {
         }
     }
 
-    /// The tonic server wrapping this service.
-    pub fn into_server(self) -> AggregatedDiscoveryServiceServer<AdsService> {
-        AggregatedDiscoveryServiceServer::new(self)
+    /// The gRPC service to add to a tonic server.
+    pub fn into_server(self) -> AdsServer {
+        AdsServer(self)
     }
-}
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+    /// Starts a stream's task; the response's body carries what it sends.
+    fn open(&self, request: http::Request<Body>) -> http::Response<Body> {
+        let request = tonic::Request::from_http(request);
         let conn = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let peer = request.remote_addr().map(|a| a.to_string());
         let entry = self.status.register(ProxyStatus::new(conn, peer.clone()));
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         // Registered before the first snapshot is read: every later one reaches this stream.
         let queue = self.hub.register(conn);
+        let inbound = Streaming::new_request(
+            RequestDecoder,
+            request.into_inner(),
+            None,
+            Some(MAX_REQUEST),
+        );
         let stream = AdsStream {
             conn,
             peer,
-            inbound: request.into_inner(),
+            inbound,
             tx,
             registry: self.registry.clone(),
             hub: self.hub.clone(),
@@ -97,18 +106,59 @@ impl AggregatedDiscoveryService for AdsService {
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(stream.run());
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let mut response = http::Response::new(Body::new(ResponseBody::new(rx)));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        response
+    }
+}
+
+/// ADS as a gRPC service: `StreamAggregatedResources` is served with responses written from
+/// the shared encodings ([`super::wire`]); delta xDS (and any other method) is answered with
+/// `UNIMPLEMENTED`.
+#[derive(Clone, Debug)]
+pub struct AdsServer(AdsService);
+
+impl NamedService for AdsServer {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+impl tower_service::Service<http::Request<Body>> for AdsServer {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Ready<Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if request.uri().path() == STREAM_METHOD {
+            return ready(Ok(self.0.open(request)));
+        }
+        let status = if request.uri().path().ends_with("/DeltaAggregatedResources") {
+            Status::unimplemented("delta xDS is not supported: use state of the world ADS")
+        } else {
+            Status::unimplemented(format!("no method {}", request.uri().path()))
+        };
+        ready(Ok(status.into_http()))
+    }
+}
 
-    async fn delta_aggregated_resources(
-        &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "delta xDS is not supported: use state of the world ADS",
-        ))
+/// Decodes `DiscoveryRequest`s.
+#[derive(Debug)]
+struct RequestDecoder;
+
+impl Decoder for RequestDecoder {
+    type Item = DiscoveryRequest;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<DiscoveryRequest>, Status> {
+        DiscoveryRequest::decode(buf)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("invalid DiscoveryRequest: {e}")))
     }
 }
 
@@ -117,7 +167,7 @@ struct AdsStream {
     conn: ConnectionId,
     peer: Option<String>,
     inbound: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    tx: mpsc::Sender<SharedResponse>,
     registry: RegistryHandle,
     hub: Arc<PushHub>,
     queue: QueueGuard,
@@ -182,9 +232,9 @@ impl AdsStream {
             };
             let mut gone = false;
             for r in responses {
-                let kind = ResourceType::from_type_url(&r.type_url);
+                let kind = ResourceType::from_type_url(r.type_url);
                 let started = std::time::Instant::now();
-                if self.tx.send(Ok(r)).await.is_err() {
+                if self.tx.send(r).await.is_err() {
                     if let Some(kind) = kind {
                         self.metrics
                             .pushes

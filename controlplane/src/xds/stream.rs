@@ -25,14 +25,13 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::ControlPlane;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use prost::Message;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::cache::Shared;
 use super::status::ProxyStatus;
+use super::wire::SharedResponse;
 use super::{rendered, ResourceType};
 use crate::metrics::Metrics;
 use crate::registry::{ConnectionId, MeshSnapshot, ProxyInfo};
@@ -200,7 +199,7 @@ impl StreamState {
         &mut self,
         req: DiscoveryRequest,
         mesh: &MeshSnapshot,
-    ) -> (RequestKind, Vec<DiscoveryResponse>) {
+    ) -> (RequestKind, Vec<SharedResponse>) {
         let Some(kind) = ResourceType::from_type_url(&req.type_url) else {
             return (RequestKind::UnknownType, Vec::new());
         };
@@ -356,7 +355,7 @@ impl StreamState {
 
     /// The CDS response that drops kept clusters, once the ACK of `nonce` for `kind` was the
     /// last one awaited.
-    fn removal_done(&mut self, kind: ResourceType, nonce: &str) -> Option<DiscoveryResponse> {
+    fn removal_done(&mut self, kind: ResourceType, nonce: &str) -> Option<SharedResponse> {
         let removal = self.removal.as_mut()?;
         if removal.wait.get(&kind).is_some_and(|n| n == nonce) {
             removal.wait.remove(&kind);
@@ -381,7 +380,7 @@ impl StreamState {
         kind: ResourceType,
         mesh: &MeshSnapshot,
         force: bool,
-    ) -> Option<DiscoveryResponse> {
+    ) -> Option<SharedResponse> {
         self.types.get(&kind)?;
         let started = std::time::Instant::now();
         let resources = self.compute_full(kind, mesh);
@@ -411,7 +410,7 @@ impl StreamState {
         resources: Vec<Resource>,
         extra: Vec<Resource>,
         build_time: Duration,
-    ) -> DiscoveryResponse {
+    ) -> SharedResponse {
         self.nonces += 1;
         let nonce = format!("{}-{}", self.conn, self.nonces);
         let state = self.types.entry(kind).or_default();
@@ -441,19 +440,14 @@ impl StreamState {
         });
         let held = state.sent.len();
         let count = resources.len() + extra.len();
-        let response = DiscoveryResponse {
+        let mut resources = resources;
+        resources.extend(extra);
+        let response = SharedResponse {
             version_info: version.clone(),
-            resources: resources
-                .iter()
-                .chain(&extra)
-                .map(|r| r.any.clone())
-                .collect(),
-            type_url: kind.type_url().to_string(),
+            resources,
+            type_url: kind.type_url(),
             nonce: nonce.clone(),
-            control_plane: Some(ControlPlane {
-                identifier: CONTROL_PLANE_ID.to_string(),
-            }),
-            ..Default::default()
+            control_plane: CONTROL_PLANE_ID,
         };
         let size = response.encoded_len();
         let label = [kind.short_name()];

@@ -248,7 +248,7 @@ fn proxies_with_the_same_view_share_one_rendering_across_snapshots() {
     assert_ne!(ea[0].hash, ec[0].hash);
     use prost::Message;
     let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
-        ec[0].any.value.as_slice(),
+        ec[0].any().value.as_slice(),
     )
     .unwrap();
     assert!(format!("{cla:?}").contains("10.1.0.2"));
@@ -291,7 +291,7 @@ fn route_configurations_share_virtual_hosts_only_between_equal_views() {
         assert_eq!(r.len(), 1);
         // The assembled encoding is the encoding of the configuration the translation builds.
         let message = routes::outbound_route(&m, p, 9080);
-        assert_eq!(r[0].any.value, message.encode_to_vec());
+        assert_eq!(r[0].any().value, message.encode_to_vec());
         (r[0].clone(), message)
     };
     use prost::Message;

@@ -328,7 +328,7 @@ fn a_grpc_stream_subscribes_to_every_type_by_name() {
     assert_eq!(out[0].resources.len(), 1);
     let (_, out) = s.on_request(request(ResourceType::Endpoint, &[&cluster], ""), &m);
     let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
-        out[0].resources[0].value.as_slice(),
+        out[0].resources[0].any().value.as_slice(),
     )
     .unwrap();
     assert_eq!(cla.endpoints.len(), 1);

@@ -5,9 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
-
-use super::{PendingRemoval, Resource, StreamState};
+use super::{PendingRemoval, Resource, SharedResponse, StreamState};
 use crate::registry::MeshSnapshot;
 use crate::xds::push::{cluster_host, PushRequest};
 use crate::xds::scope::{self, EdsScope};
@@ -92,7 +90,7 @@ impl StreamState {
         &mut self,
         request: &PushRequest,
         mesh: &Arc<MeshSnapshot>,
-    ) -> Vec<DiscoveryResponse> {
+    ) -> Vec<SharedResponse> {
         let old = std::mem::replace(&mut self.mesh, mesh.clone());
         let Some(proxy) = self.proxy.clone() else {
             return Vec::new();
@@ -195,7 +193,7 @@ impl StreamState {
         cds: Option<Computed>,
         previous: &BTreeMap<String, Resource>,
         references_change: bool,
-    ) -> Option<DiscoveryResponse> {
+    ) -> Option<SharedResponse> {
         let (resources, took) = cds?;
         let names: BTreeSet<&String> = resources.iter().map(|r| &r.name).collect();
         // After a NACK the proxy is told again, even of what it holds, so that it ends on an

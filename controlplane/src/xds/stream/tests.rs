@@ -1,11 +1,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use crate::xds::wire::SharedResponse;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::google::rpc;
 use prost::Message;
 use tokio::time::Instant;
@@ -116,17 +117,12 @@ impl Fixture {
         kind: ResourceType,
         names: &[&str],
         nack: Option<&str>,
-    ) -> (RequestKind, Vec<DiscoveryResponse>) {
+    ) -> (RequestKind, Vec<SharedResponse>) {
         self.s.on_request(request(kind, names, "", "", nack), m)
     }
 
-    fn ack(
-        &mut self,
-        m: &MeshSnapshot,
-        r: &DiscoveryResponse,
-        names: &[&str],
-    ) -> Vec<DiscoveryResponse> {
-        let kind = ResourceType::from_type_url(&r.type_url).unwrap();
+    fn ack(&mut self, m: &MeshSnapshot, r: &SharedResponse, names: &[&str]) -> Vec<SharedResponse> {
+        let kind = ResourceType::from_type_url(r.type_url).unwrap();
         let (meaning, out) = self
             .s
             .on_request(request(kind, names, &r.version_info, &r.nonce, None), m);
@@ -134,8 +130,8 @@ impl Fixture {
         out
     }
 
-    fn nack(&mut self, m: &MeshSnapshot, r: &DiscoveryResponse, names: &[&str], msg: &str) {
-        let kind = ResourceType::from_type_url(&r.type_url).unwrap();
+    fn nack(&mut self, m: &MeshSnapshot, r: &SharedResponse, names: &[&str], msg: &str) {
+        let kind = ResourceType::from_type_url(r.type_url).unwrap();
         let (meaning, out) = self
             .s
             .on_request(request(kind, names, "", &r.nonce, Some(msg)), m);
@@ -156,24 +152,24 @@ impl Fixture {
     }
 }
 
-fn kinds(out: &[DiscoveryResponse]) -> Vec<ResourceType> {
+fn kinds(out: &[SharedResponse]) -> Vec<ResourceType> {
     out.iter()
-        .map(|r| ResourceType::from_type_url(&r.type_url).unwrap())
+        .map(|r| ResourceType::from_type_url(r.type_url).unwrap())
         .collect()
 }
 
-fn names<T: Message + Default>(r: &DiscoveryResponse, name: fn(&T) -> String) -> BTreeSet<String> {
+fn names<T: Message + Default>(r: &SharedResponse, name: fn(&T) -> String) -> BTreeSet<String> {
     r.resources
         .iter()
-        .map(|a| name(&T::decode(a.value.as_slice()).unwrap()))
+        .map(|a| name(&T::decode(a.any().value.as_slice()).unwrap()))
         .collect()
 }
 
-fn clusters(r: &DiscoveryResponse) -> BTreeSet<String> {
+fn clusters(r: &SharedResponse) -> BTreeSet<String> {
     names::<Cluster>(r, |c| c.name.clone())
 }
 
-fn cla_names(r: &DiscoveryResponse) -> BTreeSet<String> {
+fn cla_names(r: &SharedResponse) -> BTreeSet<String> {
     names::<ClusterLoadAssignment>(r, |c| c.cluster_name.clone())
 }
 
@@ -327,7 +323,7 @@ fn a_removed_service_leaves_cds_after_the_routes_stop_referencing_it() {
     // ratings stays in CDS while the route still names it: the proxy holds it already, so
     // only the route goes out now.
     assert_eq!(kinds(&out), [R]);
-    let route = RouteConfiguration::decode(out[0].resources[0].value.as_slice()).unwrap();
+    let route = RouteConfiguration::decode(out[0].resources[0].any().value.as_slice()).unwrap();
     assert!(route
         .virtual_hosts
         .iter()
@@ -522,7 +518,7 @@ fn acks_and_nacks_settle_what_changed_since_the_last_ack() {
     let out =
         f.s.on_push(&PushRequest::between(&m2, &m3, Instant::now()), &m3);
     for r in &out {
-        let names: &[&str] = match ResourceType::from_type_url(&r.type_url).unwrap() {
+        let names: &[&str] = match ResourceType::from_type_url(r.type_url).unwrap() {
             E => &[REVIEWS, RATINGS],
             R => &["9080"],
             _ => &[],
