@@ -147,6 +147,10 @@ struct RunArgs {
     report: Option<PathBuf>,
 }
 
+/// The workspace binaries the load paths run (found beside `mesh-bench` or in
+/// `target/debug`).
+const BENCH_BINARIES: [&str; 3] = ["mesh-proxy", "mesh-controlplane", "mesh-echo"];
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -157,6 +161,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Upstream(args)) => upstream::run(&args)?,
         Some(Command::Forwarder(args)) => forwarder::run(&args)?,
         Some(Command::CpScale(args)) => {
+            mesh_tests::harness::find_bin("mesh-controlplane")?;
             let results = cp_scale::run(&args, |m| eprintln!("mesh-bench cp-scale: {m}"))
                 .context("mesh-bench cp-scale failed")?;
             let text = cp_scale::render(&results);
@@ -203,7 +208,12 @@ fn main() -> anyhow::Result<()> {
                     serde_json::from_str(&text)
                         .with_context(|| format!("{} is not mesh-bench's JSON", file.display()))?
                 }
-                None => bench::run(&settings).context("mesh-bench failed")?,
+                None => {
+                    for name in BENCH_BINARIES {
+                        mesh_tests::harness::find_bin(name)?;
+                    }
+                    bench::run(&settings).context("mesh-bench failed")?
+                }
             };
             let text = table::render(&results);
             print!("{text}");

@@ -36,6 +36,14 @@ pub enum HarnessError {
         #[source]
         source: std::io::Error,
     },
+    /// A workspace binary is not built.
+    #[error("binary `{name}` not found (looked at {looked}): run `cargo build --workspace --bins` first (./scripts/test.sh does)")]
+    MissingBinary {
+        /// The binary (`mesh-proxy`, ...).
+        name: String,
+        /// The paths looked at, comma separated.
+        looked: String,
+    },
     /// Every test slot (subnet) is held by a live process.
     #[error("no free test slot: all {0} subnets are in use")]
     NoFreeSlot(u8),

@@ -64,7 +64,7 @@ pub use grpc_xds::{
 };
 pub use http::{http_get, HttpResponse};
 pub use identity::create_token;
-pub use paths::{bin, target_dir, workspace_dir};
+pub use paths::{bin, find_bin, target_dir, workspace_dir};
 pub use peers::{
     envoy, grpc_python, peer_skip_reason, should_skip_peer, Peer, ENVOY_ENV, ENVOY_VENV,
     GRPC_PYTHON_ENV, GRPC_VENV, REQUIRE_PEERS_ENV,

@@ -49,9 +49,15 @@ pub fn target_dir() -> PathBuf {
 ///
 /// # Panics
 ///
-/// When the binary is not built, with a message saying to run `cargo build --workspace --bins`
-/// first: a test cannot do anything sensible without it.
+/// When the binary is not built (see [`find_bin`]): a test cannot do anything sensible
+/// without it.
 pub fn bin(name: &str) -> PathBuf {
+    find_bin(name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`bin`], or [`HarnessError::MissingBinary`] naming the places looked at, for tools that
+/// report a missing build instead of panicking (`mesh-bench`).
+pub fn find_bin(name: &str) -> Result<PathBuf> {
     let mut candidates = Vec::new();
     if let Some(p) = std::env::var_os(format!("CARGO_BIN_EXE_{name}")) {
         candidates.push(PathBuf::from(p));
@@ -61,17 +67,16 @@ pub fn bin(name: &str) -> PathBuf {
     }
     candidates.push(target_dir().join("debug").join(name));
     if let Some(found) = candidates.iter().find(|p| p.is_file()) {
-        return found.clone();
+        return Ok(found.clone());
     }
-    panic!(
-        "binary `{name}` not found (looked at {}): run `cargo build --workspace --bins` first \
-         (./scripts/test.sh does)",
-        candidates
+    Err(HarnessError::MissingBinary {
+        name: name.to_string(),
+        looked: candidates
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
-            .join(", ")
-    );
+            .join(", "),
+    })
 }
 
 /// Topologies created so far in this process, per test name, so that a second topology of
