@@ -147,9 +147,10 @@ struct RunArgs {
     report: Option<PathBuf>,
 }
 
-/// The workspace binaries the load paths run (found beside `mesh-bench` or in
-/// `target/debug`).
-const BENCH_BINARIES: [&str; 3] = ["mesh-proxy", "mesh-controlplane", "mesh-echo"];
+/// The workspace binaries the load paths run, found beside `mesh-bench` or in
+/// `target/debug`: the sidecar, the control plane, and `meshctl`, which mints the sidecars'
+/// identity tokens.
+const BENCH_BINARIES: [&str; 3] = ["mesh-proxy", "mesh-controlplane", "meshctl"];
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
