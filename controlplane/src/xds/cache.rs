@@ -32,8 +32,8 @@ use crate::registry::{Endpoint, Service};
 /// `DiscoveryResponse`'s `resources`, a hash of its content.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rendered {
-    /// The resource name.
-    pub name: String,
+    /// The resource name, shared with the streams that track the resource by it.
+    pub name: Name,
     /// The `resources` entry of a `DiscoveryResponse` (field key, length, packed `Any`):
     /// responses are written from these bytes, shared, never re-encoded per stream.
     pub field: Bytes,
@@ -43,6 +43,10 @@ pub struct Rendered {
 
 /// A rendered resource, shared by every stream that sends it.
 pub type Shared = Arc<Rendered>;
+
+/// A resource name: streams key what they sent and what was ACKed by it, sharing one
+/// allocation per name instead of a copy per map.
+pub type Name = Arc<str>;
 
 /// Field number of `DiscoveryResponse.resources`.
 const RESOURCES_FIELD: u32 = 2;
@@ -58,7 +62,7 @@ impl Rendered {
         );
         prost::encoding::message::encode(RESOURCES_FIELD, &any, &mut field);
         Arc::new(Rendered {
-            name,
+            name: name.into(),
             hash: h.finish(),
             field: Bytes::from(field),
         })

@@ -217,7 +217,7 @@ pub fn resources(
 ) -> Vec<(String, Any)> {
     rendered(kind, mesh, proxy, names)
         .into_iter()
-        .map(|r| (r.name.clone(), r.any()))
+        .map(|r| (r.name.to_string(), r.any()))
         .collect()
 }
 

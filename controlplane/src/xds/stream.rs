@@ -29,7 +29,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::cache::Shared;
+use super::cache::{Name, Shared};
 use super::status::ProxyStatus;
 use super::wire::SharedResponse;
 use super::{rendered, ResourceType};
@@ -55,16 +55,16 @@ struct TypeState {
     /// Subscribed names (EDS, RDS).
     names: BTreeSet<String>,
     /// Content hash per resource, as of the last response sent.
-    sent: BTreeMap<String, u64>,
+    sent: BTreeMap<Name, u64>,
     /// Content hash per resource, as of the last ACK: what the proxy holds.
-    acked: BTreeMap<String, u64>,
+    acked: BTreeMap<Name, u64>,
     /// Names whose entry in `sent` was set or removed since the last ACK or NACK; elsewhere
     /// `sent` and `acked` agree. What an ACK or NACK settles, so that neither copies the
     /// whole set (an EDS ACK of one changed load assignment touches one entry).
-    unacked: BTreeSet<String>,
+    unacked: BTreeSet<Name>,
     /// Names of a NACKed response (EDS, RDS): recomputed by the next push whatever it is
     /// about.
-    retry: BTreeSet<String>,
+    retry: BTreeSet<Name>,
     /// The last response was NACKed (and nothing ACKed since).
     nacked: bool,
     last: Option<Sent>,
@@ -74,7 +74,7 @@ struct TypeState {
 #[derive(Debug, Default)]
 struct PendingRemoval {
     /// The kept clusters, packed.
-    kept: BTreeMap<String, Resource>,
+    kept: BTreeMap<Name, Resource>,
     /// Nonces (LDS, RDS) that must be ACKed before the clusters go.
     wait: BTreeMap<ResourceType, String>,
 }
@@ -106,13 +106,13 @@ pub(crate) struct StreamState {
     /// The snapshot of the last push handled: the `old` side of the next one.
     mesh: Arc<MeshSnapshot>,
     /// The cluster set last computed (without kept clusters).
-    clusters: BTreeMap<String, Resource>,
+    clusters: BTreeMap<Name, Resource>,
     removal: Option<PendingRemoval>,
 }
 
 /// The version of a type: a hash of what the proxy is sent, so that equal content gives equal
 /// versions, also across streams and restarts.
-fn version_of(sent: &BTreeMap<String, u64>) -> String {
+fn version_of(sent: &BTreeMap<Name, u64>) -> String {
     let mut h = DefaultHasher::new();
     sent.hash(&mut h);
     format!("{:016x}", h.finish())
@@ -251,9 +251,9 @@ impl StreamState {
             added = names.difference(&state.names).cloned().collect();
             let removed: Vec<String> = state.names.difference(&names).cloned().collect();
             for name in &removed {
-                state.sent.remove(name);
-                state.acked.remove(name);
-                state.unacked.remove(name);
+                state.sent.remove(name.as_str());
+                state.acked.remove(name.as_str());
+                state.unacked.remove(name.as_str());
             }
             // An ACK usually repeats the subscription: nothing to record then.
             if !added.is_empty() || !removed.is_empty() || meaning == RequestKind::Initial {

@@ -199,7 +199,7 @@ fn proxies_with_the_same_view_share_one_rendering_across_snapshots() {
     let none = BTreeSet::new();
     let find = |v: &[cache::Shared], name: &str| {
         v.iter()
-            .find(|r| r.name == name)
+            .find(|r| &*r.name == name)
             .cloned()
             .unwrap_or_else(|| panic!("{name} missing"))
     };

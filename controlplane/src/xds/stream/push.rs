@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
-use super::{PendingRemoval, Resource, SharedResponse, StreamState};
+use super::{Name, PendingRemoval, Resource, SharedResponse, StreamState};
 use crate::registry::MeshSnapshot;
 use crate::xds::push::{cluster_host, PushRequest};
 use crate::xds::scope::{self, EdsScope};
@@ -29,15 +29,19 @@ impl StreamState {
     }
 
     /// Names of a type rejected by the last NACK and not sent since.
-    fn retry(&self, kind: ResourceType) -> BTreeSet<String> {
+    fn retry(&self, kind: ResourceType) -> BTreeSet<Name> {
         let Some(t) = self.types.get(&kind) else {
             return BTreeSet::new();
         };
-        t.retry.intersection(&t.names).cloned().collect()
+        t.retry
+            .iter()
+            .filter(|n| t.names.contains(&***n))
+            .cloned()
+            .collect()
     }
 
     /// The computed resources whose content differs from what was sent.
-    fn changed(&self, kind: ResourceType, resources: &[Resource]) -> BTreeSet<String> {
+    fn changed(&self, kind: ResourceType, resources: &[Resource]) -> BTreeSet<Name> {
         let sent = self.types.get(&kind).map(|t| &t.sent);
         resources
             .iter()
@@ -57,7 +61,7 @@ impl StreamState {
         always: &BTreeSet<String>,
     ) -> Option<Computed> {
         let retry = self.retry(kind);
-        wanted.extend(retry.iter().cloned());
+        wanted.extend(retry.iter().map(|n| n.to_string()));
         if wanted.is_empty() {
             return None;
         }
@@ -67,7 +71,7 @@ impl StreamState {
         let send: Vec<Resource> = resources
             .into_iter()
             .filter(|r| {
-                changed.contains(&r.name) || always.contains(&r.name) || retry.contains(&r.name)
+                changed.contains(&r.name) || always.contains(&*r.name) || retry.contains(&r.name)
             })
             .collect();
         (!send.is_empty()).then(|| (send, started.elapsed()))
@@ -126,8 +130,11 @@ impl StreamState {
         let mut eds = None;
         let eds_names = self.types.get(&Endpoint).map(|t| &t.names);
         if let Some(eds_names) = eds_names.filter(|n| !n.is_empty()) {
-            let rewarm: BTreeSet<String> =
-                eds_names.intersection(&changed_clusters).cloned().collect();
+            let rewarm: BTreeSet<String> = eds_names
+                .iter()
+                .filter(|n| changed_clusters.contains(n.as_str()))
+                .cloned()
+                .collect();
             let mut wanted = rewarm.clone();
             if plan.types.contains(Endpoint) {
                 match &plan.eds {
@@ -191,11 +198,11 @@ impl StreamState {
     fn cds_response(
         &mut self,
         cds: Option<Computed>,
-        previous: &BTreeMap<String, Resource>,
+        previous: &BTreeMap<Name, Resource>,
         references_change: bool,
     ) -> Option<SharedResponse> {
         let (resources, took) = cds?;
-        let names: BTreeSet<&String> = resources.iter().map(|r| &r.name).collect();
+        let names: BTreeSet<&Name> = resources.iter().map(|r| &r.name).collect();
         // After a NACK the proxy is told again, even of what it holds, so that it ends on an
         // ACKed response.
         let changed = !self.changed(Cluster, &resources).is_empty()
@@ -205,7 +212,7 @@ impl StreamState {
         let previous_wait = pending.wait;
         let mut kept = pending.kept;
         kept.retain(|n, _| !names.contains(n));
-        let sent: Vec<String> = self
+        let sent: Vec<Name> = self
             .types
             .get(&Cluster)
             .map(|t| t.sent.keys().cloned().collect())

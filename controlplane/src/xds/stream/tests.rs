@@ -1,6 +1,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use crate::xds::cache::Name;
 use crate::xds::wire::SharedResponse;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -499,7 +500,10 @@ fn acks_and_nacks_settle_what_changed_since_the_last_ack() {
     f.nack(&m2, &second[0].clone(), &[REVIEWS, RATINGS], "bad endpoint");
     // The proxy holds what it ACKed: both load assignments are owed.
     assert_eq!((state(&f, E), acked(&f, E)), (held.clone(), held.clone()));
-    assert_eq!(f.s.types[&E].retry, set(&[REVIEWS, RATINGS]));
+    assert_eq!(
+        f.s.types[&E].retry,
+        [REVIEWS, RATINGS].map(Name::from).into()
+    );
     let again = f.s.on_push(&PushRequest::everything(Instant::now()), &m2);
     assert_eq!(kinds(&again), [E]);
     assert_eq!(cla_names(&again[0]), set(&[REVIEWS, RATINGS]));
