@@ -232,13 +232,7 @@ async fn make_before_break_pushes_cds_eds_lds_rds_then_removes_clusters_after_th
     const DB: &str = "outbound|5432||db.default.svc.cluster.local";
     let dir = config_dir();
     let cp = start(dir.path()).await;
-    let mut p = Proxy::connect(
-        cp.xds_addr,
-        node("client-1", "10.1.0.50", &[("app", "client")]),
-    )
-    .await;
-    p.sync(&[REVIEWS, RATINGS], &["9080"]).await;
-    p.expect_silence(Duration::from_millis(300)).await;
+    let mut p = Proxy::synced_client(&cp).await;
 
     // Added: new clusters first, then the endpoints, then the listener and the route that
     // reference them.

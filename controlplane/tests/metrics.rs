@@ -113,13 +113,7 @@ async fn an_invalid_object_counts_in_pilot_total_rejected_configs_until_fixed() 
 async fn push_time_and_convergence_time_histograms_grow_with_pushes() {
     let dir = config_dir();
     let cp = start(dir.path()).await;
-    let mut p = Proxy::connect(
-        cp.xds_addr,
-        node("client-1", "10.1.0.50", &[("app", "client")]),
-    )
-    .await;
-    p.sync(&[REVIEWS, RATINGS], &["9080"]).await;
-    p.expect_silence(Duration::from_millis(300)).await;
+    let mut p = Proxy::synced_client(&cp).await;
     let before = metrics(&cp).await;
     for name in ["pilot_xds_push_time", "pilot_proxy_convergence_time"] {
         assert!(

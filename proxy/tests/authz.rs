@@ -157,12 +157,7 @@ fn resources(ports: &Ports, app: SocketAddr, chain_filters: Vec<Filter>) -> Reso
     let mut inbound_chain = chain("inbound", Some(on_port(inb, &[])), chain_filters[0].clone());
     inbound_chain.filters = chain_filters;
     Resources::default()
-        .listener(listener(
-            "virtualOutbound",
-            "0.0.0.0:15001",
-            true,
-            true,
-            false,
+        .listener(virtual_outbound(
             vec![],
             Some(chain(
                 "PassthroughFilterChain",
@@ -170,15 +165,7 @@ fn resources(ports: &Ports, app: SocketAddr, chain_filters: Vec<Filter>) -> Reso
                 tcp("PassthroughCluster", None),
             )),
         ))
-        .listener(listener(
-            "virtualInbound",
-            "0.0.0.0:15006",
-            true,
-            false,
-            true,
-            vec![inbound_chain],
-            None,
-        ))
+        .listener(virtual_inbound(vec![inbound_chain], None))
         .cluster(original_dst_cluster("PassthroughCluster", None))
         .cluster(static_cluster("inbound|app||", &[app], Proto::Http1))
 }

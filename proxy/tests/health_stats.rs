@@ -66,12 +66,7 @@ fn resources(ports: &Ports, keep: SocketAddr, close: SocketAddr, tcp_app: Socket
         ],
     );
     Resources::default()
-        .listener(listener(
-            "virtualInbound",
-            "0.0.0.0:15006",
-            true,
-            false,
-            true,
+        .listener(virtual_inbound(
             vec![
                 chain(
                     "http",

@@ -94,12 +94,7 @@ fn resources(ports: &Ports, u: &Upstreams) -> Resources {
         )],
     );
     Resources::default()
-        .listener(listener(
-            "virtualOutbound",
-            "0.0.0.0:15001",
-            true,
-            true,
-            false,
+        .listener(virtual_outbound(
             vec![chain(
                 "blackhole",
                 Some(on_port(15001, &[])),
@@ -120,12 +115,7 @@ fn resources(ports: &Ports, u: &Upstreams) -> Resources {
             vec![chain("", None, hcm_rds(&rds))],
             None,
         ))
-        .listener(listener(
-            "virtualInbound",
-            "0.0.0.0:15006",
-            true,
-            false,
-            true,
+        .listener(virtual_inbound(
             vec![chain(
                 &format!("0.0.0.0_{inb}"),
                 Some(on_port(inb, &[])),

@@ -22,12 +22,7 @@ fn resources(ports: &Ports, echo: std::net::SocketAddr) -> Resources {
         )],
     );
     Resources::default()
-        .listener(listener(
-            "virtualInbound",
-            "0.0.0.0:15006",
-            true,
-            false,
-            true,
+        .listener(virtual_inbound(
             vec![chain("http", Some(on_port(inb, &[])), hcm_inline(routes))],
             None,
         ))

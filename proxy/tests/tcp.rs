@@ -29,12 +29,7 @@ fn resources(ports: &Ports, http: SocketAddr, banner: SocketAddr) -> Resources {
         )],
     );
     Resources::default()
-        .listener(listener(
-            "virtualOutbound",
-            "0.0.0.0:15001",
-            true,
-            true,
-            false,
+        .listener(virtual_outbound(
             vec![chain(
                 "blackhole",
                 Some(on_port(15001, &[])),
@@ -46,12 +41,7 @@ fn resources(ports: &Ports, http: SocketAddr, banner: SocketAddr) -> Resources {
                 tcp("PassthroughCluster", None),
             )),
         ))
-        .listener(listener(
-            "virtualInbound",
-            "0.0.0.0:15006",
-            true,
-            false,
-            true,
+        .listener(virtual_inbound(
             vec![
                 chain(
                     "http",

@@ -72,12 +72,7 @@ fn outbound(
 ) -> Resources {
     let port = ports.outbound.port();
     Resources::default()
-        .listener(listener(
-            "virtualOutbound",
-            "0.0.0.0:15001",
-            true,
-            true,
-            false,
+        .listener(virtual_outbound(
             Vec::new(),
             Some(chain(
                 "PassthroughFilterChain",

@@ -192,9 +192,9 @@ fn export_to_hides_services_and_egress_cannot_bring_them_back() {
     assert_eq!(hosts(&anonymous), ["open.a.svc.cluster.local"]);
 }
 
-#[test]
-fn one_service_per_host_kubernetes_then_own_namespace() {
-    let yaml = "
+/// ServiceEntries contending for hosts: `api.example.com` from namespaces a and b, and one in
+/// a claiming the Kubernetes host `web.c.svc.cluster.local`.
+const CONTESTED_HOSTS: &str = "
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: e1, namespace: a}
@@ -210,7 +210,10 @@ kind: ServiceEntry
 metadata: {name: squat, namespace: a}
 spec: {hosts: [web.c.svc.cluster.local], ports: [{number: 82, name: http, protocol: HTTP}]}
 ";
-    let yaml = format!("{yaml}---\n{}", svc("c", "web", ""));
+
+#[test]
+fn one_service_per_host_kubernetes_then_own_namespace() {
+    let yaml = format!("{CONTESTED_HOSTS}---\n{}", svc("c", "web", ""));
     let m = mesh(&yaml);
     let port_of = |scope: &ProxyScope, host: &str| {
         let s = scope.services.iter().find(|s| s.hostname == host).unwrap();
@@ -394,22 +397,7 @@ spec:
 
 #[test]
 fn scope_for_hosts_is_the_full_scope_restricted() {
-    let yaml = "
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: e1, namespace: a}
-spec: {hosts: [api.example.com], ports: [{number: 80, name: http, protocol: HTTP}]}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: e2, namespace: b}
-spec: {hosts: [api.example.com], ports: [{number: 81, name: http, protocol: HTTP}]}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: squat, namespace: a}
-spec: {hosts: [web.c.svc.cluster.local], ports: [{number: 82, name: http, protocol: HTTP}]}
----
+    let more = "
 apiVersion: v1
 kind: Service
 metadata: {name: multi, namespace: a}
@@ -427,7 +415,7 @@ spec:
   - hosts: [./*, c/*]
 ";
     let yaml = format!(
-        "{yaml}---\n{}{}",
+        "{CONTESTED_HOSTS}---\n{more}---\n{}{}",
         svc("c", "web", ""),
         svc(
             "b",

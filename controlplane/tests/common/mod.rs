@@ -140,6 +140,19 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// `client-1` (10.1.0.50, `app: client`), connected to `cp`, synced on all four types
+    /// (EDS reviews and ratings, RDS 9080), with nothing more pending.
+    pub async fn synced_client(cp: &ControlPlane) -> Proxy {
+        let mut p = Proxy::connect(
+            cp.xds_addr,
+            node("client-1", "10.1.0.50", &[("app", "client")]),
+        )
+        .await;
+        p.sync(&[REVIEWS, RATINGS], &["9080"]).await;
+        p.expect_silence(Duration::from_millis(300)).await;
+        p
+    }
+
     pub async fn connect(addr: SocketAddr, node: Node) -> Proxy {
         let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
             .await

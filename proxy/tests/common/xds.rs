@@ -185,6 +185,32 @@ pub fn listener(
     }
 }
 
+/// Istio's `virtualOutbound` listener: 0.0.0.0:15001, bound, original destination, outbound.
+pub fn virtual_outbound(chains: Vec<FilterChain>, default_chain: Option<FilterChain>) -> Listener {
+    listener(
+        "virtualOutbound",
+        "0.0.0.0:15001",
+        true,
+        true,
+        false,
+        chains,
+        default_chain,
+    )
+}
+
+/// Istio's `virtualInbound` listener: 0.0.0.0:15006, bound, inbound.
+pub fn virtual_inbound(chains: Vec<FilterChain>, default_chain: Option<FilterChain>) -> Listener {
+    listener(
+        "virtualInbound",
+        "0.0.0.0:15006",
+        true,
+        false,
+        true,
+        chains,
+        default_chain,
+    )
+}
+
 /// A route to `cluster` for every path, with an optional timeout.
 pub fn route_to(cluster: &str, timeout: Option<Duration>) -> Route {
     Route {

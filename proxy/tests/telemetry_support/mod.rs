@@ -77,12 +77,7 @@ pub fn client_resources(ports: &Ports, server_inbound: SocketAddr) -> Resources 
     let out = ports.outbound.port();
     let rds = out.to_string();
     Resources::default()
-        .listener(listener(
-            "virtualOutbound",
-            "0.0.0.0:15001",
-            true,
-            true,
-            false,
+        .listener(virtual_outbound(
             vec![],
             Some(chain(
                 "PassthroughFilterChain",
@@ -132,12 +127,7 @@ pub fn client_resources(ports: &Ports, server_inbound: SocketAddr) -> Resources 
 pub fn server_resources(ports: &Ports, app: SocketAddr) -> Resources {
     let inb = ports.inbound.port();
     Resources::default()
-        .listener(listener(
-            "virtualInbound",
-            "0.0.0.0:15006",
-            true,
-            false,
-            true,
+        .listener(virtual_inbound(
             vec![chain(
                 &format!("0.0.0.0_{inb}"),
                 Some(on_port(inb, &[])),

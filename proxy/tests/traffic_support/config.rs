@@ -440,12 +440,7 @@ pub fn resources_with(
         ..Default::default()
     });
     Resources::default()
-        .listener(listener(
-            "virtualOutbound",
-            "0.0.0.0:15001",
-            true,
-            true,
-            false,
+        .listener(virtual_outbound(
             vec![],
             Some(chain(
                 "PassthroughFilterChain",
